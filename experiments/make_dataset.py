@@ -1,0 +1,83 @@
+"""Generate D4RL-style Minari datasets o2o/<env>/<level>-v0 on gymnasium MuJoCo v5.
+
+  python -m experiments.make_dataset --env=hopper --levels=random,medium,medium-replay,expert,medium-expert
+  python -m experiments.make_dataset --env=hopper --from_policies  # reuse the committed behaviour policies
+
+Trains one SAC behaviour policy per env (saved under --policy_dir/<env>/), then writes each level with
+Minari's own API into $MINARI_DATASETS_PATH (or ~/.minari/datasets, or --out).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from absl import flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("env", ["hopper"], "Envs to generate for: hopper, halfcheetah, walker2d, ant.")
+flags.DEFINE_list("levels", ["random", "medium", "medium-replay", "expert", "medium-expert"],
+                  "Levels to write (D4RL's names).")
+flags.DEFINE_integer("size", 1_000_000, "Transitions per level (D4RL: 1M; medium-expert gets 2x, "
+                     "medium-replay is the behaviour run's buffer up to the medium checkpoint).")
+flags.DEFINE_integer("sac_steps", 300_000, "Env steps of the SAC behaviour-policy run.")
+flags.DEFINE_integer("eval_every", 10_000, "Steps between behaviour-policy checkpoints/evaluations.")
+flags.DEFINE_integer("start_steps", 5_000, "Uniform-random warm-up steps of the SAC run.")
+flags.DEFINE_list("hidden_dims", ["256", "256"], "Hidden sizes of the SAC behaviour networks.")
+flags.DEFINE_integer("seed", 0, "Seed of the behaviour run (collection seeds are fixed per level).")
+flags.DEFINE_bool("from_policies", False, "Reuse the behaviour policies saved in --policy_dir/<env> "
+                  "instead of training SAC (minutes instead of tens of minutes).")
+flags.DEFINE_string("policy_dir", "behaviour_policies", "Where behaviour policies are saved/read.")
+flags.DEFINE_string("out", None, "Minari datasets root to write into (default: $MINARI_DATASETS_PATH "
+                    "or ~/.minari/datasets).")
+flags.DEFINE_bool("overwrite", False, "Replace datasets that already exist.")
+flags.DEFINE_integer("ref_episodes", 100, "Episodes for the reference (random/expert) scores.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def main(argv):
+  del argv
+  if FLAGS.out:
+    os.environ["MINARI_DATASETS_PATH"] = str(Path(FLAGS.out).absolute())
+  from o2o_jax import generate
+  from o2o_jax import logging as log_lib
+  from o2o_jax.errors import O2OError
+  for flag in ("size", "sac_steps", "eval_every"):
+    if getattr(FLAGS, flag) <= 0:
+      raise O2OError(f"--{flag} must be positive (got {getattr(FLAGS, flag)})")
+  if FLAGS.sac_steps < FLAGS.eval_every:
+    raise O2OError(f"--sac_steps ({FLAGS.sac_steps}) must be at least --eval_every ({FLAGS.eval_every})")
+  generate.REF_EPISODES = FLAGS.ref_episodes
+  command = "python -m experiments.make_dataset " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  for env_name in FLAGS.env:
+    policy_dir = Path(FLAGS.policy_dir) / env_name
+    t0 = time.time()
+    if FLAGS.from_policies:
+      policies = generate.BehaviourPolicies.load(policy_dir)
+      print(f"[{env_name}] loaded behaviour policies from {policy_dir} (medium step "
+            f"{policies.medium_step}, expert step {policies.expert_step})")
+    else:
+      policy_dir.mkdir(parents=True, exist_ok=True)
+      writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)
+      policies = generate.train_behaviour_policy(
+          env_name, FLAGS.sac_steps, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
+          hidden_dims=[int(h) for h in FLAGS.hidden_dims], start_steps=FLAGS.start_steps,
+          metrics_writer=writer, progress=FLAGS.progress)
+      writer.close()
+      policies.save(policy_dir)
+      log_lib.plot_curves(policy_dir / "metrics.csv", policy_dir / "curves.png",
+                          ["eval/return", "eval/stochastic_return"], title=f"SAC on {policies.env_id}")
+      print(f"[{env_name}] SAC behaviour policy: {FLAGS.sac_steps} steps in {time.time() - t0:.0f}s; "
+            f"returns by checkpoint: " + ", ".join(f"{s}:{r:.0f}" for s, r in
+                                                   zip(policies.steps, policies.returns)))
+    generate.generate_levels(policies, FLAGS.levels, FLAGS.size, overwrite=FLAGS.overwrite,
+                             command=command, progress=FLAGS.progress)
+    print(f"[{env_name}] done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,39 @@
+"""Pieces every agent state shares: optimiser-carrying train states and network constructors."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState (params, apply_fn, tx, opt_state, step)."""
+
+
+def make_train_state(module, params, learning_rate, grad_clip: float | None = None,
+                     eps: float = 1e-8) -> TrainState:
+  tx = optax.adam(learning_rate, eps=eps)
+  if grad_clip is not None:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
+  apply_fn = None if module is None else module.apply
+  return strong_types(TrainState.create(apply_fn=apply_fn, params=params, tx=tx))
+
+
+def strong_types(tree):
+  """Replaces weakly-typed leaves (python scalars such as TrainState.step=0) by strongly-typed
+  arrays: a weak leaf turns strong after the first update, which would trigger a recompilation."""
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), tree)
+
+
+def apply_gradients(state: TrainState, loss_fn: Callable, *args, has_aux: bool = True):
+  """One optimiser step on `loss_fn(params, *args)`; returns (new_state, aux)."""
+  grads, aux = jax.grad(loss_fn, has_aux=has_aux)(state.params, *args)
+  return state.apply_gradients(grads=grads), aux
+
+
+def scalar_param(value: float):
+  return {"value": jnp.asarray(value, jnp.float32)}

@@ -1,0 +1,20 @@
+"""Agent name -> module: the one place launchers look agents up."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from o2o_jax.errors import O2OError
+
+ONLINE = {"sac": "o2o_jax.agents.online.sac", "td3": "o2o_jax.agents.online.td3"}
+OFFLINE: dict = {}
+O2O: dict = {}
+
+
+def get(name: str, family: dict = None) -> ModuleType:
+  families = [family] if family is not None else [ONLINE, OFFLINE, O2O]
+  for fam in families:
+    if name in fam:
+      return importlib.import_module(fam[name])
+  known = sorted(k for fam in families for k in fam)
+  raise O2OError(f"unknown agent '{name}': choose one of {', '.join(known)}")

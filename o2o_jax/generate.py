@@ -1,0 +1,422 @@
+"""D4RL-style dataset generation on gymnasium MuJoCo v5, written as real Minari datasets.
+
+Pipeline per env (D4RL's recipe for its MuJoCo sets, see shared/reference/datasets.md):
+ 1. Train one SAC behaviour policy (`train_behaviour_policy`), saving the actor and its stochastic
+    evaluation return every `eval_every` steps, and recording every transition it collects.
+ 2. Levels:  random        uniform actions
+             medium        the checkpoint whose return is closest to 1/3 of the final policy's
+             medium-replay the replay buffer up to the medium checkpoint
+             expert        the final policy
+             medium-expert medium + expert episodes
+    Medium/expert data are collected with *stochastic* actions (as D4RL and Minari did).
+ 3. Reference scores (Minari's convention): ref_min = mean return of the uniform policy, ref_max = mean
+    return of the expert policy, 100 episodes each on the eval env with seeds 0..99.
+The behaviour policies (small) are saved so `regenerate` rebuilds every level without retraining; a
+regenerated medium-replay replays the checkpoint sequence (each checkpoint acts for its window of
+steps) instead of the original buffer, which is not kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o2o_jax import envs as envs_lib
+from o2o_jax import loops
+from o2o_jax.agents.online import sac
+from o2o_jax.errors import O2OError
+from o2o_jax.types import Transition
+
+LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+NAMESPACE = "o2o"
+REF_EPISODES = 100
+_LEVEL_SEED_BASE = {"random": 1_000_000, "medium": 2_000_000, "expert": 3_000_000,
+                    "medium-replay": 4_000_000}
+
+
+def dataset_id(env_name: str, level: str, version: int = 0) -> str:
+  return f"{NAMESPACE}/{env_name}/{level}-v{version}"
+
+
+# ------------------------------------------------------------------------------ behaviour policies
+
+@dataclasses.dataclass
+class BehaviourPolicies:
+  """Actor checkpoints of one SAC run with their stochastic evaluation returns."""
+  env_name: str
+  env_id: str
+  hidden_dims: tuple
+  obs_dim: int
+  act_dim: int
+  steps: List[int]
+  returns: List[float]                 # mean stochastic eval return per checkpoint
+  params: Dict[int, dict]              # step -> actor params (numpy)
+  seed: int = 0
+  sac_steps: int = 0
+  start_steps: int = 0
+  eval_every: int = 0
+  replay: Optional[dict] = None        # the behaviour run's transitions (host numpy), if trained here
+
+  @property
+  def expert_step(self) -> int:
+    return self.steps[-1]
+
+  @property
+  def medium_step(self) -> int:
+    """The checkpoint whose return is closest to 1/3 of the final (expert) policy's return."""
+    target = self.returns[-1] / 3.0
+    return self.steps[int(np.argmin([abs(r - target) for r in self.returns]))]
+
+  def return_at(self, step: int) -> float:
+    return self.returns[self.steps.index(step)]
+
+  def actor(self):
+    return sac.make_networks(sac.Config(hidden_dims=self.hidden_dims), self.act_dim)[0]
+
+  # ---- persistence: meta.json + actor_<step>.npz (only the checkpoints regeneration needs)
+  def save(self, directory: str | os.PathLike, keep: Optional[Sequence[int]] = None) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    keep = sorted(set(keep if keep is not None else self.steps_needed()))
+    for step in keep:
+      flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+              for path, v in jax.tree_util.tree_flatten_with_path(self.params[step])[0]}
+      np.savez(d / f"actor_{step}.npz", **flat)
+    if self.replay is not None:  # large: kept next to the policies but out of git
+      np.savez(d / "replay_buffer.npz", **self.replay)
+    meta = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("params", "replay")}
+    meta.update(saved_steps=keep, medium_step=self.medium_step, expert_step=self.expert_step)
+    (d / "meta.json").write_text(json.dumps(meta, indent=2))
+
+  def steps_needed(self) -> List[int]:
+    """Checkpoints up to medium (to replay medium-replay) and the expert."""
+    return [s for s in self.steps if s <= self.medium_step] + [self.expert_step]
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> "BehaviourPolicies":
+    d = Path(directory)
+    if not (d / "meta.json").exists():
+      raise O2OError(f"{d} holds no behaviour policies (meta.json missing): train them with "
+                     "`python -m experiments.make_dataset --env=<env>` first")
+    meta = json.loads((d / "meta.json").read_text())
+    saved = meta.pop("saved_steps")
+    meta.pop("medium_step"), meta.pop("expert_step")
+    template = cls(**{**meta, "hidden_dims": tuple(meta["hidden_dims"]), "params": {}})
+    actor = template.actor()
+    proto = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, template.obs_dim)))
+    params = {}
+    for step in saved:
+      with np.load(d / f"actor_{step}.npz") as f:
+        leaves_with_path = jax.tree_util.tree_flatten_with_path(proto)[0]
+        leaves = [f["/".join(str(getattr(k, "key", k)) for k in path)] for path, _ in leaves_with_path]
+      params[step] = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(proto), leaves)
+    template.params = params
+    if (d / "replay_buffer.npz").exists():
+      with np.load(d / "replay_buffer.npz") as f:
+        template.replay = {k: f[k] for k in f.files}
+    return template
+
+
+def _stochastic_policy(actor):
+  @jax.jit
+  def act(params, obs, key):
+    return actor.apply(params, obs).sample(seed=key)
+  return act
+
+
+def evaluate_policy(make_env, policy_fn, episodes: int, seed: int = 0) -> np.ndarray:
+  """Undiscounted returns of `episodes` episodes (reset seeds seed..seed+episodes-1), batched."""
+  ev = envs_lib.Evaluator(make_env, 1, episodes, seed=seed)
+  try:
+    return ev.run(lambda o: policy_fn(o[0])[None])[0]
+  finally:
+    ev.close()
+
+
+def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_every: int = 10_000,
+                           eval_episodes: int = 10, hidden_dims=(256, 256), start_steps: int = 5_000,
+                           metrics_writer=None, progress: bool = True) -> BehaviourPolicies:
+  """One SAC run (UTD 1); keeps every checkpoint's actor, its stochastic return and all transitions."""
+  env_id = envs_lib.resolve_env_id(env_name)
+  make_env = lambda: envs_lib.make_env(env_id)
+  probe = make_env()
+  obs_dim, act_dim = envs_lib.env_dims(probe)
+  probe.close()
+  config = sac.Config(hidden_dims=tuple(hidden_dims))
+  states = jax.vmap(lambda k: sac.init(k, obs_dim, act_dim, config))(
+      jax.random.split(jax.random.PRNGKey(seed), 1))
+  record = {"observations": np.zeros((sac_steps, obs_dim), np.float32),
+            "actions": np.zeros((sac_steps, act_dim), np.float32),
+            "rewards": np.zeros(sac_steps, np.float32),
+            "next_observations": np.zeros((sac_steps, obs_dim), np.float32),
+            "terminations": np.zeros(sac_steps, bool), "truncations": np.zeros(sac_steps, bool)}
+  policies = BehaviourPolicies(env_name, env_id, tuple(hidden_dims), obs_dim, act_dim, [], [], {},
+                               seed=seed, sac_steps=sac_steps, start_steps=start_steps,
+                               eval_every=eval_every, replay=record)
+  stochastic = _stochastic_policy(policies.actor())
+  key_holder = [jax.random.PRNGKey(seed + 17)]
+
+  def on_step(t, tr: Transition, truncated):
+    i = t - 1
+    record["observations"][i], record["actions"][i] = tr.observations[0], tr.actions[0]
+    record["rewards"][i], record["next_observations"][i] = tr.rewards[0], tr.next_observations[0]
+    record["terminations"][i], record["truncations"][i] = tr.terminals[0], truncated[0]
+
+  def on_eval(t, states_, det_returns):
+    params = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], states_.actor.params))
+
+    def policy_fn(obs):
+      key_holder[0], k = jax.random.split(key_holder[0])
+      return np.asarray(stochastic(params, jnp.asarray(obs), k))
+
+    returns = evaluate_policy(make_env, policy_fn, eval_episodes, seed=20_000)
+    policies.steps.append(t)
+    policies.returns.append(float(returns.mean()))
+    policies.params[t] = params
+    if metrics_writer is not None:
+      metrics_writer.write(t, {"eval/stochastic_return": returns.mean()})
+
+  loops.run_online(sac, states, make_env=make_env, num_seeds=1, seed=seed,
+                   config=loops.OnlineConfig(total_steps=sac_steps, start_steps=start_steps,
+                                             eval_every=eval_every, eval_episodes=eval_episodes,
+                                             buffer_size=sac_steps),
+                   metrics_writer=metrics_writer,
+                   callbacks=loops.OnlineCallbacks(on_step=on_step, on_eval=on_eval),
+                   progress=progress, desc=f"SAC behaviour policy ({env_id})")
+  return policies
+
+
+# ------------------------------------------------------------------------------ collection
+
+def _episodes_from_flat(obs, actions, rewards, next_obs, terminations, truncations, seeds):
+  """Splits flat transitions into Minari EpisodeBuffers at termination/truncation flags."""
+  from minari.data_collector import EpisodeBuffer
+  ends = np.nonzero(terminations | truncations)[0]
+  episodes, start = [], 0
+  for k, end in enumerate(ends):
+    sl = slice(start, end + 1)
+    o = np.concatenate([obs[sl], next_obs[end][None]]).astype(np.float64)
+    episodes.append(EpisodeBuffer(id=k, seed=int(seeds[k]) if seeds is not None else None,
+                                  observations=o, actions=actions[sl].astype(np.float32),
+                                  rewards=rewards[sl].astype(np.float64),
+                                  terminations=terminations[sl].copy(),
+                                  truncations=truncations[sl].copy(), infos={}))
+    start = end + 1
+  return episodes
+
+
+def collect(make_env, size: int, policy_fn=None, seed_base: int = 0, num_envs: int = 10,
+            schedule=None, progress: bool = True, desc: str = "collect") -> dict:
+  """Rolls out `size` transitions with `num_envs` envs stepped together.
+
+  `policy_fn(obs (n, obs_dim), t) -> actions` (None = uniform random). Episodes are reset with
+  explicit seeds seed_base + episode index. The last episode of each env is cut at the size budget and
+  marked truncated (D4RL's `timeouts`). Returns flat arrays plus per-episode seeds."""
+  from o2o_jax import logging as log_lib
+  env_list = [make_env() for _ in range(num_envs)]
+  obs_dim, act_dim = envs_lib.env_dims(env_list[0])
+  per_env = [size // num_envs + (1 if i < size % num_envs else 0) for i in range(num_envs)]
+  buffers = [{k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")} for _ in env_list]
+  ep_seeds = [[] for _ in env_list]
+  next_seed = [seed_base]
+
+  def reset(i):
+    s = next_seed[0]
+    next_seed[0] += 1
+    ep_seeds[i].append(s)
+    env_list[i].action_space.seed(s)
+    return env_list[i].reset(seed=s)[0]
+
+  obs = np.stack([reset(i) for i in range(num_envs)]).astype(np.float32)
+  counts = np.zeros(num_envs, np.int64)
+  bar = log_lib.progress(size, desc, disable=not progress)
+  t = 0
+  while (counts < per_env).any():
+    active = np.nonzero(counts < per_env)[0]
+    if policy_fn is None:
+      actions = np.stack([env_list[i].action_space.sample() for i in range(num_envs)])
+    else:
+      actions = np.asarray(policy_fn(obs, t))
+    for i in active:
+      o, r, term, trunc, _ = env_list[i].step(actions[i])
+      counts[i] += 1
+      cut = counts[i] == per_env[i] and not (term or trunc)
+      b = buffers[i]
+      b["obs"].append(obs[i].copy()); b["act"].append(actions[i]); b["rew"].append(r)
+      b["next"].append(o); b["term"].append(term); b["trunc"].append(trunc or cut)
+      obs[i] = reset(i) if (term or trunc) and counts[i] < per_env[i] else o
+    t += 1
+    bar.update(len(active))
+  bar.close()
+  for e in env_list:
+    e.close()
+  # Per-episode seeds in episode order (env 0's episodes, then env 1's, ...).
+  out = {k: np.concatenate([np.asarray(b[k]) for b in buffers if b[k]]) for k in buffers[0]}
+  seeds = np.concatenate([np.asarray(s[:int(np.sum(np.asarray(b["term"]) | np.asarray(b["trunc"])))])
+                          for s, b in zip(ep_seeds, buffers) if b["obs"]])
+  out["seeds"] = seeds
+  return out
+
+
+def _make_policy_fn(policies: BehaviourPolicies, step_of_t=None, seed: int = 0):
+  """Stochastic actions of checkpoint `step` (or of `step_of_t(t)` when the checkpoint changes)."""
+  act = _stochastic_policy(policies.actor())
+  key = [jax.random.PRNGKey(seed)]
+
+  def policy_fn(obs, t, step=None):
+    key[0], k = jax.random.split(key[0])
+    return np.asarray(act(policies.params[step], jnp.asarray(obs), k))
+
+  return policy_fn
+
+
+def write_minari(dataset_id_: str, flat: dict, env_id: str, ref_min: float, ref_max: float,
+                 description: dict, overwrite: bool = False):
+  import minari
+  if dataset_id_ in minari.list_local_datasets():
+    if not overwrite:
+      raise O2OError(f"dataset {dataset_id_} already exists in {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}:"
+                     " pass --overwrite to regenerate it")
+    minari.delete_dataset(dataset_id_)
+  episodes = _episodes_from_flat(flat["obs"], flat["act"], flat["rew"], flat["next"],
+                                 flat["term"].astype(bool), flat["trunc"].astype(bool),
+                                 flat.get("seeds"))
+  env = envs_lib.make_env(env_id)
+  try:
+    return minari.create_dataset_from_buffers(
+        dataset_id_, episodes, env=env.spec, eval_env=env.spec,
+        algorithm_name=description.get("algorithm", "o2o_jax.generate"), author="o2o_jax",
+        code_permalink="o2o_jax/generate.py", ref_min_score=float(ref_min),
+        ref_max_score=float(ref_max), num_episodes_average_score=REF_EPISODES,
+        description=json.dumps(description, indent=1, default=str), requirements=_requirements())
+  finally:
+    env.close()
+
+
+def _requirements():
+  from importlib.metadata import version
+  return [f"{p}=={version(p)}" for p in ("mujoco", "gymnasium")]
+
+
+def reference_scores(policies: BehaviourPolicies, episodes: int = REF_EPISODES) -> tuple:
+  """(ref_min, ref_max): uniform-random and expert (stochastic) mean returns, seeds 0..episodes-1."""
+  make_env = lambda: envs_lib.make_env(policies.env_id)
+  probe = make_env()
+  space = probe.action_space
+  probe.close()
+  rng = np.random.default_rng(0)
+  random_returns = evaluate_policy(
+      make_env, lambda o: rng.uniform(space.low, space.high, (o.shape[0],) + space.shape), episodes)
+  expert_fn = _make_policy_fn(policies, seed=1)
+  expert_returns = evaluate_policy(make_env, lambda o: expert_fn(o, 0, policies.expert_step), episodes)
+  return float(random_returns.mean()), float(expert_returns.mean())
+
+
+def generate_levels(policies: BehaviourPolicies, levels: Sequence[str], size: int,
+                    ref_scores: Optional[tuple] = None, overwrite: bool = False,
+                    command: str = "", progress: bool = True, log=print) -> Dict[str, dict]:
+  """Writes the requested levels as Minari datasets o2o/<env>/<level>-v0. Returns a summary per level."""
+  unknown = [l for l in levels if l not in LEVELS]
+  if unknown:
+    raise O2OError(f"unknown level(s) {unknown}: choose from {', '.join(LEVELS)}")
+  env_id = policies.env_id
+  make_env = lambda: envs_lib.make_env(env_id)
+  t0 = time.time()
+  ref_min, ref_max = ref_scores or reference_scores(policies)
+  log(f"[{policies.env_name}] reference scores: random {ref_min:.1f}, expert {ref_max:.1f} "
+      f"({time.time() - t0:.0f}s)")
+  if ref_max <= ref_min:
+    log(f"[{policies.env_name}] warning: the expert policy does not beat the random one; normalised "
+        "scores of these datasets are meaningless: train longer (--sac_steps)")
+  common = {"generator": "o2o_jax.generate", "command": command, "env_id": env_id,
+            "behaviour_policy": {"algorithm": "SAC (UTD 1, 2x256 tanh-Gaussian)",
+                                 "seed": policies.seed, "sac_steps": policies.sac_steps,
+                                 "checkpoint_returns": dict(zip(policies.steps, policies.returns))},
+            "action_mode": "stochastic", "ref_scores": {"min": "uniform random policy",
+                                                        "max": "expert policy (stochastic)",
+                                                        "episodes": REF_EPISODES, "seeds": "0..99"},
+            "note": "normalised scores are relative to this generator's random/expert policies, "
+                    "not to D4RL v2"}
+  collected: Dict[str, dict] = {}
+
+  def level_data(level):
+    if level in collected:
+      return collected[level]
+    if level == "random":
+      flat = collect(make_env, size, None, _LEVEL_SEED_BASE[level], progress=progress, desc=level)
+      info = {"policy": "uniform random"}
+    elif level in ("medium", "expert"):
+      step = policies.medium_step if level == "medium" else policies.expert_step
+      fn = _make_policy_fn(policies, seed=_LEVEL_SEED_BASE[level])
+      flat = collect(make_env, size, lambda o, t: fn(o, t, step), _LEVEL_SEED_BASE[level],
+                     progress=progress, desc=level)
+      info = {"policy": f"SAC checkpoint at step {step}", "checkpoint_step": step,
+              "checkpoint_eval_return": policies.return_at(step),
+              "rule": "final policy" if level == "expert" else
+                      "checkpoint whose return is closest to 1/3 of the final policy's"}
+    elif level == "medium-replay":
+      flat, info = _medium_replay(policies, make_env, progress)
+    else:  # medium-expert
+      m, e = level_data("medium"), level_data("expert")
+      flat = {k: np.concatenate([m[0][k], e[0][k]]) for k in m[0]}
+      info = {"components": [dataset_id(policies.env_name, "medium"),
+                             dataset_id(policies.env_name, "expert")]}
+    collected[level] = (flat, info)
+    return collected[level]
+
+  summary = {}
+  for level in levels:
+    flat, info = level_data(level)
+    ends = flat["term"] | flat["trunc"]
+    ep_returns = np.add.reduceat(flat["rew"], np.r_[0, np.nonzero(ends)[0][:-1] + 1])
+    stats = {"level": level, **info, "transitions": int(len(flat["rew"])),
+             "episodes": int(ends.sum()), "mean_return": float(ep_returns.mean()),
+             "min_return": float(ep_returns.min()), "max_return": float(ep_returns.max()),
+             "normalized_mean_return": float(100 * (ep_returns.mean() - ref_min) / (ref_max - ref_min)),
+             "fraction_terminated": float(flat["term"].sum() / max(ends.sum(), 1))}
+    did = dataset_id(policies.env_name, level)
+    write_minari(did, flat, env_id, ref_min, ref_max, {**common, **stats}, overwrite=overwrite)
+    summary[level] = stats
+    log(f"[{policies.env_name}] wrote {did}: {stats['transitions']} transitions, "
+        f"{stats['episodes']} episodes, mean return {stats['mean_return']:.1f} "
+        f"(normalised {stats['normalized_mean_return']:.1f})")
+  return summary
+
+
+def _medium_replay(policies: BehaviourPolicies, make_env, progress: bool):
+  """The behaviour run's transitions up to the medium checkpoint (D4RL's medium-replay). Without the
+  original buffer, replays the checkpoint sequence: uniform actions for the first `start_steps`
+  steps, then each checkpoint acts until the next one."""
+  t_medium = policies.medium_step
+  if policies.replay is not None:
+    r = policies.replay
+    n = t_medium
+    flat = {"obs": r["observations"][:n], "act": r["actions"][:n], "rew": r["rewards"][:n],
+            "next": r["next_observations"][:n], "term": r["terminations"][:n].copy(),
+            "trunc": r["truncations"][:n].copy()}
+    if not (flat["term"][-1] or flat["trunc"][-1]):
+      flat["trunc"][-1] = True   # the buffer prefix ends mid-episode: a time-limit-like boundary
+    return flat, {"source": "behaviour run replay buffer", "buffer_steps": [0, n]}
+  steps = sorted(s for s in policies.params if s <= t_medium)
+  fn = _make_policy_fn(policies, seed=_LEVEL_SEED_BASE["medium-replay"])
+  start = policies.start_steps
+
+  def policy_fn(obs, t):
+    env_t = t  # one env: t counts env steps
+    if env_t < start:
+      return np.random.default_rng(env_t).uniform(-1, 1, (obs.shape[0], policies.act_dim))
+    earlier = [s for s in steps if s <= env_t]
+    return fn(obs, t, earlier[-1] if earlier else steps[0])
+
+  flat = collect(make_env, t_medium, policy_fn, _LEVEL_SEED_BASE["medium-replay"], num_envs=1,
+                 progress=progress, desc="medium-replay")
+  return flat, {"source": "replayed checkpoint sequence (original buffer not kept)",
+                "buffer_steps": [0, t_medium], "checkpoints": steps}

@@ -1,0 +1,216 @@
+"""Training loops. Everything per seed is vmapped: a state's leaves carry the seed axis first.
+
+- Offline: `make_offline_chunk` fuses K updates (sampling on device from the shared dataset) into one
+  `lax.scan`; `run_offline` alternates chunks with evaluations.
+- Online: `run_online` steps one host env per seed; per env step there is one device call that
+  inserts the transition, runs `utd` updates (a `lax.scan`) and returns the next action.
+- Evaluation: `make_eval_policy` + `envs.Evaluator` (all seeds' episodes batched).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o2o_jax.data import replay
+from o2o_jax.types import Transition
+
+
+def unalias(tree):
+  """Copies every leaf into its own device buffer. A fresh state may hold one array under two names
+  (e.g. target params == params at init), which buffer donation rejects."""
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def _mean_metrics(stacked: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+  # nanmean: delayed-update agents report NaN for steps that skip the actor update.
+  return {k: jnp.nanmean(v, axis=0) for k, v in stacked.items()}
+
+
+# ----------------------------------------------------------------------------------------- offline
+
+def make_offline_chunk(update: Callable, batch_size: int, num_updates: int):
+  """chunk(state, key, data) -> (state, mean metrics): `num_updates` updates on batches sampled
+  uniformly from `data` (the whole dataset as a Transition), as one lax.scan."""
+
+  def chunk(state, key, data: Transition):
+    def body(state, k):
+      k_sample, k_update = jax.random.split(k)
+      batch = replay.sample_offline(data, k_sample, batch_size)
+      return update(state, batch, k_update)
+    state, metrics = jax.lax.scan(body, state, jax.random.split(key, num_updates))
+    return state, _mean_metrics(metrics)
+
+  return chunk
+
+
+def vmap_offline_chunk(chunk: Callable):
+  """Seed-vmapped, jitted chunk: states and keys per seed, the dataset shared (never copied)."""
+  return jax.jit(jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------------------- policies
+
+@functools.lru_cache(maxsize=None)
+def _eval_policy_fn(act: Callable):
+  @jax.jit
+  def policy(states, observations, mean, std):
+    observations = (observations - mean) / std
+    key = jax.random.PRNGKey(0)  # unused by deterministic actions
+    return jax.vmap(lambda s, o: act(s, o, key, False))(states, observations)
+  return policy
+
+
+def make_eval_policy(act: Callable, obs_mean=None, obs_std=None):
+  """jit(vmap over seeds) of the deterministic policy; observations (S, E, obs_dim) on the host."""
+  policy = _eval_policy_fn(act)
+  mean = np.float32(0.0) if obs_mean is None else np.asarray(obs_mean, np.float32)
+  std = np.float32(1.0) if obs_std is None else np.asarray(obs_std, np.float32)
+  return lambda states, obs: np.asarray(policy(states, obs, mean, std))
+
+
+# ----------------------------------------------------------------------------------------- online
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+  total_steps: int = 300_000
+  start_steps: int = 5_000            # uniform random actions (and no updates) before this step
+  utd: int = 1                        # gradient updates per env step
+  batch_size: int = 256
+  buffer_size: int = 1_000_000
+  offline_fraction: float = 0.0       # share of each batch drawn from the offline dataset
+  eval_every: int = 10_000
+  eval_episodes: int = 10
+  log_every: int = 1_000
+
+
+def make_online_step(update: Callable, act: Callable, batch_size: int, utd: int,
+                     offline_fraction: float):
+  """Per seed: insert the transition, run `utd` updates, and pick the action for `next_obs`.
+  The PRNG key travels in and out, so the host never splits keys (no extra dispatch per step)."""
+
+  def step(state, buffer, transition: Transition, next_obs, key, offline: Optional[Transition]):
+    buffer = replay.insert(buffer, transition)
+    key, k_updates, k_act = jax.random.split(key, 3)
+
+    def body(state, k):
+      k_sample, k_update = jax.random.split(k)
+      if offline is not None and offline_fraction > 0:
+        batch = replay.sample_mixed(offline, buffer, k_sample, batch_size, offline_fraction)
+      else:
+        batch = replay.sample(buffer, k_sample, batch_size)
+      return update(state, batch, k_update)
+
+    state, metrics = jax.lax.scan(body, state, jax.random.split(k_updates, utd))
+    action = act(state, next_obs, k_act, True)
+    return state, buffer, action, key, _mean_metrics(metrics)
+
+  return step
+
+
+@functools.lru_cache(maxsize=None)
+def online_functions(agent, batch_size: int, utd: int, offline_fraction: float):
+  """Jitted, seed-vmapped (step, insert, act) for an agent module; cached so repeated runs in one
+  process compile once."""
+  step = make_online_step(agent.update, agent.act, batch_size, utd, offline_fraction)
+  step_fn = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
+  insert_fn = jax.jit(jax.vmap(replay.insert), donate_argnums=(0,))
+
+  def act_explore(state, obs, key):
+    key, k = jax.random.split(key)
+    return agent.act(state, obs, k, True), key
+
+  act_fn = jax.jit(jax.vmap(act_explore))
+  return step_fn, insert_fn, act_fn
+
+
+@dataclasses.dataclass
+class OnlineCallbacks:
+  on_step: Optional[Callable[..., None]] = None         # (step, transitions_np, truncated_np)
+  on_eval: Optional[Callable[..., None]] = None         # (step, states, returns (S, E))
+
+
+def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
+               config: OnlineConfig, offline: Optional[Transition] = None, obs_mean=None,
+               obs_std=None, metrics_writer=None, callbacks: OnlineCallbacks = OnlineCallbacks(),
+               normalized_score: Optional[Callable] = None, progress: bool = True,
+               desc: str = "online") -> tuple:
+  """Online training of `num_seeds` vmapped agents, one host env per seed.
+
+  `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)`.
+  Returns (states, buffer, eval history list)."""
+  from o2o_jax import envs as envs_lib
+  from o2o_jax import logging as log_lib
+
+  env_probe = make_env()
+  obs_dim, act_dim = envs_lib.env_dims(env_probe)
+  env_probe.close()
+  train_envs = envs_lib.SeedEnvs(make_env, num_seeds, seed)
+  evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
+  mean = np.zeros(obs_dim, np.float32) if obs_mean is None else np.asarray(obs_mean, np.float32)
+  std = np.ones(obs_dim, np.float32) if obs_std is None else np.asarray(obs_std, np.float32)
+  norm = lambda o: (o - mean) / std
+
+  buffer = replay.init(min(config.buffer_size, config.total_steps), obs_dim, act_dim, num_seeds)
+  step_fn, insert_fn, act_fn = online_functions(agent, config.batch_size, config.utd,
+                                                config.offline_fraction)
+  eval_policy = make_eval_policy(agent.act, mean, std)
+
+  states = unalias(states)
+  keys = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  history = []
+  bar = log_lib.progress(config.total_steps, desc, disable=not progress)
+  last_metrics, action, t0 = None, None, time.time()
+  latest_eval = None
+  for t in range(1, config.total_steps + 1):
+    obs = train_envs.obs
+    if t <= config.start_steps:
+      actions = train_envs.random_actions()
+    elif action is None:
+      actions, keys = act_fn(states, jnp.asarray(norm(obs)), keys)
+      actions = np.asarray(actions)
+    else:
+      actions = action
+    next_obs, rewards, terminated, truncated = train_envs.step(actions)
+    transition = Transition(observations=norm(obs), actions=actions.astype(np.float32),
+                            rewards=rewards, next_observations=norm(next_obs),
+                            terminals=terminated.astype(np.float32))
+    if callbacks.on_step is not None:
+      callbacks.on_step(t, Transition(obs, actions, rewards, next_obs, terminated), truncated)
+    if t < config.start_steps:
+      buffer = insert_fn(buffer, transition)
+      action = None
+    else:
+      states, buffer, action_dev, keys, last_metrics = step_fn(
+          states, buffer, transition, norm(train_envs.obs), keys, offline)
+      action = np.asarray(action_dev)
+    bar.update(1)
+
+    if t % config.eval_every == 0 or t == config.total_steps:
+      returns = evaluator.run(lambda o: eval_policy(states, o))
+      row = {"eval/return": returns.mean(1)}
+      if normalized_score is not None:
+        row["eval/normalized_score"] = normalized_score(returns).mean(1)
+      history.append({"step": t, "returns": returns})
+      latest_eval = float(returns.mean())
+      bar.set_postfix(eval=f"{latest_eval:.1f}")
+      if callbacks.on_eval is not None:
+        callbacks.on_eval(t, states, returns)
+      if metrics_writer is not None:
+        metrics_writer.write(t, row)
+    if metrics_writer is not None and t % config.log_every == 0 and last_metrics is not None:
+      train = {f"train/{k}": v for k, v in jax.device_get(last_metrics).items()}
+      episodes = [r[-1] for r in train_envs.completed if r]
+      if episodes:
+        train["train/episode_return"] = np.mean(episodes)
+      train["perf/env_steps_per_s"] = t / (time.time() - t0)
+      metrics_writer.write(t, train)
+  bar.close()
+  train_envs.close()
+  evaluator.close()
+  return states, buffer, history

@@ -1,0 +1,191 @@
+"""Network building blocks shared by every agent.
+
+- `MLP` (optional LayerNorm, optional orthogonal init)
+- `Critic` Q(s, a) and `CriticEnsemble` (one module `nn.vmap`-ed over members: 2 = double-Q)
+- `ValueNet` V(s)
+- `TanhGaussianActor` (SAC/CQL; CORL's learnable log-std scale/offset as an option)
+- `GaussianActor` with a state-independent log-std (IQL/AWAC)
+- `DeterministicActor` tanh(MLP) (TD3)
+
+Actions live in [-1, 1]^|A| (envs.make_env rescales the env's box if needed).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Actions given to a tanh-Gaussian log-prob are clipped to +-(1 - TANH_CLIP_EPS) before atanh.
+TANH_CLIP_EPS = 1e-4
+
+
+def default_init(orthogonal: bool = False, scale: float = np.sqrt(2.0)):
+  if orthogonal:
+    return nn.initializers.orthogonal(scale)
+  # PyTorch nn.Linear's default (U(+-1/sqrt(fan_in))), as the CORL and official OCR-CFT code use.
+  return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class MLP(nn.Module):
+  hidden_dims: Sequence[int]
+  activation: Callable = nn.relu
+  layer_norm: bool = False
+  activate_final: bool = False
+  orthogonal_init: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    for i, width in enumerate(self.hidden_dims):
+      x = nn.Dense(width, kernel_init=default_init(self.orthogonal_init))(x)
+      if i + 1 < len(self.hidden_dims) or self.activate_final:
+        if self.layer_norm:
+          x = nn.LayerNorm()(x)
+        x = self.activation(x)
+    return x
+
+
+def _head_init(orthogonal: bool, scale: float):
+  return default_init(orthogonal, scale)
+
+
+class Critic(nn.Module):
+  """Q(s, a) -> scalar per row."""
+  hidden_dims: Sequence[int] = (256, 256)
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+
+  @nn.compact
+  def __call__(self, observations, actions):
+    x = jnp.concatenate([observations, actions], axis=-1)
+    x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
+            orthogonal_init=self.orthogonal_init)(x)
+    return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, 1.0))(x)[..., 0]
+
+
+class CriticEnsemble(nn.Module):
+  """`num` independent critics as one vmapped module: output shape (num, *batch)."""
+  num: int = 2
+  hidden_dims: Sequence[int] = (256, 256)
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+
+  @nn.compact
+  def __call__(self, observations, actions):
+    ensemble = nn.vmap(Critic, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=None, out_axes=0, axis_size=self.num)
+    return ensemble(self.hidden_dims, self.layer_norm, self.orthogonal_init)(observations, actions)
+
+
+class ValueNet(nn.Module):
+  """V(s) -> scalar per row; `tanh_activation` swaps ReLU for tanh (the O2PPO value net)."""
+  hidden_dims: Sequence[int] = (256, 256)
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+  tanh_activation: bool = False
+
+  @nn.compact
+  def __call__(self, observations):
+    act = nn.tanh if self.tanh_activation else nn.relu
+    x = MLP(self.hidden_dims, activation=act, layer_norm=self.layer_norm, activate_final=True,
+            orthogonal_init=self.orthogonal_init)(observations)
+    return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, 1.0))(x)[..., 0]
+
+
+class TanhGaussian(distrax.Transformed):
+  """tanh(N(mu, sigma)) with numerically stable log-probs.
+
+  - `sample_and_log_prob` evaluates the density at the *pre-tanh* sample (distrax's Transformed does
+    this already: no atanh of a saturated action).
+  - `log_prob(actions)` of *given* actions clips them to +-(1 - 1e-4) before atanh, so dataset actions at
+    the box boundary give a finite value.
+  """
+
+  def __init__(self, loc, scale_diag):
+    super().__init__(distrax.MultivariateNormalDiag(loc, scale_diag),
+                     distrax.Block(distrax.Tanh(), ndims=1))
+
+  def log_prob(self, value):
+    value = jnp.clip(value, -1.0 + TANH_CLIP_EPS, 1.0 - TANH_CLIP_EPS)
+    pre_tanh = jnp.arctanh(value)
+    return self.distribution.log_prob(pre_tanh) - self.bijector.forward_log_det_jacobian(pre_tanh)
+
+  def mode(self):
+    return jnp.tanh(self.distribution.loc)
+
+
+def tanh_gaussian_log_prob_reference(loc, scale, action):
+  """Change of variables written out by hand (used by tests): log N(u) - sum log(1 - tanh(u)^2)."""
+  u = jnp.arctanh(action)
+  log_normal = -0.5 * (((u - loc) / scale) ** 2 + jnp.log(2 * jnp.pi)) - jnp.log(scale)
+  return jnp.sum(log_normal - jnp.log(1.0 - jnp.tanh(u) ** 2), axis=-1)
+
+
+class TanhGaussianActor(nn.Module):
+  """SAC/CQL actor. `learnable_log_std_scale`: log_std = a * log_std + b with learnable scalars a (init
+  1) and b (init -1), the CORL CQL actor."""
+  act_dim: int
+  hidden_dims: Sequence[int] = (256, 256)
+  log_std_min: float = -5.0
+  log_std_max: float = 2.0
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+  learnable_log_std_scale: bool = False
+
+  @nn.compact
+  def __call__(self, observations, temperature: float = 1.0) -> TanhGaussian:
+    x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
+            orthogonal_init=self.orthogonal_init)(observations)
+    means = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x)
+    log_stds = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x)
+    if self.learnable_log_std_scale:
+      scale = self.param("log_std_multiplier", nn.initializers.constant(1.0), ())
+      offset = self.param("log_std_offset", nn.initializers.constant(-1.0), ())
+      log_stds = scale * log_stds + offset
+    log_stds = jnp.clip(log_stds, self.log_std_min, self.log_std_max)
+    return TanhGaussian(means, jnp.exp(log_stds) * temperature)
+
+
+class GaussianActor(nn.Module):
+  """IQL/AWAC actor: N(mu(s), exp(log_std)) with a state-independent log-std parameter."""
+  act_dim: int
+  hidden_dims: Sequence[int] = (256, 256)
+  log_std_min: float = -20.0
+  log_std_max: float = 2.0
+  tanh_mean: bool = True
+  init_log_std: float = 0.0
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+
+  @nn.compact
+  def __call__(self, observations, temperature: float = 1.0) -> distrax.MultivariateNormalDiag:
+    x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
+            orthogonal_init=self.orthogonal_init)(observations)
+    means = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x)
+    if self.tanh_mean:
+      means = jnp.tanh(means)
+    log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.act_dim,))
+    log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
+    return distrax.MultivariateNormalDiag(means, jnp.broadcast_to(jnp.exp(log_std), means.shape)
+                                          * temperature)
+
+
+class DeterministicActor(nn.Module):
+  """TD3 actor: a = tanh(MLP(s))."""
+  act_dim: int
+  hidden_dims: Sequence[int] = (256, 256)
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+
+  @nn.compact
+  def __call__(self, observations):
+    x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
+            orthogonal_init=self.orthogonal_init)(observations)
+    return jnp.tanh(nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x))
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,56 @@
+"""Run directories: `runs/<phase>/<agent>/<dataset>/<run-name>/` holding config.json, metrics.csv,
+tensorboard/, checkpoints/ and curves.png. Re-running the same command in the same directory resumes;
+a directory that holds a *different* run is refused, never silently overwritten."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Iterable
+
+from o2o_jax.errors import RunDirError
+
+# Keys that may differ between an interrupted run and its resumption.
+RESUME_TOLERANT_KEYS = frozenset({"restart", "checkpoint_every", "log_every", "progress", "run_dir"})
+
+
+def run_dir_for(root: str, phase: str, agent: str, dataset: str, run_name: str) -> Path:
+  return Path(root) / phase / agent / dataset.replace("/", "_") / run_name
+
+
+def prepare_run_dir(run_dir: str | Path, config: Dict[str, Any], restart: bool = False,
+                    tolerant: Iterable[str] = RESUME_TOLERANT_KEYS) -> bool:
+  """Creates the run dir and writes config.json. Returns True if an existing run of the same config
+  is there to resume. Raises RunDirError if the directory holds a different run."""
+  run_dir = Path(run_dir)
+  cfg_path = run_dir / "config.json"
+  config = json.loads(json.dumps(config, default=str))
+  if run_dir.exists() and restart:
+    shutil.rmtree(run_dir)
+  if cfg_path.exists():
+    try:
+      old = json.loads(cfg_path.read_text())
+    except ValueError:
+      raise RunDirError(f"{cfg_path} is not valid JSON: remove {run_dir} or pass --restart") from None
+    tolerant = set(tolerant)
+    diff = sorted(k for k in set(old) | set(config)
+                  if k not in tolerant and old.get(k) != config.get(k))
+    if diff:
+      details = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:5])
+      raise RunDirError(f"output directory {run_dir} already holds a different run ({details}); "
+                        "choose another --run_name / --out_dir, or pass --restart to overwrite it")
+    return True
+  if run_dir.exists() and any(p.name != "config.json" for p in run_dir.iterdir()):
+    raise RunDirError(f"output directory {run_dir} is not empty and has no config.json: it is not "
+                      "an o2o_jax run; choose another --run_name / --out_dir")
+  run_dir.mkdir(parents=True, exist_ok=True)
+  cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+  return False
+
+
+def read_config(run_dir: str | Path) -> Dict[str, Any]:
+  path = Path(run_dir) / "config.json"
+  if not path.exists():
+    raise RunDirError(f"{run_dir} is not a run directory (no config.json): pass the folder a "
+                      "launcher printed as its run directory")
+  return json.loads(path.read_text())
