@@ -26,6 +26,7 @@ class MetricsWriter:
     self.csv_path = self.run_dir / "metrics.csv"
     self.per_seed_keys = tuple(per_seed_keys)
     self._fields = None
+    self._pending: Optional[Dict[str, float]] = None
     if self.csv_path.exists():
       with open(self.csv_path) as f:
         self._fields = next(csv.reader(f), None)
@@ -45,7 +46,25 @@ class MetricsWriter:
     return row
 
   def write(self, step: int, metrics: Mapping[str, object]) -> Dict[str, float]:
-    row = {"step": int(step), **self._flatten(metrics)}
+    """Adds metrics to the row of `step` (train and eval metrics of one step share a row). A row
+    reaches metrics.csv when a later step is written, or on flush()/close()."""
+    step = int(step)
+    if self._pending is not None and self._pending["step"] != step:
+      self.flush()
+    if self._pending is None:
+      self._pending = {"step": step}
+    flat = self._flatten(metrics)
+    self._pending.update(flat)
+    if self._tb is not None:
+      for k, v in flat.items():
+        if math.isfinite(v):
+          self._tb.add_scalar(k, v, global_step=step)
+    return dict(self._pending)
+
+  def flush(self) -> None:
+    row, self._pending = self._pending, None
+    if row is None:
+      return
     if self._fields is None:
       self._fields = list(row)
       with open(self.csv_path, "w", newline="") as f:
@@ -60,13 +79,11 @@ class MetricsWriter:
     with open(self.csv_path, "a", newline="") as f:
       csv.DictWriter(f, self._fields).writerow(row)
     if self._tb is not None:
-      for k, v in row.items():
-        if k != "step" and math.isfinite(v):
-          self._tb.add_scalar(k, v, global_step=int(step))
-    return row
+      self._tb.flush()
 
   def truncate_after(self, step: int) -> None:
     """Drops rows logged after `step` (used when a run resumes from an earlier checkpoint)."""
+    self.flush()
     if not self.csv_path.exists():
       return
     rows = [r for r in read_csv(self.csv_path) if float(r["step"]) <= step]
@@ -76,6 +93,7 @@ class MetricsWriter:
       w.writerows(rows)
 
   def close(self):
+    self.flush()
     if self._tb is not None:
       self._tb.close()
 

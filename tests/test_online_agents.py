@@ -138,19 +138,20 @@ def test_critic_learns_one_step_rewards(name):
 
 
 def test_sac_actor_moves_toward_higher_q():
-  """With a critic fixed to Q(s, a) = -(a - 0.5)^2 summed, the SAC actor's mean moves to 0.5."""
+  """With a critic fixed to Q(s, a) = -(a - 0.5)^2 summed and a tiny fixed temperature, the SAC
+  actor's mode moves to 0.5."""
   agent, cfg = AGENTS["sac"]
+  cfg = dataclasses.replace(cfg, autotune_alpha=False, init_alpha=1e-3, actor_lr=1e-3)
   state = agent.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
 
   def fake_q(params, o, a):
     return jnp.stack([-jnp.sum((a - 0.5) ** 2, -1)] * 2)
 
-  state = state.replace(critic=state.critic.replace(apply_fn=fake_q),
-                        temperature=state.temperature.replace(
-                            params={"log_alpha": jnp.log(jnp.float32(1e-3))}))
+  state = state.replace(critic=state.critic.replace(apply_fn=fake_q))
   batch = random_batch(jax.random.PRNGKey(1), n=64)
   step = jax.jit(lambda s, k: sac.update_actor(s, batch, k)[0])
   for i in range(300):
     state = step(state, jax.random.PRNGKey(i))
+  assert float(sac.alpha(state)) == pytest.approx(1e-3)  # not tuned when autotune_alpha=False
   mode = sac.act(state, batch.observations, jax.random.PRNGKey(0), explore=False)
   np.testing.assert_allclose(np.asarray(mode).mean(0), [0.5, 0.5], atol=0.1)

@@ -1,0 +1,161 @@
+"""Shared fixtures: an isolated Minari store and tiny datasets built with Minari's own API.
+
+Every test session gets its own `MINARI_DATASETS_PATH` and `O2O_JAX_CACHE` (temporary folders), so
+nothing is read from or written to the user's `~/.minari` or `~/.cache`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+
+# Hopper-v5 with a 30-step limit under a uniform-random policy, per reset/action seed:
+#   seed 0 -> 26 steps, terminated     seed 1 -> 13 steps, terminated
+#   seed 4 -> 30 steps, truncated      seed 5 -> 26 steps, terminated
+#   seed 9 -> 30 steps, truncated      seed 6 -> 19 steps, terminated
+# (the fixture asserts that both kinds of episode end occur, so a MuJoCo/gymnasium change that alters
+# these trajectories fails loudly instead of silently weakening the tests).
+HOPPER_SEEDS = (0, 1, 4, 5, 9, 6)
+HOPPER_MAX_STEPS = 30
+HOPPER_DATASET_ID = "test/hopper/random-v0"
+REF_MIN, REF_MAX = -10.0, 90.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RawEpisode:
+  """One episode exactly as the env produced it (observations hold T+1 rows)."""
+  seed: int
+  observations: np.ndarray   # (T+1, obs_dim) float64
+  actions: np.ndarray        # (T, act_dim) float32
+  rewards: np.ndarray        # (T,) float64
+  terminations: np.ndarray   # (T,) bool
+  truncations: np.ndarray    # (T,) bool
+
+  def __len__(self) -> int:
+    return len(self.rewards)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyDataset:
+  dataset_id: str
+  episodes: List[RawEpisode]
+  ref_min_score: Optional[float]
+  ref_max_score: Optional[float]
+  env_id: str
+
+
+def collect_random_episodes(env_id: str, seeds: Sequence[int],
+                            max_episode_steps: int) -> List[RawEpisode]:
+  """Uniform-random-policy episodes, one per seed (the seed drives both reset and action sampling)."""
+  import gymnasium as gym
+  env = gym.make(env_id, max_episode_steps=max_episode_steps)
+  episodes = []
+  for seed in seeds:
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+    while True:
+      action = env.action_space.sample()
+      obs, reward, terminated, truncated, _ = env.step(action)
+      observations.append(obs)
+      actions.append(action)
+      rewards.append(reward)
+      terms.append(terminated)
+      truncs.append(truncated)
+      if terminated or truncated:
+        break
+    episodes.append(RawEpisode(seed=seed, observations=np.asarray(observations, np.float64),
+                               actions=np.asarray(actions, np.float32),
+                               rewards=np.asarray(rewards, np.float64),
+                               terminations=np.asarray(terms, bool),
+                               truncations=np.asarray(truncs, bool)))
+  env.close()
+  return episodes
+
+
+def create_minari_dataset(dataset_id: str, episodes: Sequence[RawEpisode], env_id: str,
+                          max_episode_steps: Optional[int] = None,
+                          ref_min_score: Optional[float] = None,
+                          ref_max_score: Optional[float] = None) -> str:
+  """Writes `episodes` as a Minari dataset in the current `$MINARI_DATASETS_PATH` via Minari's API."""
+  import gymnasium as gym
+  import minari
+  from minari.data_collector import EpisodeBuffer
+  buffers = [EpisodeBuffer(id=i, seed=ep.seed, observations=ep.observations, actions=ep.actions,
+                           rewards=ep.rewards, terminations=ep.terminations,
+                           truncations=ep.truncations)
+             for i, ep in enumerate(episodes)]
+  env = gym.make(env_id, max_episode_steps=max_episode_steps)
+  try:
+    minari.create_dataset_from_buffers(
+        dataset_id, buffers, env=env, eval_env=env_id, algorithm_name="uniform-random",
+        author="o2o_jax tests", author_email="tests@example.com",
+        code_permalink="https://example.com/o2o_jax", description="tiny test dataset",
+        ref_min_score=ref_min_score, ref_max_score=ref_max_score)
+  finally:
+    env.close()
+  return dataset_id
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_stores(tmp_path_factory) -> Dict[str, str]:
+  """Session-wide `MINARI_DATASETS_PATH` and `O2O_JAX_CACHE` in temporary folders (restored after)."""
+  paths = {"MINARI_DATASETS_PATH": str(tmp_path_factory.mktemp("minari_datasets")),
+           "O2O_JAX_CACHE": str(tmp_path_factory.mktemp("o2o_jax_cache"))}
+  saved = {k: os.environ.get(k) for k in paths}
+  os.environ.update(paths)
+  yield paths
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_hopper_dataset(isolated_stores) -> TinyDataset:
+  """6 random-policy Hopper-v5 episodes (30-step limit): some terminated, some truncated."""
+  episodes = collect_random_episodes("Hopper-v5", HOPPER_SEEDS, HOPPER_MAX_STEPS)
+  terminated = [bool(ep.terminations[-1]) for ep in episodes]
+  truncated = [bool(ep.truncations[-1]) and not ep.terminations[-1] for ep in episodes]
+  assert any(terminated) and any(truncated), "need both terminated and time-limit-truncated episodes"
+  for ep in episodes:  # only the last step of an episode may end it
+    assert not ep.terminations[:-1].any() and not ep.truncations[:-1].any()
+    assert ep.observations.shape == (len(ep) + 1, 11) and ep.actions.shape == (len(ep), 3)
+  assert all(len(ep) == HOPPER_MAX_STEPS for ep, tr in zip(episodes, truncated) if tr)
+  create_minari_dataset(HOPPER_DATASET_ID, episodes, "Hopper-v5", HOPPER_MAX_STEPS,
+                        ref_min_score=REF_MIN, ref_max_score=REF_MAX)
+  return TinyDataset(HOPPER_DATASET_ID, episodes, REF_MIN, REF_MAX, "Hopper-v5")
+
+
+_unique = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def make_dataset(isolated_stores) -> Callable[..., TinyDataset]:
+  """Factory for extra datasets: `make_dataset(name, env_id="Hopper-v5", seeds=(0, 1), max_steps=10,
+  edit=None, refs=(None, None))`. `edit(episodes) -> episodes` may corrupt the raw data (e.g. put a
+  NaN in) before it is written. Ids are made unique per call."""
+
+  def _make(name: str, env_id: str = "Hopper-v5", seeds: Sequence[int] = (0, 1),
+            max_steps: int = 10, edit: Optional[Callable] = None,
+            refs=(None, None)) -> TinyDataset:
+    episodes = collect_random_episodes(env_id, seeds, max_steps)
+    if edit is not None:
+      episodes = edit(episodes)
+    dataset_id = f"test/{name}-{next(_unique)}-v0"
+    create_minari_dataset(dataset_id, episodes, env_id, max_steps, ref_min_score=refs[0],
+                          ref_max_score=refs[1])
+    return TinyDataset(dataset_id, list(episodes), refs[0], refs[1], env_id)
+
+  return _make
+
+
+@pytest.fixture(scope="session")
+def halfcheetah_dataset(make_dataset) -> TinyDataset:
+  """A dataset of a different env (obs 17 / act 6) to check against Hopper-v5 (obs 11 / act 3)."""
+  return make_dataset("halfcheetah-random", env_id="HalfCheetah-v5", seeds=(0,), max_steps=8)
