@@ -79,8 +79,8 @@ def main(argv):
   obs_dim, act_dim = envs.env_dims(probe)
   probe.close()
   t0 = time.time()
-  states = jax.vmap(lambda k: agent.init(k, obs_dim, act_dim, agent_config))(
-      seed_keys(FLAGS.seed, FLAGS.seeds))
+  states = loops.init_states(agent, seed_keys(FLAGS.seed, FLAGS.seeds), obs_dim, act_dim,
+                             agent_config)
   writer = log_lib.MetricsWriter(run_dir)
   writer.truncate_after(0)
   states, _, history = loops.run_online(agent, states, make_env=make_env, num_seeds=FLAGS.seeds,

@@ -151,8 +151,8 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
   obs_dim, act_dim = envs_lib.env_dims(probe)
   probe.close()
   config = sac.Config(hidden_dims=tuple(hidden_dims))
-  states = jax.vmap(lambda k: sac.init(k, obs_dim, act_dim, config))(
-      jax.random.split(jax.random.PRNGKey(seed), 1))
+  states = loops.init_states(sac, jax.random.split(jax.random.PRNGKey(seed), 1), obs_dim, act_dim,
+                             config)
   record = {"observations": np.zeros((sac_steps, obs_dim), np.float32),
             "actions": np.zeros((sac_steps, act_dim), np.float32),
             "rewards": np.zeros(sac_steps, np.float32),

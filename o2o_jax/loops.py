@@ -21,6 +21,12 @@ from o2o_jax.data import replay
 from o2o_jax.types import Transition
 
 
+def init_states(agent, keys, obs_dim: int, act_dim: int, config):
+  """One agent state per key (seed axis first), initialised in one jitted program (eager init would
+  compile every primitive separately)."""
+  return jax.jit(jax.vmap(lambda k: agent.init(k, obs_dim, act_dim, config)))(keys)
+
+
 def unalias(tree):
   """Copies every leaf into its own device buffer. A fresh state may hold one array under two names
   (e.g. target params == params at init), which buffer donation rejects."""
