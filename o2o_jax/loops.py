@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -97,42 +97,59 @@ class OnlineConfig:
 
 def make_online_step(update: Callable, act: Callable, batch_size: int, utd: int,
                      offline_fraction: float):
-  """Per seed: insert the transition, run `utd` updates, and pick the action for `next_obs`.
-  The PRNG key travels in and out, so the host never splits keys (no extra dispatch per step)."""
+  """Per seed (vmap it): run `utd` updates on batches from `buffer`, then pick the action for
+  `next_obs`. The PRNG key travels in and out, so the host never splits keys."""
 
-  def step(state, buffer, transition: Transition, next_obs, key, offline: Optional[Transition]):
-    buffer = replay.insert(buffer, transition)
-    key, k_updates, k_act = jax.random.split(key, 3)
+  def step(state, buffer, next_obs, key, offline: Optional[Transition]):
+    key, k_sample, k_updates, k_act = jax.random.split(key, 4)
 
-    def body(state, k):
-      k_sample, k_update = jax.random.split(k)
+    def sample(k):
       if offline is not None and offline_fraction > 0:
-        batch = replay.sample_mixed(offline, buffer, k_sample, batch_size, offline_fraction)
-      else:
-        batch = replay.sample(buffer, k_sample, batch_size)
-      return update(state, batch, k_update)
+        return replay.sample_mixed(offline, buffer, k, batch_size, offline_fraction)
+      return replay.sample(buffer, k, batch_size)
 
-    state, metrics = jax.lax.scan(body, state, jax.random.split(k_updates, utd))
+    # All UTD batches are gathered up front (one gather per field), then the updates are scanned.
+    batches = jax.vmap(sample)(jax.random.split(k_sample, utd))
+    state, metrics = jax.lax.scan(lambda s, xs: update(s, *xs), state,
+                                  (batches, jax.random.split(k_updates, utd)))
     action = act(state, next_obs, k_act, True)
-    return state, buffer, action, key, _mean_metrics(metrics)
+    return state, action, key, _mean_metrics(metrics)
 
   return step
 
 
+class OnlineFunctions(NamedTuple):
+  step: Callable      # (states, buffers, transitions, next_obs, keys, offline) -> (states, buffers, actions, keys, metrics)
+  insert: Callable    # jitted replay.insert_lockstep (buffers donated)
+  update: Callable    # jitted, seed-vmapped UTD updates + next action (states donated)
+  act: Callable       # jitted, seed-vmapped exploration action: (states, obs, keys) -> (actions, keys)
+
+
 @functools.lru_cache(maxsize=None)
 def online_functions(agent, batch_size: int, utd: int, offline_fraction: float):
-  """Jitted, seed-vmapped (step, insert, act) for an agent module; cached so repeated runs in one
-  process compile once."""
-  step = make_online_step(agent.update, agent.act, batch_size, utd, offline_fraction)
-  step_fn = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, None)), donate_argnums=(0, 1))
-  insert_fn = jax.jit(jax.vmap(replay.insert), donate_argnums=(0,))
+  """Jitted functions over seed-stacked states and buffers, cached so repeated runs in one process
+  compile once. `step` inserts the seeds' transitions, runs the UTD updates and returns the next
+  actions; states and buffers are donated."""
+  per_seed = jax.vmap(make_online_step(agent.update, agent.act, batch_size, utd, offline_fraction),
+                      in_axes=(0, 0, 0, 0, None))
+
+  def step(states, buffers, transitions, next_obs, keys, offline):
+    buffers = insert_fn(buffers, transitions)
+    states, actions, keys, metrics = update_fn(states, buffers, next_obs, keys, offline)
+    return states, buffers, actions, keys, metrics
+
+  # Two device calls per env step: the insert (in place on the donated buffer), then the updates
+  # that read the buffer. Fused into one program, XLA merges the insert into the sampling gathers
+  # and copies the whole buffer every step (measured: ~8 ms per env step at capacity 300k).
+  insert_fn = jax.jit(replay.insert_lockstep, donate_argnums=(0,))
+  update_fn = jax.jit(per_seed, donate_argnums=(0,))
 
   def act_explore(state, obs, key):
     key, k = jax.random.split(key)
     return agent.act(state, obs, k, True), key
 
-  act_fn = jax.jit(jax.vmap(act_explore))
-  return step_fn, insert_fn, act_fn
+  return OnlineFunctions(step=step, insert=insert_fn, update=update_fn,
+                         act=jax.jit(jax.vmap(act_explore)))
 
 
 @dataclasses.dataclass
@@ -163,8 +180,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   norm = lambda o: (o - mean) / std
 
   buffer = replay.init(min(config.buffer_size, config.total_steps), obs_dim, act_dim, num_seeds)
-  step_fn, insert_fn, act_fn = online_functions(agent, config.batch_size, config.utd,
-                                                config.offline_fraction)
+  step_fn, insert_fn, _, act_fn = online_functions(agent, config.batch_size, config.utd,
+                                                   config.offline_fraction)
   eval_policy = make_eval_policy(agent.act, mean, std)
 
   states = unalias(states)

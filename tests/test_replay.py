@@ -182,3 +182,21 @@ def test_transition_masks_and_len():
   empty = empty_transitions(4, OBS_DIM, ACT_DIM, leading=(2,))
   chex.assert_shape(empty.observations, (2, 4, OBS_DIM))
   assert empty.rewards.dtype == jnp.float32
+
+
+def test_insert_lockstep_equals_vmapped_insert():
+  """The online loop's shared-pointer insert is the vmapped insert, also across the wrap-around."""
+  seeds, capacity = 3, 4
+  lock = replay.init(capacity, 2, 1, num_seeds=seeds)
+  vm = replay.init(capacity, 2, 1, num_seeds=seeds)
+  lock_fn = jax.jit(replay.insert_lockstep)
+  vm_fn = jax.jit(jax.vmap(replay.insert))
+  for t in range(6):
+    tr = Transition(observations=jnp.full((seeds, 2), t, jnp.float32) + jnp.arange(seeds)[:, None],
+                    actions=jnp.full((seeds, 1), -t, jnp.float32),
+                    rewards=jnp.arange(seeds, dtype=jnp.float32) * 10 + t,
+                    next_observations=jnp.full((seeds, 2), t + 1, jnp.float32),
+                    terminals=jnp.full((seeds,), t % 2, jnp.float32))
+    lock, vm = lock_fn(lock, tr), vm_fn(vm, tr)
+  chex.assert_trees_all_equal(lock, vm)
+  np.testing.assert_array_equal(lock.data.rewards[1], [14.0, 15.0, 12.0, 13.0])

@@ -47,6 +47,22 @@ def insert(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
                       size=jnp.minimum(buffer.size + n, capacity))
 
 
+def insert_lockstep(buffers: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
+  """Inserts one transition per seed into seed-stacked buffers (leaves (S, capacity, ...)) that are
+  filled in lockstep (all seeds share pointer and size, as in the online loop).
+
+  Equivalent to `jax.vmap(insert)`, but writes with one dynamic-update-slice at a shared row, which
+  XLA performs in place on a donated buffer; the vmapped scatter costs a pass over the whole buffer
+  per insert (measured: +7 ms per env step at capacity 300k)."""
+  row = buffers.pointer[0]
+  data = jax.tree_util.tree_map(
+      lambda store, new: jax.lax.dynamic_update_slice_in_dim(
+          store, new[:, None].astype(store.dtype), row, axis=1), buffers.data, transitions)
+  capacity = buffers.capacity
+  return ReplayBuffer(data=data, pointer=(buffers.pointer + 1) % capacity,
+                      size=jnp.minimum(buffers.size + 1, capacity))
+
+
 def gather(data: Transition, indices: jax.Array) -> Transition:
   return jax.tree_util.tree_map(lambda x: jnp.take(x, indices, axis=0), data)
 
