@@ -34,7 +34,8 @@ flags.DEFINE_bool("from_policies", False, "Reuse the behaviour policies saved in
 flags.DEFINE_string("policy_dir", "behaviour_policies", "Where behaviour policies are saved/read.")
 flags.DEFINE_string("out", None, "Minari datasets root to write into (default: $MINARI_DATASETS_PATH "
                     "or ~/.minari/datasets).")
-flags.DEFINE_bool("overwrite", False, "Replace datasets that already exist.")
+flags.DEFINE_bool("overwrite", False, "Replace datasets (and, when training, behaviour policies) "
+                  "that already exist.")
 flags.DEFINE_integer("ref_episodes", 100, "Episodes for the reference (random/expert) scores.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 
@@ -61,6 +62,10 @@ def main(argv):
       print(f"[{env_name}] loaded behaviour policies from {policy_dir} (medium step "
             f"{policies.medium_step}, expert step {policies.expert_step})")
     else:
+      if (policy_dir / "meta.json").exists() and not FLAGS.overwrite:
+        raise O2OError(f"behaviour policies for {env_name} already exist in {policy_dir}: pass "
+                       "--from_policies to reuse them, --policy_dir=<other folder> to train new ones "
+                       "elsewhere, or --overwrite to retrain and replace them")
       policy_dir.mkdir(parents=True, exist_ok=True)
       writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)
       policies = generate.train_behaviour_policy(

@@ -237,3 +237,67 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   train_envs.close()
   evaluator.close()
   return states, buffer, history
+
+
+# ----------------------------------------------------------------------------------------- offline run
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+  num_steps: int = 1_000_000
+  batch_size: int = 256
+  chunk: int = 5_000                  # updates fused per lax.scan call
+  eval_every: int = 10_000
+  eval_episodes: int = 10
+
+
+@functools.lru_cache(maxsize=None)
+def offline_chunk_fn(agent, batch_size: int, num_updates: int):
+  return vmap_offline_chunk(make_offline_chunk(agent.update, batch_size, num_updates))
+
+
+def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seeds: int, seed: int,
+                config: OfflineConfig, obs_mean=None, obs_std=None, metrics_writer=None,
+                normalized_score: Optional[Callable] = None, start_step: int = 0,
+                on_eval: Optional[Callable] = None, progress: bool = True,
+                desc: str = "offline") -> tuple:
+  """Offline training of `num_seeds` vmapped agents on one shared device dataset, in lax.scan chunks
+  of `config.chunk` updates, evaluating every `eval_every` updates. `on_eval(step, states, returns)`
+  is called after each evaluation (e.g. to checkpoint). Returns (states, eval history)."""
+  from o2o_jax import envs as envs_lib
+  from o2o_jax import logging as log_lib
+
+  if config.eval_every % config.chunk and config.chunk % config.eval_every:
+    raise ValueError(f"eval_every ({config.eval_every}) and chunk ({config.chunk}) must divide one another")
+  chunk = min(config.chunk, config.eval_every)
+  chunk_fn = offline_chunk_fn(agent, config.batch_size, chunk)
+  evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
+  eval_policy = make_eval_policy(agent.act, obs_mean, obs_std)
+  states = unalias(states)
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), start_step)
+  history = []
+  bar = log_lib.progress(config.num_steps, desc, initial=start_step, disable=not progress)
+  t0 = time.time()
+  step = start_step
+  while step < config.num_steps:
+    key, k = jax.random.split(key)
+    states, metrics = chunk_fn(states, jax.random.split(k, num_seeds), data)
+    step += chunk
+    bar.update(chunk)
+    if step % config.eval_every == 0 or step >= config.num_steps:
+      returns = evaluator.run(lambda o: eval_policy(states, o))
+      row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items()}
+      row["eval/return"] = returns.mean(1)
+      if normalized_score is not None:
+        row["eval/normalized_score"] = normalized_score(returns).mean(1)
+        bar.set_postfix(score=f"{float(np.mean(row['eval/normalized_score'])):.1f}")
+      else:
+        bar.set_postfix(eval=f"{float(returns.mean()):.1f}")
+      row["perf/updates_per_s"] = (step - start_step) / (time.time() - t0)
+      history.append({"step": step, "returns": returns})
+      if metrics_writer is not None:
+        metrics_writer.write(step, row)
+      if on_eval is not None:
+        on_eval(step, states, returns)
+  bar.close()
+  evaluator.close()
+  return states, history

@@ -79,3 +79,12 @@ def test_unknown_level_is_a_clear_error(generated, tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert "unknown level(s) ['mediocre']" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_existing_behaviour_policies_are_not_overwritten(generated, tmp_path):
+  _, policy_dir, _ = generated
+  env = dict(os.environ, MINARI_DATASETS_PATH=str(tmp_path))
+  out = subprocess.run([sys.executable, "-m", "experiments.make_dataset", f"--policy_dir={policy_dir}",
+                        "--sac_steps=300", "--eval_every=300", "--size=10"],
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "already exist" in out.stderr and "--from_policies" in out.stderr

@@ -1,0 +1,107 @@
+"""Offline agents (TD3+BC, BC) on hand-computed cases, and the pretrain launcher end to end."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o_jax import loops
+from o2o_jax.agents.offline import bc, td3_bc
+from o2o_jax.types import Transition
+
+OBS, ACT = 4, 2
+
+
+def test_td3bc_q_normaliser_hand_case():
+  q = jnp.array([1.0, -3.0, 2.0])          # mean |Q| = 2
+  assert float(td3_bc.q_normalizer(q, 2.5)) == pytest.approx(1.25)
+  # lambda is detached: d(lambda * mean Q)/dQ = lambda / n, no term from lambda itself
+  g = jax.grad(lambda q: td3_bc.q_normalizer(q, 2.5) * q.mean())(q)
+  np.testing.assert_allclose(g, [1.25 / 3] * 3, rtol=1e-6)
+
+
+def test_td3bc_actor_objective_hand_case():
+  cfg = td3_bc.Config(hidden_dims=(8,))
+  state = td3_bc.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
+  # Actor outputs constant 0.5, critic Q = [sum(a), 2 * sum(a)] per member.
+  state = state.replace(
+      actor=state.actor.replace(apply_fn=lambda p, o: jnp.full((o.shape[0], ACT), 0.5)),
+      critic=state.critic.replace(apply_fn=lambda p, o, a: jnp.stack([a.sum(-1), 2 * a.sum(-1)])))
+  batch = Transition(jnp.zeros((3, OBS)), jnp.array([[0.5, 0.5], [1.0, 0.5], [-0.5, 0.5]]),
+                     jnp.zeros(3), jnp.zeros((3, OBS)), jnp.zeros(3))
+  loss, info = td3_bc.actor_objective(state.actor.params, state, batch)
+  # Q_1 = 1 for every row -> lambda = 2.5 / 1; BC = mean(||0.5 - a||^2) = (0 + 0.25 + 1) / 3
+  assert float(info["lambda"]) == pytest.approx(2.5)
+  assert float(info["bc_loss"]) == pytest.approx(1.25 / 3)
+  assert float(loss) == pytest.approx(-2.5 + 1.25 / 3)
+
+
+@pytest.mark.parametrize("actor_type", bc.ACTOR_TYPES)
+def test_bc_clones_a_teacher(actor_type):
+  """BC on actions of a known teacher a = tanh(W s) recovers it (mode close to the teacher)."""
+  key = jax.random.PRNGKey(0)
+  obs = jax.random.normal(key, (512, OBS))
+  w = jnp.array([[0.8, -0.5], [0.3, 0.9], [-0.6, 0.2], [0.1, 0.4]])
+  data = Transition(obs, jnp.zeros((512, ACT)), jnp.zeros(512), obs, jnp.zeros(512))
+  data = bc.relabel_actions(data, lambda o, k: jnp.tanh(o @ w), key, chunk=200)
+  cfg = bc.Config(actor_type=actor_type, hidden_dims=(32, 32), actor_lr=3e-3, entropy_weight=0.0)
+  state = bc.init(key, OBS, ACT, cfg)
+  chunk = jax.jit(loops.make_offline_chunk(bc.update, 128, 400))
+  state, metrics = chunk(state, jax.random.PRNGKey(1), data)
+  pred = bc.act(state, obs, key, explore=False)
+  err = float(jnp.mean(jnp.abs(pred - data.actions)))
+  assert err < 0.15, err
+  assert int(state.step) == 400
+
+
+def test_bc_entropy_term_widens_the_policy():
+  """eq. 52: a positive entropy weight keeps the cloned Gaussian wider than pure likelihood."""
+  key = jax.random.PRNGKey(0)
+  obs = jax.random.normal(key, (256, OBS))
+  data = Transition(obs, jnp.tanh(obs[:, :ACT]), jnp.zeros(256), obs, jnp.zeros(256))
+  stds = []
+  for lam in (0.0, 1.0):
+    cfg = bc.Config(actor_type="gaussian", hidden_dims=(16,), actor_lr=1e-2, entropy_weight=lam)
+    state = bc.init(key, OBS, ACT, cfg)
+    state, _ = jax.jit(loops.make_offline_chunk(bc.update, 128, 300))(state, key, data)
+    stds.append(float(jnp.exp(state.actor.params["params"]["log_std"]).mean()))
+  assert stds[1] > 2 * stds[0], stds
+
+
+def test_pretrain_launcher_writes_a_restorable_checkpoint(tiny_hopper_dataset, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "experiments.pretrain", "--algo=td3bc",
+         f"--dataset={tiny_hopper_dataset.dataset_id}", "--seeds=2", "--budget=quick",
+         "--num_steps=40", "--eval_every=20", "--eval_episodes=1", "--hidden_dims=8,8",
+         "--batch_size=16", f"--out_dir={tmp_path}", "--progress=false"]
+  res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  run = tmp_path / "pretrain" / "td3bc" / tiny_hopper_dataset.dataset_id.replace("/", "_") / "seed0x2"
+  from o2o_jax.checkpoints import Checkpointer
+  ckpt = Checkpointer(run / "checkpoints")
+  assert ckpt.all_steps() == [20, 40]
+  template = loops.init_states(td3_bc, jax.random.split(jax.random.PRNGKey(0), 2), 11, 3,
+                               td3_bc.Config(hidden_dims=(8, 8)))
+  state, meta, step = ckpt.restore(template)
+  assert step == 40 and int(state.step[0]) == 40
+  assert meta["dataset_id"] == tiny_hopper_dataset.dataset_id and len(meta["obs_mean"]) == 11
+  # Round trip of the restored state is bit-exact.
+  ckpt.save(41, state, meta)
+  again, _, _ = ckpt.restore(template, step=41)
+  chex.assert_trees_all_equal(again, state)
+  assert (run / "curves.png").exists()
+
+
+def test_pretrain_rejects_batch_larger_than_dataset(tiny_hopper_dataset, tmp_path):
+  res = subprocess.run([sys.executable, "-m", "experiments.pretrain", "--algo=td3bc",
+                        f"--dataset={tiny_hopper_dataset.dataset_id}", "--batch_size=100000",
+                        f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2 and "larger than the dataset" in res.stderr
+  res = subprocess.run([sys.executable, "-m", "experiments.pretrain", "--algo=dqn",
+                        f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2 and "unknown agent 'dqn'" in res.stderr
