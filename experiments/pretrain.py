@@ -16,7 +16,7 @@ from absl import flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("algo", "td3bc", "Offline algorithm: td3bc, bc.")
+flags.DEFINE_enum("algo", "td3bc", ["td3bc", "cql", "iql", "awac", "bc"], "Offline algorithm.")
 flags.DEFINE_string("dataset", "o2o/hopper/medium-v0", "Minari dataset id (local store or shipped).")
 flags.DEFINE_integer("seeds", 1, "Seeds trained together as one vmapped program.")
 flags.DEFINE_integer("seed", 0, "Base seed.")

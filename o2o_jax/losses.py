@@ -48,3 +48,9 @@ def expectile_loss(diff, expectile: float):
   """IQL's asymmetric L2: |tau - 1(diff < 0)| * diff^2, diff = Q - V."""
   weight = jnp.where(diff > 0, expectile, 1.0 - expectile)
   return weight * jnp.square(diff)
+
+
+def cql_logsumexp(q_samples, log_densities, temperature: float = 1.0):
+  """CQL's importance-sampled soft maximum over sampled actions a_j ~ q:
+  T * logsumexp_j((Q(s, a_j) - log q(a_j)) / T), over the last axis."""
+  return temperature * jax.nn.logsumexp((q_samples - log_densities) / temperature, axis=-1)

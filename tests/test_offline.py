@@ -105,3 +105,77 @@ def test_pretrain_rejects_batch_larger_than_dataset(tiny_hopper_dataset, tmp_pat
   res = subprocess.run([sys.executable, "-m", "experiments.pretrain", "--algo=dqn",
                         f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
   assert res.returncode == 2 and "unknown agent 'dqn'" in res.stderr
+
+
+# --- CQL, IQL, AWAC ------------------------------------------------------------------------------
+
+from o2o_jax import losses
+from o2o_jax.agents.offline import awac, cql, iql
+
+
+def test_cql_logsumexp_with_importance_weights_hand_case():
+  q = jnp.array([[1.0, 2.0]])
+  log_q = jnp.array([[0.0, np.log(2.0)]])
+  expected = np.log(np.e ** 1 + np.e ** 2 / 2)
+  assert float(losses.cql_logsumexp(q, log_q, 1.0)[0]) == pytest.approx(expected, rel=1e-6)
+  # temperature T: T * log sum exp((q - log q)/T)
+  expected_t = 2.0 * np.log(np.exp(1 / 2) + np.exp((2 - np.log(2)) / 2))
+  assert float(losses.cql_logsumexp(q, log_q, 2.0)[0]) == pytest.approx(expected_t, rel=1e-6)
+
+
+def test_awr_and_awac_weights_are_clipped_at_100():
+  np.testing.assert_allclose(iql.awr_weights(jnp.array([0.0, 1.0, 10.0]), 3.0),
+                             [1.0, np.exp(3.0), 100.0], rtol=1e-6)
+  np.testing.assert_allclose(awac.awac_weights(jnp.array([0.0, 0.5, 5.0]), 1.0 / 3.0),
+                             [1.0, np.exp(1.5), 100.0], rtol=1e-6)
+  g = jax.grad(lambda a: iql.awr_weights(a, 3.0).sum())(jnp.array([0.5]))
+  assert float(g[0]) == 0.0    # detached
+
+
+def test_iql_value_is_the_expectile_of_q():
+  """With Q'(s, a) fixed, V(s) -> the tau-expectile of Q over the dataset's actions."""
+  cfg = iql.Config(hidden_dims=(16,), value_lr=1e-2, expectile=0.9)
+  state = iql.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
+  qs = jnp.array([0.0, 1.0, 2.0, 10.0])
+  obs = jnp.zeros((4, OBS))
+  batch = Transition(obs, jnp.zeros((4, ACT)), jnp.zeros(4), obs, jnp.zeros(4))
+  step = jax.jit(lambda s: s.value.apply_gradients(grads=jax.grad(
+      lambda p: iql.value_loss(p, s, batch, qs)[0])(s.value.params)))
+  for _ in range(4000):
+    state = state.replace(value=step(state))
+  v = float(state.value.apply_fn(state.value.params, obs[:1])[0])
+  # e solves 0.9 * sum_{q>e}(q-e) = 0.1 * sum_{q<e}(e-q): 0.9 (10 - e) = 0.1 (3e - 3) -> e = 7.75
+  assert v == pytest.approx(7.75, abs=0.1)
+
+
+def test_cql_penalty_pushes_down_unseen_actions():
+  """On data whose actions are all 0, CQL's Q at a = 0 ends above Q at random actions; without the
+  penalty (alpha_cql = 0) there is no such gap."""
+  key = jax.random.PRNGKey(0)
+  obs = jax.random.normal(key, (256, OBS))
+  data = Transition(obs, jnp.zeros((256, ACT)), jnp.ones(256), obs, jnp.ones(256))
+  gaps = []
+  for alpha in (0.0, 5.0):
+    cfg = cql.Config(hidden_dims=(32, 32), cql_alpha=alpha, critic_lr=1e-3, cql_n_actions=4)
+    state = cql.init(key, OBS, ACT, cfg)
+    state, m = jax.jit(loops.make_offline_chunk(cql.update, 64, 300))(state, key, data)
+    q = lambda a: state.sac.critic.apply_fn(state.sac.critic.params, obs, a).min(0).mean()
+    rand = jax.random.uniform(jax.random.PRNGKey(3), (256, ACT), minval=-1, maxval=1)
+    gaps.append(float(q(jnp.zeros((256, ACT))) - q(rand)))
+  assert gaps[1] > gaps[0] + 0.5, gaps
+
+
+@pytest.mark.parametrize("module, cfg", [
+    (cql, cql.Config(hidden_dims=(8, 8), lagrange=True)),
+    (iql, iql.Config(hidden_dims=(8, 8))),
+    (iql, iql.Config(hidden_dims=(8, 8), deterministic=True)),
+    (awac, awac.Config(hidden_dims=(8, 8))),
+])
+def test_offline_agents_update_and_act(module, cfg):
+  state = module.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
+  obs = jax.random.normal(jax.random.PRNGKey(1), (16, OBS))
+  batch = Transition(obs, jnp.tanh(obs[:, :ACT]), jnp.ones(16), obs, jnp.zeros(16))
+  new, info = jax.jit(module.update)(state, batch, jax.random.PRNGKey(2))
+  assert int(new.step) == 1 and all(np.isfinite(np.asarray(v)).all() for v in info.values())
+  a = module.act(new, obs, jax.random.PRNGKey(3), explore=True)
+  assert a.shape == (16, ACT) and float(jnp.abs(a).max()) <= 1.0

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from o2o_jax import losses
+
 
 class TrainState(train_state.TrainState):
   """flax's TrainState (params, apply_fn, tx, opt_state, step)."""
@@ -33,6 +35,14 @@ def apply_gradients(state: TrainState, loss_fn: Callable, *args, has_aux: bool =
   """One optimiser step on `loss_fn(params, *args)`; returns (new_state, aux)."""
   grads, aux = jax.grad(loss_fn, has_aux=has_aux)(state.params, *args)
   return state.apply_gradients(grads=grads), aux
+
+
+def critic_loss(critic_params, state, batch, targets, key=None):
+  """sum_k E[(Q_k(s, a) - y)^2] for the critic ensemble `state.critic` (targets already computed)."""
+  del key
+  q = state.critic.apply_fn(critic_params, batch.observations, batch.actions)
+  loss = losses.critic_mse(q, targets)
+  return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": targets.mean()}
 
 
 def scalar_param(value: float):

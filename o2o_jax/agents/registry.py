@@ -7,7 +7,9 @@ from types import ModuleType
 from o2o_jax.errors import O2OError
 
 ONLINE = {"sac": "o2o_jax.agents.online.sac", "td3": "o2o_jax.agents.online.td3"}
-OFFLINE = {"td3bc": "o2o_jax.agents.offline.td3_bc", "bc": "o2o_jax.agents.offline.bc"}
+OFFLINE = {"td3bc": "o2o_jax.agents.offline.td3_bc", "cql": "o2o_jax.agents.offline.cql",
+           "iql": "o2o_jax.agents.offline.iql", "awac": "o2o_jax.agents.offline.awac",
+           "bc": "o2o_jax.agents.offline.bc"}
 O2O: dict = {}
 
 

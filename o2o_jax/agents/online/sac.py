@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from o2o_jax import losses, networks
-from o2o_jax.agents.common import TrainState, make_train_state
+from o2o_jax.agents.common import TrainState, critic_loss, make_train_state
 from o2o_jax.types import Metrics, PRNGKey, Transition
 
 
@@ -39,6 +39,7 @@ class Config:
   log_std_min: float = -5.0
   log_std_max: float = 2.0
   learnable_log_std_scale: bool = False                 # CORL's CQL actor
+  orthogonal_init: bool = False
 
 
 @flax.struct.dataclass
@@ -53,11 +54,11 @@ class State:
 
 def make_networks(config: Config, act_dim: int):
   actor = networks.TanhGaussianActor(act_dim, tuple(config.hidden_dims), config.log_std_min,
-                                     config.log_std_max, layer_norm=False,
+                                     config.log_std_max, orthogonal_init=config.orthogonal_init,
                                      learnable_log_std_scale=config.learnable_log_std_scale)
   critic = networks.CriticEnsemble(config.num_critics,
                                    tuple(config.critic_hidden_dims or config.hidden_dims),
-                                   layer_norm=config.layer_norm)
+                                   layer_norm=config.layer_norm, orthogonal_init=config.orthogonal_init)
   return actor, critic
 
 
@@ -95,16 +96,13 @@ def soft_td_target(state: State, batch: Transition, key: PRNGKey) -> jax.Array:
   return losses.td_target(batch.rewards, batch.masks, state.config.discount, next_q)
 
 
-def critic_loss(critic_params, state: State, batch: Transition, targets) -> tuple:
-  q = state.critic.apply_fn(critic_params, batch.observations, batch.actions)
-  loss = losses.critic_mse(q, targets)
-  return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": targets.mean()}
 
 
 def update_critic(state: State, batch: Transition, key: PRNGKey, loss_fn=critic_loss):
-  """One critic step on `loss_fn(params, state, batch, targets)` then the Polyak target update."""
-  targets = soft_td_target(state, batch, key)
-  grads, info = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, targets)
+  """One critic step on `loss_fn(params, state, batch, targets, key)` then the Polyak target update."""
+  k_target, k_loss = jax.random.split(key)
+  targets = soft_td_target(state, batch, k_target)
+  grads, info = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, targets, k_loss)
   critic = state.critic.apply_gradients(grads=grads)
   target = losses.polyak(state.target_critic_params, critic.params, state.config.tau)
   return state.replace(critic=critic, target_critic_params=target), info

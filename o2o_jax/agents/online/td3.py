@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from o2o_jax import losses, networks
-from o2o_jax.agents.common import TrainState, make_train_state
+from o2o_jax.agents.common import TrainState, critic_loss, make_train_state
 from o2o_jax.types import Metrics, PRNGKey, Transition
 
 
@@ -72,10 +72,6 @@ def td_target(state: State, batch: Transition, key: PRNGKey) -> jax.Array:
   return losses.td_target(batch.rewards, batch.masks, c.discount, next_q)
 
 
-def critic_loss(critic_params, state: State, batch: Transition, targets):
-  q = state.critic.apply_fn(critic_params, batch.observations, batch.actions)
-  loss = losses.critic_mse(q, targets)
-  return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": targets.mean()}
 
 
 def update_critic(state: State, batch: Transition, key: PRNGKey, target_fn=td_target,
