@@ -13,7 +13,7 @@ import time
 
 from absl import flags
 
-from experiments import common
+from experiments import common, presets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("algo", "td3bc", ["td3bc", "cql", "iql", "awac", "bc"], "Offline algorithm.")
@@ -28,6 +28,9 @@ flags.DEFINE_integer("eval_episodes", None, "Deterministic evaluation episodes p
 flags.DEFINE_integer("chunk", None, "Updates fused per lax.scan call (default: eval_every, at most 5k).")
 flags.DEFINE_list("hidden_dims", None, "Hidden sizes (default 256,256 paper; 64,64 quick).")
 flags.DEFINE_bool("normalize_states", True, "Standardise observations with the dataset's mean/std.")
+flags.DEFINE_enum("preset", "corl", presets.PRESETS, "Per-dataset hyperparameters: 'corl' (CORL's "
+                  "configs, e.g. IQL's deterministic actor on hopper-medium) or 'none' (algorithm "
+                  "defaults, as the official OCR-CFT code uses).")
 flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: seed<seed>x<seeds>).")
 flags.DEFINE_bool("restart", False, "Delete an existing run directory of this name first.")
@@ -71,14 +74,18 @@ def main(argv):
   envs.check_dataset_matches_env(dataset, probe)
   probe.close()
 
-  agent_config = agent.Config(hidden_dims=d["hidden_dims"])
+  preset = presets.offline_preset(FLAGS.algo, FLAGS.dataset, FLAGS.preset)
+  agent_config = agent.Config(hidden_dims=d["hidden_dims"], **preset["config"])
+  if "max_steps" in {f.name for f in dataclasses.fields(agent_config)}:
+    agent_config = dataclasses.replace(agent_config, max_steps=d["num_steps"])
+  scale = presets.reward_scale(dataset.episode_returns) if preset["normalize_reward"] else 1.0
   loop_config = loops.OfflineConfig(num_steps=d["num_steps"], batch_size=FLAGS.batch_size, chunk=chunk,
                                     eval_every=d["eval_every"], eval_episodes=d["eval_episodes"])
   mean = dataset.obs_mean if FLAGS.normalize_states else np.zeros_like(dataset.obs_mean)
   std = dataset.obs_std if FLAGS.normalize_states else np.ones_like(dataset.obs_std)
   config = {"phase": "pretrain", "algo": FLAGS.algo, "dataset": FLAGS.dataset, "env": env_id,
             "seeds": FLAGS.seeds, "seed": FLAGS.seed, "budget": FLAGS.budget,
-            "normalize_states": FLAGS.normalize_states,
+            "normalize_states": FLAGS.normalize_states, "preset": FLAGS.preset, "reward_scale": scale,
             "agent_config": dataclasses.asdict(agent_config), "loop_config": dataclasses.asdict(loop_config)}
   run_dir = runs.run_dir_for(FLAGS.out_dir, "pretrain", FLAGS.algo, FLAGS.dataset,
                              FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}")
@@ -93,14 +100,14 @@ def main(argv):
 
   t = dataset.transitions
   data = Transition(observations=jnp.asarray((t.observations - mean) / std), actions=jnp.asarray(t.actions),
-                    rewards=jnp.asarray(t.rewards),
+                    rewards=jnp.asarray(t.rewards * scale),
                     next_observations=jnp.asarray((t.next_observations - mean) / std),
                     terminals=jnp.asarray(t.terminals))
   states = loops.init_states(agent, seed_keys(FLAGS.seed, FLAGS.seeds), dataset.observation_dim,
                              dataset.action_dim, agent_config)
   metadata = {"config": config, "algo": FLAGS.algo, "dataset_id": FLAGS.dataset, "env_id": env_id,
               "obs_dim": dataset.observation_dim, "act_dim": dataset.action_dim,
-              "obs_mean": mean, "obs_std": std, "reward_transform": {"scale": 1.0, "shift": 0.0},
+              "obs_mean": mean, "obs_std": std, "reward_transform": {"scale": scale, "shift": 0.0},
               "ref_min_score": dataset.ref_min_score, "ref_max_score": dataset.ref_max_score}
   writer = log_lib.MetricsWriter(run_dir)
   writer.truncate_after(0)

@@ -179,3 +179,16 @@ def test_offline_agents_update_and_act(module, cfg):
   assert int(new.step) == 1 and all(np.isfinite(np.asarray(v)).all() for v in info.values())
   a = module.act(new, obs, jax.random.PRNGKey(3), explore=True)
   assert a.shape == (16, ACT) and float(jnp.abs(a).max()) <= 1.0
+
+
+def test_presets_follow_corl():
+  from experiments import presets
+  assert presets.dataset_env_and_level("o2o/hopper/medium-replay-v0") == ("hopper", "medium-replay")
+  assert presets.dataset_env_and_level("mujoco/halfcheetah/expert-v0") == ("halfcheetah", "expert")
+  p = presets.offline_preset("iql", "o2o/hopper/medium-v0")
+  assert p == {"config": {"deterministic": True, "tau": 0.001}, "normalize_reward": True}
+  assert presets.offline_preset("iql", "o2o/hopper/medium-expert-v0")["config"] == {"expectile": 0.5, "beta": 6.0}
+  assert presets.offline_preset("iql", "o2o/walker2d/medium-v0") == {"config": {}, "normalize_reward": False}
+  assert presets.offline_preset("cql", "o2o/hopper/medium-v0")["normalize_reward"]
+  assert presets.offline_preset("iql", "o2o/hopper/medium-v0", "none")["config"] == {}
+  assert presets.reward_scale(np.array([100.0, 600.0])) == pytest.approx(2.0)
