@@ -42,3 +42,20 @@ def run(main):
       sys.exit(130)
 
   app.run(wrapped)
+
+
+def budget_values(defaults_by_budget, flag_values, positive=()):
+  """The --budget defaults with every explicitly given flag taking precedence, validated:
+  --seeds >= 1 and each name in `positive` > 0 (an O2OError names the flag otherwise)."""
+  values = dict(defaults_by_budget[flag_values.budget])
+  for k in values:
+    given = getattr(flag_values, k)
+    if given is not None:
+      values[k] = tuple(int(h) for h in given) if k == "hidden_dims" else given
+  if flag_values.seeds < 1:
+    raise O2OError(f"--seeds must be at least 1 (got {flag_values.seeds})")
+  for k in positive:
+    v = values[k] if k in values else getattr(flag_values, k)
+    if v <= 0:
+      raise O2OError(f"--{k} must be positive (got {v})")
+  return values

@@ -54,15 +54,8 @@ def main(argv):
   from o2o_jax.types import Transition, seed_keys
 
   agent = registry.get(FLAGS.algo, registry.OFFLINE)
-  d = dict(_DEFAULTS[FLAGS.budget])
-  for k in d:
-    if getattr(FLAGS, k) is not None:
-      d[k] = tuple(int(h) for h in getattr(FLAGS, k)) if k == "hidden_dims" else getattr(FLAGS, k)
-  if FLAGS.seeds < 1:
-    raise O2OError(f"--seeds must be at least 1 (got {FLAGS.seeds})")
-  for k in ("num_steps", "eval_every", "eval_episodes"):
-    if d[k] <= 0:
-      raise O2OError(f"--{k} must be positive (got {d[k]})")
+  d = common.budget_values(_DEFAULTS, FLAGS, positive=("num_steps", "eval_every", "eval_episodes",
+                                                       "batch_size"))
   chunk = FLAGS.chunk or min(d["eval_every"], 5_000)
   dataset = load_dataset(FLAGS.dataset)
   if FLAGS.batch_size > dataset.size:

@@ -45,18 +45,10 @@ def main(argv):
   from o2o_jax import logging as log_lib
   from o2o_jax.agents import registry
   from o2o_jax.checkpoints import Checkpointer
-  from o2o_jax.errors import O2OError
   from o2o_jax.types import seed_keys
 
-  d = dict(_DEFAULTS[FLAGS.budget])
-  for k in d:
-    if getattr(FLAGS, k) is not None:
-      d[k] = tuple(int(h) for h in getattr(FLAGS, k)) if k == "hidden_dims" else getattr(FLAGS, k)
-  if FLAGS.seeds < 1:
-    raise O2OError(f"--seeds must be at least 1 (got {FLAGS.seeds})")
-  for k in ("total_steps", "eval_every", "eval_episodes", "utd", "batch_size"):
-    if d.get(k, getattr(FLAGS, k)) <= 0:
-      raise O2OError(f"--{k} must be positive (got {d.get(k, getattr(FLAGS, k))})")
+  d = common.budget_values(_DEFAULTS, FLAGS, positive=("total_steps", "eval_every", "eval_episodes",
+                                                       "utd", "batch_size"))
   env_id = envs.resolve_env_id(FLAGS.env)
   agent = registry.get(FLAGS.agent, registry.ONLINE)
   agent_config = agent.Config(hidden_dims=d["hidden_dims"])
