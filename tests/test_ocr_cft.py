@@ -1,0 +1,164 @@
+"""OCR-CFT pieces: the lambda step and tau schedule, O2TD3's alignment and constraint properties,
+refresh_reference under vmap, and a user-written jit(vmap(scan(finetune_step)))."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o_jax import lagrange, loops
+from o2o_jax.agents.o2o import o2td3
+from o2o_jax.data import replay
+from o2o_jax.types import Transition, seed_keys, take_index
+
+OBS, ACT = 4, 2
+CFG = o2td3.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16))
+
+
+def batch(key, n=32):
+  k = jax.random.split(key, 4)
+  obs = jax.random.normal(k[0], (n, OBS))
+  return Transition(obs, jax.random.uniform(k[1], (n, ACT), minval=-1, maxval=1),
+                    jax.random.normal(k[2], (n,)), jax.random.normal(k[3], (n, OBS)), jnp.zeros(n))
+
+
+# --- lambda ----------------------------------------------------------------------------------
+
+def test_lambda_loss_weights_and_value():
+  f = jnp.array([0.5, 2.0])          # tau = 1: first satisfies (w 0.3), second violates (w 0.7)
+  np.testing.assert_allclose(lagrange.constraint_weights(f, 1.0), [0.3, 0.7])
+  expected = np.exp(0.2) * np.mean([0.3 * 0.5, 0.7 * -1.0])
+  assert float(lagrange.loss(0.2, f, 1.0)) == pytest.approx(expected, rel=1e-6)
+  g = jax.grad(lagrange.loss, argnums=1)(0.2, f, 1.0)
+  np.testing.assert_array_equal(g, 0.0)   # f is detached
+
+
+def test_lambda_rises_while_violated_and_decays_while_satisfied():
+  state = lagrange.init(1.0, learning_rate=0.05)
+  step = jax.jit(lagrange.update)
+  values = []
+  for _ in range(50):
+    state, info = step(state, jnp.full((8,), 2.0), 1.0)      # violated
+    values.append(float(info["lambda"]))
+  assert values[-1] > values[0] > 1.0 and np.all(np.diff(values) > 0)
+  decay = []
+  for _ in range(1000):
+    state, info = step(state, jnp.full((8,), 0.0), 1.0)      # satisfied
+    decay.append(float(info["lambda"]))
+  assert np.all(np.diff(decay[10:]) < 0)                     # once Adam's momentum has turned
+  assert 0.0 <= decay[-1] < 0.01 * values[-1]
+
+
+def test_tau_schedule_linear_then_flat():
+  sched = lambda t: float(lagrange.tau_schedule(t, 0.0025, 0.04, 100_000))
+  assert sched(0) == pytest.approx(0.0025)
+  assert sched(50_000) == pytest.approx(0.0025 + 0.5 * (0.04 - 0.0025))
+  assert sched(100_000) == pytest.approx(0.04) and sched(250_000) == pytest.approx(0.04)
+
+
+# --- O2TD3 alignment --------------------------------------------------------------------------
+
+def test_calibrated_value_never_exceeds_the_anchor():
+  anchor = jnp.array([10.0, -10.0, 0.0, 3.0])
+  d = jnp.array([0.1, 0.1, 0.2, 0.0])
+  out = o2td3.calibrated_value(anchor, d, 1.0)
+  np.testing.assert_allclose(out, [10 / 1.01, -10 * 1.01, 0.0, 3.0], rtol=1e-6)
+  a = jax.random.normal(jax.random.PRNGKey(0), (1000,)) * 100
+  dist = jax.random.uniform(jax.random.PRNGKey(1), (1000,)) * 0.2
+  assert bool(jnp.all(o2td3.calibrated_value(a, dist, 1.0) <= a))
+
+
+def test_action_distance_is_scaled_and_capped():
+  a, b = jnp.array([[0.1, 0.1], [1.0, -1.0]]), jnp.zeros((2, 2))
+  d = o2td3.action_distance(a, b, cap=0.2)
+  np.testing.assert_allclose(d, [0.1, 0.2], rtol=1e-6)   # ||(.1,.1)||/sqrt2 = .1 ; big one capped
+
+
+def test_align_targets_properties():
+  state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, CFG)
+  b = batch(jax.random.PRNGKey(1))
+  noisy, targets, anchor_actions, anchor = o2td3.align_targets(state, b.observations, jax.random.PRNGKey(2))
+  q_noisy = state.critic.apply_fn(state.target_critic_params, b.observations, noisy)
+  assert bool(jnp.all(targets <= q_noisy + 1e-6))                    # min with *each* target critic
+  assert bool(jnp.all(targets <= anchor[None] + 1e-6))               # never above the anchor
+  q_anchor = state.critic.apply_fn(state.target_critic_params, b.observations, anchor_actions).min(0)
+  np.testing.assert_allclose(anchor, q_anchor, rtol=1e-6)
+
+
+def test_align_step_freezes_targets_and_finish_copies():
+  state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, CFG)
+  new, info = jax.jit(o2td3.align_step)(state, batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
+  chex.assert_trees_all_equal(new.target_critic_params, state.target_critic_params)
+  chex.assert_trees_all_equal(new.offline_actor_params, state.offline_actor_params)
+  assert not np.allclose(jax.tree_util.tree_leaves(new.actor.params)[0],
+                         jax.tree_util.tree_leaves(state.actor.params)[0])
+  done = o2td3.finish_alignment(new)
+  chex.assert_trees_all_equal(done.target_critic_params, new.critic.params)
+  chex.assert_trees_all_equal(done.target_actor_params, new.actor.params)
+
+
+# --- O2TD3 fine-tuning ------------------------------------------------------------------------
+
+def test_constraint_is_zero_when_policy_equals_reference():
+  state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, CFG)       # pi_on = pi_ref at init
+  b = batch(jax.random.PRNGKey(1))
+  _, info = o2td3.finetune_actor_loss(state.actor.params, state, b.observations, 1.0)
+  assert float(info["actor_constraint"]) == 0.0
+  _, info = jax.jit(o2td3.finetune_step)(state, b, jax.random.PRNGKey(2))
+  assert float(info["critic_penalty"]) == 0.0 and float(info["constraint"]) == 0.0
+  # constraint satisfied (f = 0 < tau): lambda decreases
+  assert float(info["lambda"]) < 1.0
+
+
+def test_direct_finetuning_switch_has_no_lambda():
+  import dataclasses
+  state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, dataclasses.replace(CFG, constrain=False))
+  _, info = jax.jit(o2td3.finetune_step)(state, batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
+  assert float(info["lambda"]) == 0.0
+
+
+def test_refresh_reference_under_vmap_updates_only_improved_seeds():
+  states = loops.init_states(o2td3, seed_keys(0, 3), OBS, ACT, CFG)
+  states = jax.vmap(o2td3.init_reference)(states, jnp.array([10.0, 10.0, 10.0]), jnp.array([5.0, 5.0, 5.0]))
+  # perturb pi_on so it differs from pi_ref
+  states = states.replace(actor=states.actor.replace(params=jax.tree_util.tree_map(
+      lambda x: x + 1.0, states.actor.params)))
+  new = jax.jit(jax.vmap(o2td3.refresh_reference))(states, jnp.array([12.0, 9.0, 10.0]))
+  np.testing.assert_array_equal(new.best_score, [12.0, 10.0, 10.0])
+  for i, improved in enumerate([True, False, False]):
+    expected = take_index(states.actor.params if improved else states.reference_actor_params, i)
+    chex.assert_trees_all_equal(take_index(new.reference_actor_params, i), expected)
+
+
+def test_init_reference_picks_the_better_policy():
+  state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, CFG)
+  state = state.replace(actor=state.actor.replace(params=jax.tree_util.tree_map(
+      lambda x: x * 2.0, state.actor.params)))
+  on = o2td3.init_reference(state, 1.0, 2.0)
+  chex.assert_trees_all_equal(on.reference_actor_params, state.actor.params)
+  off = o2td3.init_reference(state, 2.0, 2.0)      # pi_on only if strictly better
+  chex.assert_trees_all_equal(off.reference_actor_params, state.offline_actor_params)
+  assert float(off.best_score) == 2.0
+
+
+def test_user_written_vmapped_scan_matches_the_package_loop():
+  """A user's own jit(vmap(scan(finetune_step))) compiles and matches loops.make_offline_chunk."""
+  seeds, k = 2, 4
+  states = loops.init_states(o2td3, seed_keys(0, seeds), OBS, ACT, CFG)
+  data = batch(jax.random.PRNGKey(7), n=64)
+
+  @jax.jit
+  def user_program(states, keys):
+    def one_seed(state, key):
+      def body(s, kk):
+        k_sample, k_update = jax.random.split(kk)
+        return o2td3.finetune_step(s, replay.sample_offline(data, k_sample, 16), k_update)
+      return jax.lax.scan(body, state, jax.random.split(key, k))
+    return jax.vmap(one_seed)(states, keys)
+
+  keys = seed_keys(3, seeds)
+  mine, _ = user_program(states, keys)
+  package = loops.vmap_offline_chunk(loops.make_offline_chunk(o2td3.finetune_step, 16, k))
+  theirs, _ = package(loops.unalias(states), keys, data)
+  chex.assert_trees_all_close(mine, theirs, rtol=1e-5, atol=1e-6)
+  assert [int(s) for s in mine.step] == [k, k]
