@@ -49,7 +49,7 @@ def budget_values(defaults_by_budget, flag_values, positive=()):
   --seeds >= 1 and each name in `positive` > 0 (an O2OError names the flag otherwise)."""
   values = dict(defaults_by_budget[flag_values.budget])
   for k in values:
-    given = getattr(flag_values, k)
+    given = getattr(flag_values, k) if k in flag_values else None
     if given is not None:
       values[k] = tuple(int(h) for h in given) if k == "hidden_dims" else given
   if flag_values.seeds < 1:

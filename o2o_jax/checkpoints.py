@@ -50,6 +50,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, metadata: Optional[Dict[str, Any]] = None) -> None:
     ocp = _ocp()
+    if step in self._manager.all_steps():   # a resumed run reaching a step it had saved before
+      self._manager.delete(step)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_to_json(metadata or {}))),
         force=True)

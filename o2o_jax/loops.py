@@ -21,6 +21,14 @@ from o2o_jax.data import replay
 from o2o_jax.types import Transition
 
 
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """What the loops need of an agent: `update(state, batch, key)` and `act(state, obs, key, explore)`.
+  An agent module already is one; phases of an O2O agent are `Learner(o2td3.align_step, o2td3.act)`."""
+  update: Callable
+  act: Callable
+
+
 def init_states(agent, keys, obs_dim: int, act_dim: int, config):
   """One agent state per key (seed axis first), initialised in one jitted program (eager init would
   compile every primitive separately)."""
@@ -85,7 +93,8 @@ def make_eval_policy(act: Callable, obs_mean=None, obs_std=None):
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
   total_steps: int = 300_000
-  start_steps: int = 5_000            # uniform random actions (and no updates) before this step
+  start_steps: int = 5_000            # no updates before this step (warm-up)
+  random_warmup: bool = True          # warm-up actions: uniform random (True) or the policy's
   utd: int = 1                        # gradient updates per env step
   batch_size: int = 256
   buffer_size: int = 1_000_000
@@ -126,11 +135,12 @@ class OnlineFunctions(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def online_functions(agent, batch_size: int, utd: int, offline_fraction: float):
+def online_functions(update: Callable, act: Callable, batch_size: int, utd: int,
+                     offline_fraction: float):
   """Jitted functions over seed-stacked states and buffers, cached so repeated runs in one process
   compile once. `step` inserts the seeds' transitions, runs the UTD updates and returns the next
   actions; states and buffers are donated."""
-  per_seed = jax.vmap(make_online_step(agent.update, agent.act, batch_size, utd, offline_fraction),
+  per_seed = jax.vmap(make_online_step(update, act, batch_size, utd, offline_fraction),
                       in_axes=(0, 0, 0, 0, None))
 
   def step(states, buffers, transitions, next_obs, keys, offline):
@@ -146,7 +156,7 @@ def online_functions(agent, batch_size: int, utd: int, offline_fraction: float):
 
   def act_explore(state, obs, key):
     key, k = jax.random.split(key)
-    return agent.act(state, obs, k, True), key
+    return act(state, obs, k, True), key
 
   return OnlineFunctions(step=step, insert=insert_fn, update=update_fn,
                          act=jax.jit(jax.vmap(act_explore)))
@@ -155,7 +165,7 @@ def online_functions(agent, batch_size: int, utd: int, offline_fraction: float):
 @dataclasses.dataclass
 class OnlineCallbacks:
   on_step: Optional[Callable[..., None]] = None         # (step, transitions_np, truncated_np)
-  on_eval: Optional[Callable[..., None]] = None         # (step, states, returns (S, E))
+  on_eval: Optional[Callable[..., Any]] = None          # (step, states, returns (S, E)) -> states|None
 
 
 def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
@@ -180,8 +190,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   norm = lambda o: (o - mean) / std
 
   buffer = replay.init(min(config.buffer_size, config.total_steps), obs_dim, act_dim, num_seeds)
-  step_fn, insert_fn, _, act_fn = online_functions(agent, config.batch_size, config.utd,
-                                                   config.offline_fraction)
+  step_fn, insert_fn, _, act_fn = online_functions(agent.update, agent.act, config.batch_size,
+                                                   config.utd, config.offline_fraction)
   eval_policy = make_eval_policy(agent.act, mean, std)
 
   states = unalias(states)
@@ -192,7 +202,7 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   latest_eval = None
   for t in range(1, config.total_steps + 1):
     obs = train_envs.obs
-    if t <= config.start_steps:
+    if t <= config.start_steps and config.random_warmup:
       actions = train_envs.random_actions()
     elif action is None:
       actions, keys = act_fn(states, jnp.asarray(norm(obs)), keys)
@@ -222,8 +232,9 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
       history.append({"step": t, "returns": returns})
       latest_eval = float(returns.mean())
       bar.set_postfix(eval=f"{latest_eval:.1f}")
-      if callbacks.on_eval is not None:
-        callbacks.on_eval(t, states, returns)
+      if callbacks.on_eval is not None:  # may return updated states (e.g. a refreshed pi_ref)
+        new_states = callbacks.on_eval(t, states, returns)
+        states = states if new_states is None else new_states
       if metrics_writer is not None:
         metrics_writer.write(t, row)
     if metrics_writer is not None and t % config.log_every == 0 and last_metrics is not None:
@@ -251,8 +262,8 @@ class OfflineConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def offline_chunk_fn(agent, batch_size: int, num_updates: int):
-  return vmap_offline_chunk(make_offline_chunk(agent.update, batch_size, num_updates))
+def offline_chunk_fn(update: Callable, batch_size: int, num_updates: int):
+  return vmap_offline_chunk(make_offline_chunk(update, batch_size, num_updates))
 
 
 def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seeds: int, seed: int,
@@ -266,10 +277,6 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   from o2o_jax import envs as envs_lib
   from o2o_jax import logging as log_lib
 
-  if config.eval_every % config.chunk and config.chunk % config.eval_every:
-    raise ValueError(f"eval_every ({config.eval_every}) and chunk ({config.chunk}) must divide one another")
-  chunk = min(config.chunk, config.eval_every)
-  chunk_fn = offline_chunk_fn(agent, config.batch_size, chunk)
   evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
   eval_policy = make_eval_policy(agent.act, obs_mean, obs_std)
   states = unalias(states)
@@ -279,10 +286,15 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   t0 = time.time()
   step = start_step
   while step < config.num_steps:
+    # A chunk never crosses an evaluation point or the end (at most a few distinct chunk sizes,
+    # each compiled once).
+    next_eval = (step // config.eval_every + 1) * config.eval_every
+    n = min(config.chunk, next_eval - step, config.num_steps - step)
     key, k = jax.random.split(key)
-    states, metrics = chunk_fn(states, jax.random.split(k, num_seeds), data)
-    step += chunk
-    bar.update(chunk)
+    states, metrics = offline_chunk_fn(agent.update, config.batch_size, n)(
+        states, jax.random.split(k, num_seeds), data)
+    step += n
+    bar.update(n)
     if step % config.eval_every == 0 or step >= config.num_steps:
       returns = evaluator.run(lambda o: eval_policy(states, o))
       row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items()}
@@ -297,7 +309,8 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
       if metrics_writer is not None:
         metrics_writer.write(step, row)
       if on_eval is not None:
-        on_eval(step, states, returns)
+        new_states = on_eval(step, states, returns)
+        states = states if new_states is None else new_states
   bar.close()
   evaluator.close()
   return states, history

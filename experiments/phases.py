@@ -1,0 +1,433 @@
+"""The phases of an O2O run as plain functions (no absl): the launchers parse flags and call these.
+
+  pretrain    offline algorithm on the dataset                    runs/pretrain/<algo>/<dataset>/<name>
+  reevaluate  fitted Q-evaluation of the frozen offline actor    runs/reevaluate/<agent>/<dataset>/<name>
+  align       value alignment (critic) + actor at fixed alpha     runs/align/<agent>/<dataset>/<name>
+  finetune    constrained online fine-tuning                      runs/finetune/<agent>/<dataset>/<name>
+
+Each phase reads the previous phase's run directory (`from_dir`) and writes its own; a phase whose run
+directory already holds a finished checkpoint is reused, not rerun. Observation statistics and the
+reward transform travel in every checkpoint's metadata, so every phase preprocesses identically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import presets
+from o2o_jax import envs, loops, runs
+from o2o_jax import logging as log_lib
+from o2o_jax.agents import registry
+from o2o_jax.checkpoints import Checkpointer
+from o2o_jax.data import load_dataset
+from o2o_jax.errors import O2OError
+from o2o_jax.types import Transition, seed_keys
+
+PHASES = ("pretrain", "reevaluate", "align", "finetune")
+# --budget: 'paper' = the paper's step counts (1M offline, 500k re-evaluation, 500k alignment, 100k
+# online; evaluation every 1k online steps, 10 episodes); 'quick' = minutes on a laptop CPU.
+BUDGETS = {
+    "paper": dict(pretrain_steps=1_000_000, pretrain_eval_every=10_000, reevaluate_steps=500_000,
+                  align_steps=500_000, align_eval_every=50_000, online_steps=100_000, warmup_steps=1_000,
+                  eval_every=1_000, eval_episodes=10, hidden_dims=(256, 256), critic_hidden=(256, 256)),
+    "quick": dict(pretrain_steps=10_000, pretrain_eval_every=5_000, reevaluate_steps=5_000,
+                  align_steps=5_000, align_eval_every=5_000, online_steps=10_000, warmup_steps=1_000,
+                  eval_every=2_000, eval_episodes=5, hidden_dims=(64, 64), critic_hidden=(64, 64)),
+}
+# The paper's source algorithm per O2O agent (CQL -> O2SAC, TD3+BC -> O2TD3).
+SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
+
+
+# ----------------------------------------------------------------------------- data and restore
+
+@dataclasses.dataclass
+class Data:
+  dataset: Any
+  env_id: str
+  make_env: Callable
+  obs_mean: np.ndarray
+  obs_std: np.ndarray
+  reward_scale: float
+  device: Transition           # normalised observations, scaled rewards, on the device once
+
+  def normalized_score(self, returns):
+    return self.dataset.normalized_score(returns)
+
+
+def load_data(dataset_id: str, obs_mean=None, obs_std=None, reward_scale: float = 1.0,
+              normalize_states: bool = True, batch_size: int = 256) -> Data:
+  dataset = load_dataset(dataset_id)
+  if batch_size > dataset.size:
+    raise O2OError(f"--batch_size ({batch_size}) is larger than the dataset ({dataset.size} transitions)")
+  env_id = envs.dataset_env_id(dataset)
+  make_env = lambda: envs.make_env(env_id, dataset.eval_env_spec)
+  probe = make_env()
+  envs.check_dataset_matches_env(dataset, probe)
+  probe.close()
+  if obs_mean is None:
+    obs_mean = dataset.obs_mean if normalize_states else np.zeros_like(dataset.obs_mean)
+    obs_std = dataset.obs_std if normalize_states else np.ones_like(dataset.obs_std)
+  mean, std = np.asarray(obs_mean, np.float32), np.asarray(obs_std, np.float32)
+  t = dataset.transitions
+  device = Transition(observations=jnp.asarray((t.observations - mean) / std),
+                      actions=jnp.asarray(t.actions), rewards=jnp.asarray(t.rewards * reward_scale),
+                      next_observations=jnp.asarray((t.next_observations - mean) / std),
+                      terminals=jnp.asarray(t.terminals))
+  return Data(dataset, env_id, make_env, mean, std, float(reward_scale), device)
+
+
+def config_from_dict(cls, values: Dict[str, Any]):
+  """A frozen agent Config from its JSON form (lists back to tuples)."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+  return (run_dir / "config.json").exists() and Checkpointer(run_dir / "checkpoints").latest_step() == steps
+
+
+def restore(run_dir: Path, template):
+  state, meta, step = Checkpointer(run_dir / "checkpoints").restore(template)
+  return state, meta
+
+
+def _summary_line(name: str, scores) -> str:
+  scores = np.asarray(scores, np.float64)
+  return (f"{name:<24s} " + " ".join(f"{x:7.1f}" for x in scores)
+          + f"   mean {scores.mean():6.1f} +- {scores.std():5.1f}")
+
+
+def _writer_and_ckpt(run_dir: Path):
+  writer = log_lib.MetricsWriter(run_dir)
+  writer.truncate_after(0)
+  return writer, Checkpointer(run_dir / "checkpoints")
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: int, eval_every: int,
+             eval_episodes: int, hidden_dims: Sequence[int], batch_size: int = 256,
+             chunk: Optional[int] = None, preset: str = "corl", normalize_states: bool = True,
+             out_dir: str = "runs", run_name: Optional[str] = None, restart: bool = False,
+             progress: bool = True, log=print) -> Path:
+  agent = registry.get(algo, registry.OFFLINE)
+  p = presets.offline_preset(algo, dataset_id, preset)
+  agent_config = agent.Config(hidden_dims=tuple(hidden_dims), **p["config"])
+  if "max_steps" in {f.name for f in dataclasses.fields(agent_config)}:
+    agent_config = dataclasses.replace(agent_config, max_steps=num_steps)
+  dataset = load_dataset(dataset_id)
+  scale = presets.reward_scale(dataset.episode_returns) if p["normalize_reward"] else 1.0
+  data = load_data(dataset_id, reward_scale=scale, normalize_states=normalize_states,
+                   batch_size=batch_size)
+  loop_config = loops.OfflineConfig(num_steps=num_steps, batch_size=batch_size,
+                                    chunk=chunk or min(eval_every, 5_000), eval_every=eval_every,
+                                    eval_episodes=eval_episodes)
+  config = {"phase": "pretrain", "algo": algo, "dataset": dataset_id, "env": data.env_id,
+            "seeds": seeds, "seed": seed, "normalize_states": normalize_states, "preset": preset,
+            "reward_scale": scale, "agent_config": dataclasses.asdict(agent_config),
+            "loop_config": dataclasses.asdict(loop_config)}
+  run_dir = runs.run_dir_for(out_dir, "pretrain", algo, dataset_id, run_name or f"seed{seed}x{seeds}")
+  resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
+  if resumed and finished(run_dir, num_steps):
+    log(f"[pretrain] reusing the finished run {run_dir}")
+    return run_dir
+  ds = data.dataset
+  log(f"[pretrain] {algo} on {dataset_id} ({ds.size} transitions, {len(ds.episode_returns)} episodes, "
+      f"dataset mean normalised return {float(np.mean(ds.normalized_score(ds.episode_returns))):.1f}) "
+      f"-> {run_dir}")
+  states = loops.init_states(agent, seed_keys(seed, seeds), ds.observation_dim, ds.action_dim,
+                             agent_config)
+  metadata = {"config": config, "phase": "pretrain", "algo": algo, "dataset_id": dataset_id,
+              "env_id": data.env_id, "obs_dim": ds.observation_dim, "act_dim": ds.action_dim,
+              "obs_mean": data.obs_mean, "obs_std": data.obs_std,
+              "reward_transform": {"scale": scale, "shift": 0.0},
+              "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
+  writer, ckpt = _writer_and_ckpt(run_dir)
+  t0 = time.time()
+
+  def on_eval(step, s, returns):
+    ckpt.save(step, s, {**metadata, "step": step,
+                        "eval_score": data.normalized_score(returns).mean(1)})
+
+  states, history = loops.run_offline(
+      agent, states, data.device, make_env=data.make_env, num_seeds=seeds, seed=seed,
+      config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
+      normalized_score=data.normalized_score, on_eval=on_eval, progress=progress,
+      desc=f"pretrain {algo}")
+  writer.close()
+  ckpt.close()
+  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                      ["eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"],
+                      title=f"{algo} on {dataset_id}")
+  final = data.normalized_score(history[-1]["returns"]).mean(1)
+  log(f"[pretrain] done in {time.time() - t0:.0f}s; final normalised score per seed: "
+      + ", ".join(f"{x:.1f}" for x in final))
+  return run_dir
+
+
+def offline_actor_params(pretrain_dir: Path):
+  """The seed-stacked actor parameters and metadata of a finished pretrain run."""
+  cfg = runs.read_config(pretrain_dir)
+  if cfg.get("phase") != "pretrain":
+    raise O2OError(f"{pretrain_dir} is a '{cfg.get('phase')}' run, not a pretrain run")
+  agent = registry.get(cfg["algo"], registry.OFFLINE)
+  agent_config = config_from_dict(agent.Config, cfg["agent_config"])
+  meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
+  template = loops.init_states(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
+                               meta["act_dim"], agent_config)
+  states, meta = restore(pretrain_dir, template)
+  return states.actor.params, agent_config, meta
+
+
+# ----------------------------------------------------------------------------- O2O phases
+
+def o2o_preset(agent_name: str, dataset_id: str) -> Dict[str, Any]:
+  """Dataset-type settings of the released OCR-CFT configs (reference §3-4)."""
+  _, level = presets.dataset_env_and_level(dataset_id)
+  expert = level in ("medium-expert", "expert")
+  if agent_name == "o2td3":
+    return ({"exploration_noise": 0.05, "tau_start": 0.000025, "tau_end": 0.000625} if expert else
+            {"exploration_noise": 0.1, "tau_start": 0.0025, "tau_end": 0.04})
+  return {}
+
+
+def make_o2o_config(agent_name: str, actor_config, dataset_id: str, critic_hidden: Sequence[int],
+                    constrain: bool, overrides: Optional[Dict[str, Any]] = None):
+  agent = registry.get(agent_name, registry.O2O)
+  values = {"hidden_dims": tuple(actor_config.hidden_dims), "critic_hidden_dims": tuple(critic_hidden),
+            "constrain": constrain, **o2o_preset(agent_name, dataset_id), **(overrides or {})}
+  names = {f.name for f in dataclasses.fields(agent.Config)}
+  return agent.Config(**{k: v for k, v in values.items() if k in names})
+
+
+def _o2o_template(agent, cfg: Dict[str, Any], meta: Dict[str, Any], agent_config):
+  return jax.jit(jax.vmap(lambda k: agent.init(k, meta["obs_dim"], meta["act_dim"], agent_config)))(
+      seed_keys(cfg["seed"], cfg["seeds"]))
+
+
+def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: Optional[str],
+             out_dir: str, restart: bool, extra: Dict[str, Any], log):
+  """Common set-up of reevaluate/align: previous config, data, run dir, agent module."""
+  prev = runs.read_config(from_dir)
+  dataset_id = prev["dataset"]
+  config = {"phase": phase, "agent": agent_name, "dataset": dataset_id, "env": prev["env"],
+            "seeds": prev["seeds"], "seed": prev["seed"], "from": str(from_dir), "steps": steps, **extra}
+  run_dir = runs.run_dir_for(out_dir, phase, agent_name, dataset_id,
+                             run_name or f"seed{prev['seed']}x{prev['seeds']}")
+  resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
+  return prev, config, run_dir, resumed
+
+
+def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes: int,
+               critic_hidden: Sequence[int], batch_size: int = 256, constrain: bool = True,
+               overrides: Optional[Dict[str, Any]] = None, out_dir: str = "runs",
+               run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
+               log=print) -> Path:
+  """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE)."""
+  agent = registry.get(agent_name, registry.O2O)
+  actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
+  o2o_config = make_o2o_config(agent_name, actor_config, meta["dataset_id"], critic_hidden, constrain,
+                               overrides)
+  prev, config, run_dir, resumed = _o2o_run(
+      "reevaluate", agent_name, pretrain_dir, steps, run_name, out_dir, restart,
+      {"agent_config": dataclasses.asdict(o2o_config), "batch_size": batch_size}, log)
+  if resumed and finished(run_dir, steps):
+    log(f"[reevaluate] reusing the finished run {run_dir}")
+    return run_dir
+  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                   meta["reward_transform"]["scale"], batch_size=batch_size)
+  states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config, p)))(
+      seed_keys(prev["seed"] + 1, prev["seeds"]), actor_params)
+  log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
+      f"steps -> {run_dir}")
+  writer, ckpt = _writer_and_ckpt(run_dir)
+  out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
+                                      "obs_std", "reward_transform")}, "phase": "reevaluate",
+              "agent": agent_name, "offline_algo": prev["algo"]}
+  scores = {}
+
+  def on_eval(step, s, returns):
+    scores["offline"] = data.normalized_score(returns).mean(1)
+    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": scores["offline"]})
+
+  if steps == 0:   # ablation --reevaluate=false: a fresh critic, pi_off evaluated once
+    evaluator = envs.Evaluator(data.make_env, prev["seeds"], eval_episodes)
+    on_eval(0, states, evaluator.run(lambda o: loops.make_eval_policy(
+        agent.offline_act, data.obs_mean, data.obs_std)(states, o)))
+    evaluator.close()
+  else:
+    loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
+                                      eval_every=steps, eval_episodes=eval_episodes)
+    loops.run_offline(loops.Learner(agent.reevaluate_step, agent.offline_act), states, data.device,
+                      make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
+                      config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
+                      metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
+                      progress=progress, desc="re-evaluate")
+  writer.close()
+  ckpt.close()
+  log(_summary_line("[reevaluate] pi_off score", scores["offline"]))
+  return run_dir
+
+
+def _restore_o2o(from_dir: Path):
+  cfg = runs.read_config(from_dir)
+  agent = registry.get(cfg["agent"], registry.O2O)
+  agent_config = config_from_dict(agent.Config, cfg["agent_config"])
+  meta = Checkpointer(from_dir / "checkpoints").read_metadata()
+  states, meta = restore(from_dir, _o2o_template(agent, cfg, meta, agent_config))
+  return cfg, agent, agent_config, states, meta
+
+
+def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: int,
+          batch_size: int = 256, out_dir: str = "runs", run_name: Optional[str] = None,
+          restart: bool = False, progress: bool = True, log=print) -> Path:
+  """Value alignment of the re-evaluated critic, with the actor trained at the same time."""
+  cfg, agent, agent_config, states, meta = _restore_o2o(reevaluate_dir)
+  prev, config, run_dir, resumed = _o2o_run(
+      "align", cfg["agent"], reevaluate_dir, steps, run_name, out_dir, restart,
+      {"agent_config": dataclasses.asdict(agent_config), "batch_size": batch_size,
+       "offline_algo": cfg.get("offline_algo", meta.get("offline_algo"))}, log)
+  if resumed and finished(run_dir, steps):
+    log(f"[align] reusing the finished run {run_dir}")
+    return run_dir
+  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                   meta["reward_transform"]["scale"], batch_size=batch_size)
+  log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
+  writer, ckpt = _writer_and_ckpt(run_dir)
+  out_meta = {**meta, "phase": "align"}
+  scores = {}
+
+  def on_eval(step, s, returns):
+    scores["online"] = data.normalized_score(returns).mean(1)
+    if step >= steps:
+      s = jax.jit(jax.vmap(agent.finish_alignment))(s)
+    ckpt.save(step, s, {**out_meta, "step": step, "online_score": scores["online"]})
+    return s
+
+  loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size,
+                                    chunk=min(eval_every, 5_000), eval_every=eval_every,
+                                    eval_episodes=eval_episodes)
+  loops.run_offline(loops.Learner(agent.align_step, agent.act), states, data.device,
+                    make_env=data.make_env, num_seeds=cfg["seeds"], seed=cfg["seed"],
+                    config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
+                    metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
+                    progress=progress, desc="align")
+  writer.close()
+  ckpt.close()
+  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                      ["eval/normalized_score", "train/align_loss", "train/q_anchor"],
+                      title=f"{cfg['agent']} alignment")
+  log(_summary_line("[align] pi_on score", scores["online"]))
+  return run_dir
+
+
+def skip_phase(from_dir: Path, phase: str, out_dir: str, run_name: Optional[str], log=print) -> Path:
+  """Ablations (--reevaluate=false / --align=false): pass the state through, recording the skip."""
+  cfg, agent, agent_config, states, meta = _restore_o2o(from_dir)
+  config = {"phase": phase, "agent": cfg["agent"], "dataset": cfg["dataset"], "env": cfg["env"],
+            "seeds": cfg["seeds"], "seed": cfg["seed"], "from": str(from_dir), "steps": 0,
+            "skipped": True, "agent_config": cfg["agent_config"]}
+  run_dir = runs.run_dir_for(out_dir, phase, cfg["agent"], cfg["dataset"],
+                             (run_name or f"seed{cfg['seed']}x{cfg['seeds']}") + "-skipped")
+  runs.prepare_run_dir(run_dir, config, restart=True)
+  if phase == "align":
+    states = jax.jit(jax.vmap(agent.finish_alignment))(states)
+    meta = {**meta, "online_score": meta.get("offline_score")}
+  ckpt = Checkpointer(run_dir / "checkpoints")
+  ckpt.save(0, states, {**meta, "phase": phase, "step": 0})
+  ckpt.close()
+  log(f"[{phase}] skipped (ablation) -> {run_dir}")
+  return run_dir
+
+
+def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_every: int,
+             eval_episodes: int, utd: int = 1, batch_size: int = 256, buffer: str = "half",
+             reference: str = "best", constrain: bool = True, out_dir: str = "runs",
+             run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
+             log=print) -> Path:
+  """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
+  `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state."""
+  cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
+  agent_config = dataclasses.replace(agent_config, constrain=constrain)
+  states = states.replace(config=agent_config)
+  offline_fraction = {"half": 0.5, "null": 0.0}.get(buffer)
+  if offline_fraction is None:
+    raise O2OError(f"--buffer={buffer} is not implemented yet: use half (the paper's choice) or null")
+  interval = None
+  if reference.startswith("interval:"):
+    interval = int(reference.split(":", 1)[1])
+  elif reference != "best":
+    raise O2OError(f"--reference must be 'best' or 'interval:N' (got {reference!r})")
+  prev, config, run_dir, resumed = _o2o_run(
+      "finetune", cfg["agent"], align_dir, online_steps, run_name, out_dir, restart,
+      {"agent_config": dataclasses.asdict(agent_config), "utd": utd, "buffer": buffer,
+       "reference": reference, "warmup_steps": warmup_steps, "eval_every": eval_every,
+       "eval_episodes": eval_episodes, "batch_size": batch_size}, log)
+  if resumed and finished(run_dir, online_steps):
+    log(f"[finetune] reusing the finished run {run_dir}")
+    print((run_dir / "summary.txt").read_text() if (run_dir / "summary.txt").exists() else "")
+    return run_dir
+  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                   meta["reward_transform"]["scale"], batch_size=batch_size)
+  offline_score = np.asarray(meta["offline_score"] if "offline_score" in meta else
+                             meta["online_score"], np.float32)
+  online_score = np.asarray(meta["online_score"], np.float32)
+  states = jax.jit(jax.vmap(agent.init_reference))(states, jnp.asarray(offline_score),
+                                                   jnp.asarray(online_score))
+  refresh = jax.jit(jax.vmap(agent.refresh_reference))
+  log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
+      f"reference {reference} -> {run_dir}")
+  writer, ckpt = _writer_and_ckpt(run_dir)
+  scores = []
+
+  def on_eval(step, s, returns):
+    score = data.normalized_score(returns).mean(1)
+    scores.append((step, score))
+    if interval is None:
+      s = refresh(s, jnp.asarray(score, jnp.float32))
+    elif step % interval == 0:
+      s = refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
+    if step >= online_steps:
+      ckpt.save(step, s, {**meta, "phase": "finetune", "step": step, "final_score": score})
+    return s
+
+  loop_config = loops.OnlineConfig(total_steps=online_steps, start_steps=warmup_steps,
+                                   random_warmup=False, utd=utd, batch_size=batch_size,
+                                   buffer_size=online_steps, offline_fraction=offline_fraction,
+                                   eval_every=eval_every, eval_episodes=eval_episodes,
+                                   log_every=min(1000, eval_every))
+  t0 = time.time()
+  writer.write(0, {"eval/normalized_score": online_score, "eval/offline_score": offline_score})
+  loops.run_online(loops.Learner(agent.finetune_step, agent.act), states, make_env=data.make_env,
+                   num_seeds=cfg["seeds"], seed=cfg["seed"], config=loop_config,
+                   offline=data.device if offline_fraction > 0 else None, obs_mean=data.obs_mean,
+                   obs_std=data.obs_std, metrics_writer=writer,
+                   callbacks=loops.OnlineCallbacks(on_eval=on_eval),
+                   normalized_score=data.normalized_score, progress=progress,
+                   desc=f"finetune {cfg['agent']}")
+  writer.close()
+  ckpt.close()
+  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                      ["eval/normalized_score", "train/lambda", "train/constraint", "train/critic_loss"],
+                      title=f"{cfg['agent']} fine-tuning on {cfg['dataset']}")
+  all_scores = np.stack([s for _, s in scores])
+  summary = {"dataset": cfg["dataset"], "agent": cfg["agent"], "seeds": cfg["seeds"],
+             "offline": offline_score.tolist(), "aligned": online_score.tolist(),
+             "best": all_scores.max(0).tolist(), "final": all_scores[-1].tolist(),
+             "wall_time_s": time.time() - t0}
+  (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+  lines = [f"normalised scores on {cfg['dataset']} ({cfg['seeds']} seeds; per seed, mean +- std)",
+           _summary_line("pi_off (offline)", offline_score),
+           _summary_line("pi_on (after alignment)", online_score),
+           _summary_line("best fine-tuned", summary["best"]),
+           _summary_line("final fine-tuned", summary["final"])]
+  (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return run_dir
