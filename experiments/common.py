@@ -22,6 +22,17 @@ def define_budget_flag():
                     "(same code path, smaller budgets and networks).")
 
 
+def enable_compilation_cache():
+  """Persistent XLA compilation cache (under $O2O_JAX_CACHE, default ~/.cache/o2o_jax), so a rerun or
+  a later phase of the same run does not recompile the same programs. O2O_JAX_XLA_CACHE=off disables."""
+  if os.environ.get("O2O_JAX_XLA_CACHE", "").lower() in ("0", "off", "false"):
+    return
+  import jax
+  root = os.environ.get("O2O_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "o2o_jax"))
+  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def run(main):
   """absl's app.run with the project's error boundary: an O2OError prints one line and exits 2."""
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -32,6 +43,7 @@ def run(main):
     for name in ("jax._src.xla_bridge", "orbax", "absl"):
       logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="minari")
+    enable_compilation_cache()
     try:
       return main(argv)
     except O2OError as e:
@@ -51,7 +63,7 @@ def budget_values(defaults_by_budget, flag_values, positive=()):
   for k in values:
     given = getattr(flag_values, k) if k in flag_values else None
     if given is not None:
-      values[k] = tuple(int(h) for h in given) if k == "hidden_dims" else given
+      values[k] = tuple(int(h) for h in given) if isinstance(given, list) else given
   if flag_values.seeds < 1:
     raise O2OError(f"--seeds must be at least 1 (got {flag_values.seeds})")
   for k in positive:

@@ -26,5 +26,5 @@ def test_online_loop_runs_seeds_and_compiles_once():
   a = jax.tree_util.tree_leaves(out.actor.params)[0]
   assert a.shape[0] == seeds and not np.allclose(a[0], a[1])
   # No recompilation after the first step: one executable per jitted function.
-  fns = loops.online_functions(td3, 16, 1, 0.0)
+  fns = loops.online_functions(td3.update, td3.act, 16, 1, 0.0)
   assert fns.insert._cache_size() == 1 and fns.update._cache_size() == 1

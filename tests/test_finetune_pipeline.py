@@ -1,0 +1,72 @@
+"""experiments.finetune end to end on a tiny dataset: every phase, reuse, --from, ablations, errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["--agent=o2td3", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--reevaluate_steps=20",
+        "--align_steps=20", "--online_steps=60", "--warmup_steps=20", "--eval_every=30",
+        "--eval_episodes=1", "--hidden_dims=8,8", "--critic_hidden=8,8", "--batch_size=16",
+        "--progress=false"]
+
+
+def finetune(*args, timeout=900):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.finetune", *args], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_hopper_dataset, tmp_path_factory):
+  out = tmp_path_factory.mktemp("runs")
+  res = finetune(f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={out}", *TINY)
+  assert res.returncode == 0, res.stderr[-4000:]
+  return out, res, tiny_hopper_dataset.dataset_id
+
+
+def test_every_phase_writes_its_run_dir_and_the_summary(pipeline):
+  out, res, dataset_id = pipeline
+  ds = dataset_id.replace("/", "_")
+  for phase, agent in (("pretrain", "td3bc"), ("reevaluate", "o2td3"), ("align", "o2td3"),
+                       ("finetune", "o2td3")):
+    run = out / phase / agent / ds / "seed0x2"
+    assert (run / "config.json").exists() and (run / "checkpoints").exists(), phase
+  summary = json.loads((out / "finetune" / "o2td3" / ds / "seed0x2" / "summary.json").read_text())
+  assert len(summary["offline"]) == 2 and len(summary["final"]) == 2
+  for line in ("pi_off (offline)", "pi_on (after alignment)", "best fine-tuned", "final fine-tuned"):
+    assert line in res.stdout
+  metrics = (out / "finetune" / "o2td3" / ds / "seed0x2" / "metrics.csv").read_text()
+  for col in ("train/lambda", "train/constraint", "train/tau", "eval/normalized_score/seed1"):
+    assert col in metrics.splitlines()[0]
+
+
+def test_rerun_reuses_every_finished_phase(pipeline):
+  out, _, dataset_id = pipeline
+  res = finetune(f"--dataset={dataset_id}", f"--out_dir={out}", *TINY)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.count("reusing the finished run") == 4
+
+
+def test_direct_finetuning_from_an_align_run(pipeline):
+  out, _, dataset_id = pipeline
+  align_dir = out / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  res = finetune(f"--from={align_dir}", f"--out_dir={out}", "--constrain=false", *TINY)
+  assert res.returncode == 0, res.stderr[-3000:]
+  run = out / "finetune" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2-noconstrain"
+  rows = (run / "metrics.csv").read_text().splitlines()
+  lam = rows[0].split(",").index("train/lambda")
+  assert all(float(r.split(",")[lam]) == 0.0 for r in rows[1:] if r.split(",")[lam] not in ("", "nan"))
+
+
+def test_bad_from_and_flags(pipeline, tmp_path):
+  out, _, dataset_id = pipeline
+  run = out / "finetune" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  res = finetune(f"--from={run}", f"--out_dir={out}", *TINY)
+  assert res.returncode == 2 and "is a 'finetune' run" in res.stderr
+  res = finetune(f"--from={tmp_path}", *TINY)
+  assert res.returncode == 2 and "not a run directory" in res.stderr
+  res = finetune("--dataset=o2o/nowhere/medium-v0", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "unknown dataset id 'o2o/nowhere/medium-v0'" in res.stderr
+  assert "Traceback" not in res.stderr
