@@ -18,12 +18,13 @@ from absl import flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("agent", "o2td3", ["o2td3"], "O2O agent (O2SAC and O2PPO are being built).")
+flags.DEFINE_enum("agent", "o2td3", ["o2td3", "o2sac"], "O2O agent: o2td3 (from TD3+BC) or o2sac "
+                  "(from CQL). O2PPO is being built.")
 flags.DEFINE_string("dataset", "o2o/hopper/medium-v0", "Minari dataset id (default: the embedded one).")
 flags.DEFINE_string("from", None, "Run directory of an earlier phase (pretrain, reevaluate or align) "
                     "to continue from; the phases after it are run.")
 flags.DEFINE_string("offline_algo", None, "Offline algorithm whose actor is fine-tuned (default: the "
-                    "paper's source, td3bc for o2td3).")
+                    "paper's source, td3bc for o2td3, cql for o2sac).")
 flags.DEFINE_integer("seeds", 1, "Seeds trained together as one vmapped program.")
 flags.DEFINE_integer("seed", 0, "Base seed.")
 common.define_budget_flag()
@@ -45,7 +46,8 @@ flags.DEFINE_string("reference", "best", "pi_ref update: 'best' (the best evalua
                     "'interval:N' (pi_on every N env steps), appendix C.3.")
 flags.DEFINE_enum("buffer", "half", ["half", "null"], "Online replay: 'half' samples half of each batch "
                   "from the offline data (paper H.2), 'null' uses online data only.")
-flags.DEFINE_integer("utd", 1, "Gradient updates per env step.")
+flags.DEFINE_integer("utd", None, "Gradient updates per env step (default: o2td3 1, o2sac 10 as the "
+                     "released code; the lambda step stays once per env step).")
 flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run name (default: seed<seed>x<seeds> plus the ablation switches).")
 flags.DEFINE_bool("restart", False, "Rerun the phases of this run even if they finished.")
@@ -58,7 +60,9 @@ def main(argv):
   from o2o_jax import runs
   from o2o_jax.errors import O2OError
   d = common.budget_values(phases.BUDGETS, FLAGS, positive=(
-      "online_steps", "eval_every", "eval_episodes", "batch_size", "utd"))
+      "online_steps", "eval_every", "eval_episodes", "batch_size"))
+  if FLAGS.utd is not None and FLAGS.utd < 1:
+    raise O2OError(f"--utd must be at least 1 (got {FLAGS.utd})")
   for k in ("pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"):
     if d[k] < 0:
       raise O2OError(f"--{k} must not be negative (got {d[k]})")

@@ -43,6 +43,9 @@ BUDGETS = {
 }
 # The paper's source algorithm per O2O agent (CQL -> O2SAC, TD3+BC -> O2TD3).
 SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
+DEFAULT_UTD = {"o2td3": 1, "o2sac": 10}     # the released code: O2SAC 10 updates per env step
+# Actor options an O2O agent copies from the offline agent's config, so the networks match.
+ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max", "learnable_log_std_scale", "orthogonal_init")
 
 
 # ----------------------------------------------------------------------------- data and restore
@@ -195,16 +198,33 @@ def o2o_preset(agent_name: str, dataset_id: str) -> Dict[str, Any]:
   if agent_name == "o2td3":
     return ({"exploration_noise": 0.05, "tau_start": 0.000025, "tau_end": 0.000625} if expert else
             {"exploration_noise": 0.1, "tau_start": 0.0025, "tau_end": 0.04})
+  if agent_name == "o2sac":
+    return ({"init_alpha": 0.5, "tau_start": 0.005, "tau_end": 0.125} if expert else
+            {"init_alpha": 0.2, "tau_start": 0.125, "tau_end": 2.0})
   return {}
 
 
 def make_o2o_config(agent_name: str, actor_config, dataset_id: str, critic_hidden: Sequence[int],
                     constrain: bool, overrides: Optional[Dict[str, Any]] = None):
   agent = registry.get(agent_name, registry.O2O)
-  values = {"hidden_dims": tuple(actor_config.hidden_dims), "critic_hidden_dims": tuple(critic_hidden),
-            "constrain": constrain, **o2o_preset(agent_name, dataset_id), **(overrides or {})}
+  actor = {k: getattr(actor_config, k) for k in ACTOR_FIELDS if hasattr(actor_config, k)}
+  values = {**actor, "critic_hidden_dims": tuple(critic_hidden), "constrain": constrain,
+            **o2o_preset(agent_name, dataset_id), **(overrides or {})}
   names = {f.name for f in dataclasses.fields(agent.Config)}
   return agent.Config(**{k: v for k, v in values.items() if k in names})
+
+
+def check_actor_fits(agent_name, agent, o2o_config, algo, meta, actor_params):
+  """The offline actor must be the O2O agent's actor type (same parameter tree and shapes)."""
+  expected = jax.eval_shape(lambda: agent.init(jax.random.PRNGKey(0), meta["obs_dim"], meta["act_dim"],
+                                               o2o_config).actor.params)
+  given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), actor_params)
+  same = jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(given) and all(
+      a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(given)))
+  if not same:
+    raise O2OError(f"the {algo} actor does not fit {agent_name}'s actor (different network type or "
+                   f"sizes): pretrain with --offline_algo={SOURCE_ALGO[agent_name]}, or clone the policy "
+                   "into the right actor type with --algo=bc")
 
 
 def _o2o_template(agent, cfg: Dict[str, Any], meta: Dict[str, Any], agent_config):
@@ -243,6 +263,7 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
     return run_dir
   data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                    meta["reward_transform"]["scale"], batch_size=batch_size)
+  check_actor_fits(agent_name, agent, o2o_config, prev["algo"], meta, actor_params)
   states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config, p)))(
       seed_keys(prev["seed"] + 1, prev["seeds"]), actor_params)
   log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
@@ -348,14 +369,18 @@ def skip_phase(from_dir: Path, phase: str, out_dir: str, run_name: Optional[str]
 
 
 def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_every: int,
-             eval_episodes: int, utd: int = 1, batch_size: int = 256, buffer: str = "half",
+             eval_episodes: int, utd: Optional[int] = None, batch_size: int = 256, buffer: str = "half",
              reference: str = "best", constrain: bool = True, out_dir: str = "runs",
              run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
              log=print) -> Path:
   """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
   `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state."""
   cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
-  agent_config = dataclasses.replace(agent_config, constrain=constrain)
+  utd = utd or DEFAULT_UTD.get(cfg["agent"], 1)
+  switches = {"constrain": constrain}
+  if "utd" in {f.name for f in dataclasses.fields(agent_config)}:
+    switches["utd"] = utd          # O2SAC's lambda step runs once per env step
+  agent_config = dataclasses.replace(agent_config, **switches)
   states = states.replace(config=agent_config)
   offline_fraction = {"half": 0.5, "null": 0.0}.get(buffer)
   if offline_fraction is None:

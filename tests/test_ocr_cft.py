@@ -162,3 +162,49 @@ def test_user_written_vmapped_scan_matches_the_package_loop():
   theirs, _ = package(loops.unalias(states), keys, data)
   chex.assert_trees_all_close(mine, theirs, rtol=1e-5, atol=1e-6)
   assert [int(s) for s in mine.step] == [k, k]
+
+
+# --- O2SAC ------------------------------------------------------------------------------------
+
+from o2o_jax.agents.o2o import o2sac
+
+SAC_CFG = o2sac.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16), utd=3)
+
+
+def test_o2sac_align_target_keeps_the_anchor_and_never_exceeds_q():
+  state = o2sac.init(jax.random.PRNGKey(0), OBS, ACT, SAC_CFG)
+  obs = batch(jax.random.PRNGKey(1)).observations
+  actions = jax.random.uniform(jax.random.PRNGKey(2), (obs.shape[0], ACT), minval=-0.99, maxval=0.99)
+  target, anchor_a, q_anchor = o2sac.align_target(state, obs, actions)
+  assert bool(jnp.all(target <= o2sac.min_target_q(state, obs, actions) + 1e-5))       # <= Q(s, a)
+  at_anchor, _, _ = o2sac.align_target(state, obs, anchor_a)
+  np.testing.assert_allclose(at_anchor, q_anchor, rtol=1e-5, atol=1e-5)                # = Q(s, a.)
+  assert float(jnp.abs(anchor_a).max()) <= o2sac.ANCHOR_CLIP
+
+
+def test_o2sac_kl_is_zero_at_the_reference_and_lambda_steps_once_per_env_step():
+  state = o2sac.init(jax.random.PRNGKey(0), OBS, ACT, SAC_CFG)
+  b = batch(jax.random.PRNGKey(1))
+  _, info = o2sac.sac_actor_loss(state.actor.params, state, b.observations, jax.random.PRNGKey(2))
+  np.testing.assert_allclose(info["kl"], 0.0, atol=1e-5)
+  step = jax.jit(o2sac.finetune_step)
+  lambdas = []
+  for i in range(6):
+    state, info = step(state, b, jax.random.PRNGKey(10 + i))
+    lambdas.append(float(o2sac.lagrange.value(state.lagrange)))
+  # utd = 3: lambda moves at updates 0 and 3 only
+  assert lambdas[0] != 1.0 and lambdas[0] == lambdas[1] == lambdas[2]
+  assert lambdas[3] != lambdas[2] and lambdas[3] == lambdas[4] == lambdas[5]
+  assert float(o2sac.alpha(state)) != SAC_CFG.init_alpha          # alpha is tuned online
+
+
+def test_o2sac_reevaluation_keeps_the_actor_and_align_freezes_targets():
+  state = o2sac.init(jax.random.PRNGKey(0), OBS, ACT, SAC_CFG)
+  b = batch(jax.random.PRNGKey(1))
+  re, _ = jax.jit(o2sac.reevaluate_step)(state, b, jax.random.PRNGKey(2))
+  chex.assert_trees_all_equal(re.actor.params, state.actor.params)
+  assert float(o2sac.alpha(re)) == pytest.approx(SAC_CFG.init_alpha)
+  al, _ = jax.jit(o2sac.align_step)(re, b, jax.random.PRNGKey(3))
+  chex.assert_trees_all_equal(al.target_critic_params, re.target_critic_params)
+  assert float(o2sac.alpha(al)) == pytest.approx(SAC_CFG.init_alpha)
+  chex.assert_trees_all_equal(o2sac.finish_alignment(al).target_critic_params, al.critic.params)

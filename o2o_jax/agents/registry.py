@@ -10,7 +10,7 @@ ONLINE = {"sac": "o2o_jax.agents.online.sac", "td3": "o2o_jax.agents.online.td3"
 OFFLINE = {"td3bc": "o2o_jax.agents.offline.td3_bc", "cql": "o2o_jax.agents.offline.cql",
            "iql": "o2o_jax.agents.offline.iql", "awac": "o2o_jax.agents.offline.awac",
            "bc": "o2o_jax.agents.offline.bc"}
-O2O = {"o2td3": "o2o_jax.agents.o2o.o2td3"}
+O2O = {"o2td3": "o2o_jax.agents.o2o.o2td3", "o2sac": "o2o_jax.agents.o2o.o2sac"}
 
 
 def get(name: str, family: dict = None) -> ModuleType:

@@ -29,6 +29,7 @@ import numpy as np
 
 from o2o_jax import lagrange, losses, networks
 from o2o_jax.agents.common import TrainState, critic_loss, make_train_state
+from o2o_jax.agents.o2o import reference
 from o2o_jax.agents.offline.td3_bc import q_normalizer
 from o2o_jax.types import PRNGKey, Transition
 
@@ -234,23 +235,8 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
 
 # ----------------------------------------------------------------------------- reference policy
 
-def init_reference(state: State, offline_score, online_score) -> State:
-  """pi_ref starts as the better of pi_off and pi_on by evaluation (pi_on only if strictly better),
-  and the best score as the higher of the two (released code)."""
-  use_on = online_score > offline_score
-  ref = jax.tree_util.tree_map(lambda on, off: jnp.where(use_on, on, off),
-                               state.actor.params, state.offline_actor_params)
-  return state.replace(reference_actor_params=ref,
-                       best_score=jnp.maximum(offline_score, online_score).astype(jnp.float32))
-
-
-def refresh_reference(state: State, score) -> State:
-  """If `score` beats the best so far, pi_ref <- pi_on and best <- score (per seed under vmap)."""
-  better = score > state.best_score
-  ref = jax.tree_util.tree_map(lambda on, old: jnp.where(better, on, old),
-                               state.actor.params, state.reference_actor_params)
-  return state.replace(reference_actor_params=ref,
-                       best_score=jnp.where(better, score, state.best_score).astype(jnp.float32))
+init_reference = reference.init_reference
+refresh_reference = reference.refresh_reference
 
 
 def act(state: State, observations, key: PRNGKey, explore: bool = True):

@@ -1,0 +1,26 @@
+"""The reference policy pi_ref shared by the OCR-CFT agents. A state needs the fields `actor.params`
+(pi_on), `offline_actor_params` (pi_off), `reference_actor_params` (pi_ref) and `best_score`; both
+functions are per seed, so `jax.vmap` gives every seed its own pi_ref and best score."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def init_reference(state, offline_score, online_score):
+  """pi_ref starts as the better of pi_off and pi_on by evaluation (pi_on only if strictly better),
+  the best score as the higher of the two (released code; the paper starts from pi_on)."""
+  use_on = online_score > offline_score
+  ref = jax.tree_util.tree_map(lambda on, off: jnp.where(use_on, on, off),
+                               state.actor.params, state.offline_actor_params)
+  return state.replace(reference_actor_params=ref,
+                       best_score=jnp.maximum(offline_score, online_score).astype(jnp.float32))
+
+
+def refresh_reference(state, score):
+  """If `score` beats the best so far: pi_ref <- pi_on and best <- score."""
+  better = score > state.best_score
+  ref = jax.tree_util.tree_map(lambda on, old: jnp.where(better, on, old),
+                               state.actor.params, state.reference_actor_params)
+  return state.replace(reference_actor_params=ref,
+                       best_score=jnp.where(better, score, state.best_score).astype(jnp.float32))
