@@ -64,7 +64,7 @@ def budget_values(defaults_by_budget, flag_values, positive=()):
     given = getattr(flag_values, k) if k in flag_values else None
     if given is not None:
       values[k] = tuple(int(h) for h in given) if isinstance(given, list) else given
-  if flag_values.seeds < 1:
+  if "seeds" in flag_values and flag_values.seeds < 1:
     raise O2OError(f"--seeds must be at least 1 (got {flag_values.seeds})")
   for k in positive:
     v = values[k] if k in values else getattr(flag_values, k)

@@ -70,3 +70,20 @@ def test_bad_from_and_flags(pipeline, tmp_path):
   res = finetune("--dataset=o2o/nowhere/medium-v0", f"--out_dir={tmp_path}", *TINY)
   assert res.returncode == 2 and "unknown dataset id 'o2o/nowhere/medium-v0'" in res.stderr
   assert "Traceback" not in res.stderr
+
+
+def test_phase_launchers_chain_by_from(pipeline, tmp_path):
+  out, _, dataset_id = pipeline
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  pre = out / "pretrain" / "td3bc" / dataset_id.replace("/", "_") / "seed0x2"
+  run = lambda m, *a: subprocess.run([sys.executable, "-m", m, *a, f"--out_dir={tmp_path}",
+                                      "--progress=false", "--batch_size=16", "--eval_episodes=1"],
+                                     env=env, capture_output=True, text=True, timeout=600)
+  res = run("experiments.reevaluate", f"--from={pre}", "--steps=10", "--critic_hidden=8,8")
+  assert res.returncode == 0, res.stderr[-3000:]
+  re_dir = tmp_path / "reevaluate" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  res = run("experiments.align", f"--from={re_dir}", "--steps=10")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert (tmp_path / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2" / "checkpoints").exists()
+  res = run("experiments.reevaluate", f"--from={pre}", "--agent=o2sac", "--steps=10")
+  assert res.returncode == 2 and "does not fit o2sac" in res.stderr
