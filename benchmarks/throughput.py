@@ -113,12 +113,18 @@ def measure_online(agent, cfg):
   states = jax.vmap(lambda k: agent.init(k, OBS, ACT, cfg))(jax.random.split(jax.random.PRNGKey(0), 1))
   conf = lambda total: loops.OnlineConfig(total_steps=total, start_steps=100, eval_every=10 ** 9,
                                           eval_episodes=1, buffer_size=10_000)
-  # Warm-up run compiles; the measured run reuses the cached executables (same buffer size).
+  # Warm-up run compiles; the measured run reuses the cached executables (same buffer size). The
+  # clock runs from step 200 (updates under way) to the last step, before the final evaluation.
   loops.run_online(agent, states, make_env=mk, num_seeds=1, seed=0, config=conf(300), progress=False)
-  t0 = time.perf_counter()
-  loops.run_online(agent, states, make_env=mk, num_seeds=1, seed=0, config=conf(steps + 100), progress=False)
-  total = time.perf_counter() - t0
-  return {"env_steps_per_s": steps / total, "utd": 1}
+  marks = {}
+
+  def on_step(t, *_):
+    if t in (200, steps + 200):
+      marks[t] = time.perf_counter()
+
+  loops.run_online(agent, states, make_env=mk, num_seeds=1, seed=0, config=conf(steps + 200),
+                   callbacks=loops.OnlineCallbacks(on_step=on_step), progress=False)
+  return {"env_steps_per_s": steps / (marks[steps + 200] - marks[200]), "utd": 1}
 
 
 def main(argv):
