@@ -187,7 +187,12 @@ def load_dataset(dataset_id: str, use_cache: bool = True) -> OfflineDataset:
     except Exception:
       arrays = None
   if arrays is None:
-    arrays = _flatten(md)
+    try:
+      arrays = _flatten(md)
+    except OSError as e:   # e.g. HDF5 locked by a process still writing it, or a truncated file
+      raise DatasetError(f"dataset '{dataset_id}' at {path} cannot be read ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}); if another process is writing it, wait "
+                         "for it to finish, otherwise delete and regenerate it") from None
     if use_cache:
       cache.parent.mkdir(parents=True, exist_ok=True)
       tmp = cache.with_suffix(".tmp.npz")
