@@ -29,7 +29,7 @@ import numpy as np
 
 from o2o_jax import lagrange, losses, networks
 from o2o_jax.agents.common import TrainState, critic_loss, make_train_state
-from o2o_jax.agents.o2o import reference
+from o2o_jax.agents.o2o import common
 from o2o_jax.agents.offline.td3_bc import q_normalizer
 from o2o_jax.types import PRNGKey, Transition
 
@@ -82,11 +82,7 @@ def init(key: PRNGKey, obs_dim: int, act_dim: int, config: Config = Config(),
   """pi_on = pi_off = pi_ref = `actor_params` (the offline actor; freshly initialised if None) and
   fresh critics (the offline critic is never used)."""
   actor, critic = make_networks(config, act_dim)
-  k_actor, k_critic = jax.random.split(key)
-  obs = jnp.zeros((1, obs_dim))
-  if actor_params is None:
-    actor_params = actor.init(k_actor, obs)
-  critic_params = critic.init(k_critic, obs, jnp.zeros((1, act_dim)))
+  actor_params, critic_params = common.init_networks(key, obs_dim, act_dim, actor, critic, actor_params)
   return State(actor=make_train_state(actor, actor_params, config.actor_lr),
                critic=make_train_state(critic, critic_params, config.critic_lr),
                target_actor_params=actor_params, target_critic_params=critic_params,
@@ -235,8 +231,8 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
 
 # ----------------------------------------------------------------------------- reference policy
 
-init_reference = reference.init_reference
-refresh_reference = reference.refresh_reference
+init_reference = common.init_reference
+refresh_reference = common.refresh_reference
 
 
 def act(state: State, observations, key: PRNGKey, explore: bool = True):

@@ -1,10 +1,21 @@
-"""The reference policy pi_ref shared by the OCR-CFT agents. A state needs the fields `actor.params`
-(pi_on), `offline_actor_params` (pi_off), `reference_actor_params` (pi_ref) and `best_score`; both
-functions are per seed, so `jax.vmap` gives every seed its own pi_ref and best score."""
+"""Pieces shared by the OCR-CFT agents: network initialisation around a given offline actor, and the
+reference policy pi_ref. A state needs the fields `actor.params` (pi_on), `offline_actor_params`
+(pi_off), `reference_actor_params` (pi_ref) and `best_score`; the functions are per seed, so
+`jax.vmap` gives every seed its own pi_ref and best score."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+
+def init_networks(key, obs_dim: int, act_dim: int, actor, critic, actor_params=None):
+  """(actor params, critic params): the given offline actor (freshly initialised if None) and a fresh
+  critic — the offline critic is never used."""
+  k_actor, k_critic = jax.random.split(key)
+  obs = jnp.zeros((1, obs_dim))
+  if actor_params is None:
+    actor_params = actor.init(k_actor, obs)
+  return actor_params, critic.init(k_critic, obs, jnp.zeros((1, act_dim)))
 
 
 def init_reference(state, offline_score, online_score):
