@@ -40,7 +40,6 @@ _DEFAULTS = {"paper": dict(total_steps=300_000, start_steps=5_000, eval_every=10
 
 def main(argv):
   del argv
-  import jax
   from o2o_jax import envs, loops, runs
   from o2o_jax import logging as log_lib
   from o2o_jax.agents import registry

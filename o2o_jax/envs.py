@@ -8,7 +8,7 @@ stored as a transition and the final observation of a truncated episode stays re
 from __future__ import annotations
 
 import json
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 

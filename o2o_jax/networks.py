@@ -11,7 +11,7 @@ Actions live in [-1, 1]^|A| (envs.make_env rescales the env's box if needed).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import distrax
 import flax.linen as nn

@@ -1,9 +1,6 @@
-"""Pieces every agent state shares: optimiser-carrying train states and network constructors."""
+"""Pieces every agent shares: the optimiser-carrying train state and the critic regression loss."""
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -31,12 +28,6 @@ def strong_types(tree):
   return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), tree)
 
 
-def apply_gradients(state: TrainState, loss_fn: Callable, *args, has_aux: bool = True):
-  """One optimiser step on `loss_fn(params, *args)`; returns (new_state, aux)."""
-  grads, aux = jax.grad(loss_fn, has_aux=has_aux)(state.params, *args)
-  return state.apply_gradients(grads=grads), aux
-
-
 def critic_loss(critic_params, state, batch, targets, key=None):
   """sum_k E[(Q_k(s, a) - y)^2] for the critic ensemble `state.critic` (targets already computed)."""
   del key
@@ -44,6 +35,3 @@ def critic_loss(critic_params, state, batch, targets, key=None):
   loss = losses.critic_mse(q, targets)
   return loss, {"critic_loss": loss, "q_mean": q.mean(), "target_mean": targets.mean()}
 
-
-def scalar_param(value: float):
-  return {"value": jnp.asarray(value, jnp.float32)}

@@ -251,9 +251,4 @@ def offline_act(state: State, observations, key: PRNGKey, explore: bool = False)
   return pi(state, state.offline_actor_params, observations)
 
 
-def reference_act(state: State, observations, key: PRNGKey, explore: bool = False):
-  del key, explore
-  return pi(state, state.reference_actor_params, observations)
-
-
 update = finetune_step

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from o2o_jax import losses, networks
 from o2o_jax.agents.common import TrainState, critic_loss, make_train_state
-from o2o_jax.types import Metrics, PRNGKey, Transition
+from o2o_jax.types import PRNGKey, Transition
 
 
 @dataclasses.dataclass(frozen=True)
