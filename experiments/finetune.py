@@ -11,6 +11,7 @@ ablations (all three off = direct fine-tuning of the offline policy).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from absl import flags
@@ -18,8 +19,16 @@ from absl import flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("agent", "o2td3", ["o2td3", "o2sac"], "O2O agent: o2td3 (from TD3+BC) or o2sac "
-                  "(from CQL). O2PPO is being built.")
+# OCR-CFT off-policy agents run the phases below; every other agent has its own pipeline module
+# (experiments/pipeline_<name>.py exposing `run(FLAGS, budget_values)`), dispatched in main().
+OCR_CFT_OFF_POLICY = ("o2td3", "o2sac")
+# Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
+# --o3f_sigma) and reads the shared ones below from FLAGS.
+OTHER_PIPELINES = {}   # agent name -> module name, e.g. "o2ppo": "experiments.pipeline_o2ppo"
+for _module in sorted(set(OTHER_PIPELINES.values())):
+  importlib.import_module(_module)
+flags.DEFINE_enum("agent", "o2td3", list(OCR_CFT_OFF_POLICY) + list(OTHER_PIPELINES),
+                  "O2O agent: o2td3 (from TD3+BC) or o2sac (from CQL).")
 flags.DEFINE_string("dataset", "o2o/hopper/medium-v0", "Minari dataset id (default: the embedded one).")
 flags.DEFINE_string("from", None, "Run directory of an earlier phase (pretrain, reevaluate or align) "
                     "to continue from; the phases after it are run.")
@@ -56,6 +65,8 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 def main(argv):
   del argv
+  if FLAGS.agent in OTHER_PIPELINES:
+    return importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
   from experiments import phases
   from o2o_jax import runs
   from o2o_jax.errors import O2OError
