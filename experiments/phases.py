@@ -409,50 +409,91 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
   refresh = jax.jit(jax.vmap(agent.refresh_reference))
   log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
       f"reference {reference} -> {run_dir}")
+
+  def on_eval(step, s, score):
+    if interval is None:
+      return refresh(s, jnp.asarray(score, jnp.float32))
+    if step % interval == 0:
+      return refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
+    return s
+
+  online_phase(run_dir=run_dir, learner=loops.Learner(agent.finetune_step, agent.act), states=states,
+               data=data, meta=meta, seeds=cfg["seeds"], seed=cfg["seed"], agent_name=cfg["agent"],
+               dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
+               eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
+               offline_fraction=offline_fraction,
+               start_scores={"offline": offline_score, "aligned": online_score},
+               on_eval=on_eval, progress=progress,
+               plot_keys=["eval/normalized_score", "train/lambda", "train/constraint",
+                          "train/critic_loss"])
+  return run_dir
+
+
+# Labels of the starting scores in the summary (keys of `start_scores`).
+START_LABELS = {"offline": "pi_off (offline)", "aligned": "pi_on (after alignment)"}
+
+
+def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, meta: Dict[str, Any],
+                 seeds: int, seed: int, agent_name: str, dataset_id: str, online_steps: int,
+                 warmup_steps: int, eval_every: int, eval_episodes: int, utd: int, batch_size: int,
+                 offline_fraction: float, start_scores: Dict[str, np.ndarray],
+                 on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
+                 random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
+                 progress: bool = True) -> Dict[str, Any]:
+  """The online phase every off-policy O2O agent shares: `loops.run_online` on the dataset's env with
+  a replay buffer that draws `offline_fraction` of each batch from the offline data, evaluation
+  every `eval_every` steps (`on_eval(step, states, per-seed score) -> states` may refresh per-seed
+  state), the final checkpoint, `curves.png`, and `summary.{json,txt}` with `start_scores` (per seed,
+  e.g. {"offline": pi_off scores}) beside the best and final scores."""
   writer, ckpt = _writer_and_ckpt(run_dir)
   scores = []
 
-  def on_eval(step, s, returns):
+  def on_eval_(step, s, returns):
     score = data.normalized_score(returns).mean(1)
     scores.append((step, score))
-    if interval is None:
-      s = refresh(s, jnp.asarray(score, jnp.float32))
-    elif step % interval == 0:
-      s = refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
+    if on_eval is not None:
+      s = on_eval(step, s, score)
     if step >= online_steps:
       ckpt.save(step, s, {**meta, "phase": "finetune", "step": step, "final_score": score})
     return s
 
   loop_config = loops.OnlineConfig(total_steps=online_steps, start_steps=warmup_steps,
-                                   random_warmup=False, utd=utd, batch_size=batch_size,
+                                   random_warmup=random_warmup, utd=utd, batch_size=batch_size,
                                    buffer_size=online_steps, offline_fraction=offline_fraction,
                                    eval_every=eval_every, eval_episodes=eval_episodes,
                                    log_every=min(1000, eval_every))
   t0 = time.time()
-  writer.write(0, {"eval/normalized_score": online_score, "eval/offline_score": offline_score})
-  loops.run_online(loops.Learner(agent.finetune_step, agent.act), states, make_env=data.make_env,
-                   num_seeds=cfg["seeds"], seed=cfg["seed"], config=loop_config,
-                   offline=data.device if offline_fraction > 0 else None, obs_mean=data.obs_mean,
-                   obs_std=data.obs_std, metrics_writer=writer,
-                   callbacks=loops.OnlineCallbacks(on_eval=on_eval),
+  # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
+  writer.write(0, {"eval/normalized_score": list(start_scores.values())[-1],
+                   **{f"eval/{k}_score": v for k, v in start_scores.items()}})
+  loops.run_online(learner, states, make_env=data.make_env, num_seeds=seeds, seed=seed,
+                   config=loop_config, offline=data.device if offline_fraction > 0 else None,
+                   obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
+                   callbacks=loops.OnlineCallbacks(on_eval=on_eval_),
                    normalized_score=data.normalized_score, progress=progress,
-                   desc=f"finetune {cfg['agent']}")
+                   desc=f"finetune {agent_name}", prefill=prefill)
   writer.close()
   ckpt.close()
-  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                      ["eval/normalized_score", "train/lambda", "train/constraint", "train/critic_loss"],
-                      title=f"{cfg['agent']} fine-tuning on {cfg['dataset']}")
-  all_scores = np.stack([s for _, s in scores])
-  summary = {"dataset": cfg["dataset"], "agent": cfg["agent"], "seeds": cfg["seeds"],
-             "offline": offline_score.tolist(), "aligned": online_score.tolist(),
+  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", list(plot_keys),
+                      title=f"{agent_name} fine-tuning on {dataset_id}")
+  return write_summary(run_dir, dataset_id=dataset_id, agent_name=agent_name, seeds=seeds,
+                       start_scores=start_scores, scores=scores, wall_time_s=time.time() - t0)
+
+
+def write_summary(run_dir: Path, *, dataset_id: str, agent_name: str, seeds: int,
+                  start_scores: Dict[str, np.ndarray], scores, wall_time_s: float) -> Dict[str, Any]:
+  """summary.json / summary.txt of an online phase (printed too). `scores`: [(step, per-seed)]."""
+  all_scores = np.stack([np.asarray(sc) for _, sc in scores])
+  summary = {"dataset": dataset_id, "agent": agent_name, "seeds": seeds,
+             **{k: np.asarray(v).tolist() for k, v in start_scores.items()},
              "best": all_scores.max(0).tolist(), "final": all_scores[-1].tolist(),
-             "wall_time_s": time.time() - t0}
+             "curve_steps": [int(st) for st, _ in scores],
+             "curve_mean": [float(np.mean(sc)) for _, sc in scores], "wall_time_s": wall_time_s}
   (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-  lines = [f"normalised scores on {cfg['dataset']} ({cfg['seeds']} seeds; per seed, mean +- std)",
-           _summary_line("pi_off (offline)", offline_score),
-           _summary_line("pi_on (after alignment)", online_score),
-           _summary_line("best fine-tuned", summary["best"]),
-           _summary_line("final fine-tuned", summary["final"])]
+  lines = [f"normalised scores on {dataset_id} ({seeds} seeds; per seed, mean +- std)"]
+  lines += [_summary_line(START_LABELS.get(k, k), v) for k, v in start_scores.items()]
+  lines += [_summary_line("best fine-tuned", summary["best"]),
+            _summary_line("final fine-tuned", summary["final"])]
   (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
-  return run_dir
+  return summary

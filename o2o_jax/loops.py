@@ -172,10 +172,12 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
                config: OnlineConfig, offline: Optional[Transition] = None, obs_mean=None,
                obs_std=None, metrics_writer=None, callbacks: OnlineCallbacks = OnlineCallbacks(),
                normalized_score: Optional[Callable] = None, progress: bool = True,
-               desc: str = "online") -> tuple:
+               desc: str = "online", prefill: Optional[Transition] = None) -> tuple:
   """Online training of `num_seeds` vmapped agents, one host env per seed.
 
   `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)`.
+  `prefill`: transitions (normalised observations) written into every seed's buffer before the first
+  step — leaves (N, ...) shared by all seeds or (S, N, ...) per seed; the buffer grows by N rows.
   Returns (states, buffer, eval history list)."""
   from o2o_jax import envs as envs_lib
   from o2o_jax import logging as log_lib
@@ -189,7 +191,12 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   std = np.ones(obs_dim, np.float32) if obs_std is None else np.asarray(obs_std, np.float32)
   norm = lambda o: (o - mean) / std
 
-  buffer = replay.init(min(config.buffer_size, config.total_steps), obs_dim, act_dim, num_seeds)
+  n_prefill = 0 if prefill is None else int(prefill.rewards.shape[-1])
+  buffer = replay.init(min(config.buffer_size, config.total_steps) + n_prefill, obs_dim, act_dim,
+                       num_seeds)
+  if prefill is not None:
+    per_seed = prefill.rewards.ndim == 2
+    buffer = jax.jit(jax.vmap(replay.insert, in_axes=(0, 0 if per_seed else None)))(buffer, prefill)
   step_fn, insert_fn, _, act_fn = online_functions(agent.update, agent.act, config.batch_size,
                                                    config.utd, config.offline_fraction)
   eval_policy = make_eval_policy(agent.act, mean, std)
