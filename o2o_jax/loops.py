@@ -41,6 +41,30 @@ def unalias(tree):
   return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
 
 
+def vmap_lockstep(fn: Callable, in_axes=0):
+  """`jax.vmap(fn, in_axes)` over seed-stacked agent states that advance in lockstep (every loop here
+  steps all seeds together), with the state's `step` counter shared unbatched (seed 0's value).
+
+  Control flow on the counter then stays a real branch: TD3's delayed actor update is a `lax.cond`
+  on `step % policy_freq`, which under a plain vmap (batched predicate) becomes a `select` that
+  computes the actor update for every seed on every step. The first argument of `fn` is the state."""
+  axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else None
+  plain = jax.vmap(fn, in_axes=in_axes)
+
+  def per_seed(step, state, *args):
+    return fn(state.replace(step=step), *args)
+
+  def wrapped(states, *args):
+    has_step = dataclasses.is_dataclass(states) and "step" in {f.name for f in dataclasses.fields(states)}
+    if not has_step:
+      return plain(states, *args)
+    rest = axes[1:] if axes is not None else (in_axes,) * len(args)
+    return jax.vmap(per_seed, in_axes=(None, 0 if axes is None else axes[0]) + tuple(rest))(
+        states.step[0], states, *args)
+
+  return wrapped
+
+
 def _mean_metrics(stacked: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
   # nanmean: delayed-update agents report NaN for steps that skip the actor update.
   return {k: jnp.nanmean(v, axis=0) for k, v in stacked.items()}
@@ -65,7 +89,7 @@ def make_offline_chunk(update: Callable, batch_size: int, num_updates: int):
 
 def vmap_offline_chunk(chunk: Callable):
   """Seed-vmapped, jitted chunk: states and keys per seed, the dataset shared (never copied)."""
-  return jax.jit(jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=(0,))
+  return jax.jit(vmap_lockstep(chunk, in_axes=(0, 0, None)), donate_argnums=(0,))
 
 
 # ----------------------------------------------------------------------------------------- policies
@@ -140,8 +164,8 @@ def online_functions(update: Callable, act: Callable, batch_size: int, utd: int,
   """Jitted functions over seed-stacked states and buffers, cached so repeated runs in one process
   compile once. `step` inserts the seeds' transitions, runs the UTD updates and returns the next
   actions; states and buffers are donated."""
-  per_seed = jax.vmap(make_online_step(update, act, batch_size, utd, offline_fraction),
-                      in_axes=(0, 0, 0, 0, None))
+  per_seed = vmap_lockstep(make_online_step(update, act, batch_size, utd, offline_fraction),
+                           in_axes=(0, 0, 0, 0, None))
 
   def step(states, buffers, transitions, next_obs, keys, offline):
     buffers = insert_fn(buffers, transitions)
