@@ -24,11 +24,13 @@ FLAGS = flags.FLAGS
 OCR_CFT_OFF_POLICY = ("o2td3", "o2sac")
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
-OTHER_PIPELINES = {}   # agent name -> module name, e.g. "o2ppo": "experiments.pipeline_o2ppo"
+OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
+OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
+OTHER_PIPELINES.update({"o3f": "experiments.pipeline_o3f", "aca": "experiments.pipeline_aca"})
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
 flags.DEFINE_enum("agent", "o2td3", list(OCR_CFT_OFF_POLICY) + list(OTHER_PIPELINES),
-                  "O2O agent: o2td3 (from TD3+BC) or o2sac (from CQL).")
+                  "O2O agent: o2td3 (from TD3+BC), o2sac (from CQL), o2ppo (from IQL), ...")
 flags.DEFINE_string("dataset", "o2o/hopper/medium-v0", "Minari dataset id (default: the embedded one).")
 flags.DEFINE_string("from", None, "Run directory of an earlier phase (pretrain, reevaluate or align) "
                     "to continue from; the phases after it are run.")
@@ -53,8 +55,10 @@ flags.DEFINE_bool("align", True, "Value alignment (off: fine-tune straight after
 flags.DEFINE_bool("constrain", True, "Constrained fine-tuning (off: lambda = 0).")
 flags.DEFINE_string("reference", "best", "pi_ref update: 'best' (the best evaluated policy) or "
                     "'interval:N' (pi_on every N env steps), appendix C.3.")
-flags.DEFINE_enum("buffer", "half", ["half", "null"], "Online replay: 'half' samples half of each batch "
-                  "from the offline data (paper H.2), 'null' uses online data only.")
+flags.DEFINE_enum("buffer", "half", ["half", "all", "part", "null"], "Online replay initialisation "
+                  "(paper table 6): 'half' samples half of each batch from the offline data (H.2, the "
+                  "default); 'all' starts the buffer with the whole dataset; 'part' with the top-50 "
+                  "episodes by return; 'null' uses online data only.")
 flags.DEFINE_integer("utd", None, "Gradient updates per env step (default: o2td3 1, o2sac 10 as the "
                      "released code; the lambda step stays once per env step).")
 flags.DEFINE_string("out_dir", "runs", "Root of run directories.")

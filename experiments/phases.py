@@ -382,9 +382,8 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
     switches["utd"] = utd          # O2SAC's lambda step runs once per env step
   agent_config = dataclasses.replace(agent_config, **switches)
   states = states.replace(config=agent_config)
-  offline_fraction = {"half": 0.5, "null": 0.0}.get(buffer)
-  if offline_fraction is None:
-    raise O2OError(f"--buffer={buffer} is not implemented yet: use half (the paper's choice) or null")
+  if buffer not in BUFFER_MODES:
+    raise O2OError(f"--buffer must be one of {', '.join(BUFFER_MODES)} (got {buffer!r})")
   interval = None
   if reference.startswith("interval:"):
     interval = int(reference.split(":", 1)[1])
@@ -407,6 +406,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
   states = jax.jit(jax.vmap(agent.init_reference))(states, jnp.asarray(offline_score),
                                                    jnp.asarray(online_score))
   refresh = jax.jit(jax.vmap(agent.refresh_reference))
+  replay_kwargs = replay_mode(buffer, data)
   log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
       f"reference {reference} -> {run_dir}")
 
@@ -421,12 +421,34 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
                data=data, meta=meta, seeds=cfg["seeds"], seed=cfg["seed"], agent_name=cfg["agent"],
                dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
                eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
-               offline_fraction=offline_fraction,
-               start_scores={"offline": offline_score, "aligned": online_score},
+               **replay_kwargs, start_scores={"offline": offline_score, "aligned": online_score},
                on_eval=on_eval, progress=progress,
                plot_keys=["eval/normalized_score", "train/lambda", "train/constraint",
                           "train/critic_loss"])
   return run_dir
+
+
+# --buffer, the online replay's initialisation (OCR-CFT appendix, table 6).
+BUFFER_MODES = {"half": "a separate online buffer; half of each batch from the offline data (H.2, "
+                        "the paper's choice)",
+                "all": "the buffer initialised with the whole offline dataset (sampled uniformly "
+                       "from the union, the dataset is not copied)",
+                "part": "the buffer initialised with the top-50 offline episodes by return (ACA's "
+                        "seeding)",
+                "null": "online data only"}
+PART_EPISODES = 50
+
+
+def replay_mode(buffer: str, data: Data) -> Dict[str, Any]:
+  """online_phase keyword arguments for a --buffer mode."""
+  if buffer == "half":
+    return {"offline_fraction": 0.5}
+  if buffer == "all":
+    return {"offline_fraction": 0.0, "offline_union": True}
+  if buffer == "part":
+    idx = jnp.asarray(data.dataset.top_episode_indices(PART_EPISODES))
+    return {"offline_fraction": 0.0, "prefill": jax.tree_util.tree_map(lambda x: x[idx], data.device)}
+  return {"offline_fraction": 0.0}
 
 
 # Labels of the starting scores in the summary (keys of `start_scores`).
@@ -437,6 +459,7 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
                  seeds: int, seed: int, agent_name: str, dataset_id: str, online_steps: int,
                  warmup_steps: int, eval_every: int, eval_episodes: int, utd: int, batch_size: int,
                  offline_fraction: float, start_scores: Dict[str, np.ndarray],
+                 offline_union: bool = False,
                  on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
                  random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
                  progress: bool = True) -> Dict[str, Any]:
@@ -460,14 +483,15 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
   loop_config = loops.OnlineConfig(total_steps=online_steps, start_steps=warmup_steps,
                                    random_warmup=random_warmup, utd=utd, batch_size=batch_size,
                                    buffer_size=online_steps, offline_fraction=offline_fraction,
-                                   eval_every=eval_every, eval_episodes=eval_episodes,
-                                   log_every=min(1000, eval_every))
+                                   offline_union=offline_union, eval_every=eval_every,
+                                   eval_episodes=eval_episodes, log_every=min(1000, eval_every))
   t0 = time.time()
   # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
   writer.write(0, {"eval/normalized_score": list(start_scores.values())[-1],
                    **{f"eval/{k}_score": v for k, v in start_scores.items()}})
   loops.run_online(learner, states, make_env=data.make_env, num_seeds=seeds, seed=seed,
-                   config=loop_config, offline=data.device if offline_fraction > 0 else None,
+                   config=loop_config,
+                   offline=data.device if offline_fraction > 0 or offline_union else None,
                    obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
                    callbacks=loops.OnlineCallbacks(on_eval=on_eval_),
                    normalized_score=data.normalized_score, progress=progress,

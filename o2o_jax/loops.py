@@ -123,20 +123,24 @@ class OnlineConfig:
   batch_size: int = 256
   buffer_size: int = 1_000_000
   offline_fraction: float = 0.0       # share of each batch drawn from the offline dataset
+  offline_union: bool = False         # instead: sample uniformly from offline data + buffer together
   eval_every: int = 10_000
   eval_episodes: int = 10
   log_every: int = 1_000
 
 
 def make_online_step(update: Callable, act: Callable, batch_size: int, utd: int,
-                     offline_fraction: float):
-  """Per seed (vmap it): run `utd` updates on batches from `buffer`, then pick the action for
-  `next_obs`. The PRNG key travels in and out, so the host never splits keys."""
+                     offline_fraction: float, offline_union: bool = False):
+  """Per seed (vmap it): run `utd` updates on batches from `buffer` (mixed with `offline` as
+  `offline_fraction` or `offline_union` say), then pick the action for `next_obs`. The PRNG key
+  travels in and out, so the host never splits keys."""
 
   def step(state, buffer, next_obs, key, offline: Optional[Transition]):
     key, k_sample, k_updates, k_act = jax.random.split(key, 4)
 
     def sample(k):
+      if offline is not None and offline_union:
+        return replay.sample_union(offline, buffer, k, batch_size)
       if offline is not None and offline_fraction > 0:
         return replay.sample_mixed(offline, buffer, k, batch_size, offline_fraction)
       return replay.sample(buffer, k, batch_size)
@@ -160,12 +164,12 @@ class OnlineFunctions(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def online_functions(update: Callable, act: Callable, batch_size: int, utd: int,
-                     offline_fraction: float):
+                     offline_fraction: float, offline_union: bool = False):
   """Jitted functions over seed-stacked states and buffers, cached so repeated runs in one process
   compile once. `step` inserts the seeds' transitions, runs the UTD updates and returns the next
   actions; states and buffers are donated."""
-  per_seed = vmap_lockstep(make_online_step(update, act, batch_size, utd, offline_fraction),
-                           in_axes=(0, 0, 0, 0, None))
+  per_seed = vmap_lockstep(make_online_step(update, act, batch_size, utd, offline_fraction,
+                                            offline_union), in_axes=(0, 0, 0, 0, None))
 
   def step(states, buffers, transitions, next_obs, keys, offline):
     buffers = insert_fn(buffers, transitions)
@@ -222,7 +226,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
     per_seed = prefill.rewards.ndim == 2
     buffer = jax.jit(jax.vmap(replay.insert, in_axes=(0, 0 if per_seed else None)))(buffer, prefill)
   step_fn, insert_fn, _, act_fn = online_functions(agent.update, agent.act, config.batch_size,
-                                                   config.utd, config.offline_fraction)
+                                                   config.utd, config.offline_fraction,
+                                                   config.offline_union)
   eval_policy = make_eval_policy(agent.act, mean, std)
 
   states = unalias(states)

@@ -87,3 +87,35 @@ def test_phase_launchers_chain_by_from(pipeline, tmp_path):
   assert (tmp_path / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2" / "checkpoints").exists()
   res = run("experiments.reevaluate", f"--from={pre}", "--agent=o2sac", "--steps=10")
   assert res.returncode == 2 and "does not fit o2sac" in res.stderr
+
+
+@pytest.mark.parametrize("buffer", ["all", "part"])
+def test_buffer_initialisations_of_table_6(pipeline, tmp_path, buffer, monkeypatch):
+  """--buffer=all samples from the dataset and the online buffer together; --buffer=part seeds each
+  seed's buffer with the top-50 episodes (all 6 of the tiny dataset): both run to the summary."""
+  from experiments import phases
+  from o2o_jax import loops
+  out, _, dataset_id = pipeline
+  align_dir = out / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  seen = {}
+  real_run_online = loops.run_online
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    states, buffers, history = real_run_online(*args, **kwargs)
+    seen["buffer_size"] = buffers.size
+    return states, buffers, history
+
+  monkeypatch.setattr(loops, "run_online", spy)
+  phases.finetune(align_dir=align_dir, online_steps=40, warmup_steps=20, eval_every=40, eval_episodes=1,
+                  batch_size=16, buffer=buffer, out_dir=str(tmp_path), progress=False)
+  summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+  assert len(summary["final"]) == 2
+  if buffer == "all":
+    assert seen["config"].offline_union and seen["offline"] is not None and seen["prefill"] is None
+    assert list(seen["buffer_size"]) == [40, 40]
+  else:
+    from o2o_jax.data import load_dataset
+    n = int(seen["prefill"].rewards.shape[0])
+    assert seen["offline"] is None and n == load_dataset(dataset_id).size   # 6 episodes < 50
+    assert list(seen["buffer_size"]) == [n + 40, n + 40]

@@ -72,6 +72,13 @@ class OfflineDataset:
   def normalized_score(self, returns):
     return normalized_score(returns, self.ref_min_score, self.ref_max_score, self.dataset_id)
 
+  def top_episode_indices(self, num_episodes: int) -> np.ndarray:
+    """Transition indices of the `num_episodes` episodes with the highest returns (ACA's top-N
+    trajectory seeding of the online buffer; OCR-CFT table 6 'Part')."""
+    best = np.argsort(-self.episode_returns, kind="stable")[:num_episodes]
+    return np.concatenate([np.arange(self.episode_starts[i], self.episode_starts[i] + self.episode_lengths[i])
+                           for i in np.sort(best)]).astype(np.int64)
+
   def device_transitions(self) -> Transition:
     import jax.numpy as jnp
     return Transition(*(jnp.asarray(x) for x in dataclasses.astuple(self.transitions)))

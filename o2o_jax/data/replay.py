@@ -98,6 +98,20 @@ def sample_mixed(offline: Transition, buffer: ReplayBuffer, key: jax.Array, batc
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
 
+def sample_union(offline: Transition, buffer: ReplayBuffer, key: jax.Array,
+                 batch_size: int) -> Transition:
+  """Uniform over the offline data and the buffer's filled rows together, as if the buffer had been
+  initialised with the whole dataset (OCR-CFT table 6 'All', IQL/AWAC-style fine-tuning), without
+  copying the dataset into every seed's buffer."""
+  n_off = offline.rewards.shape[0]
+  indices = jax.random.randint(key, (batch_size,), 0, n_off + buffer.size)
+  from_offline = indices < n_off
+  off = gather(offline, jnp.minimum(indices, n_off - 1))
+  on = gather(buffer.data, jnp.clip(indices - n_off, 0, buffer.capacity - 1))
+  return jax.tree_util.tree_map(
+      lambda a, b: jnp.where(from_offline.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), off, on)
+
+
 def from_transitions(data: Transition, capacity: int | None = None) -> ReplayBuffer:
   """A buffer pre-filled with `data` (e.g. the offline dataset appended to, as Off2On/WSRL do)."""
   n = data.rewards.shape[0]
