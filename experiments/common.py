@@ -11,7 +11,7 @@ import warnings
 from absl import app, flags
 from absl import logging as absl_logging
 
-from o2o_jax.errors import O2OError
+from o2o_jax.errors import O2OError, Interrupted
 
 BUDGETS = ("paper", "quick")
 
@@ -20,6 +20,14 @@ def define_budget_flag():
   flags.DEFINE_enum("budget", "paper", BUDGETS,
                     "'paper': the paper's step counts; 'quick': a few minutes on a laptop CPU "
                     "(same code path, smaller budgets and networks).")
+
+
+def define_checkpoint_flag():
+  flags.DEFINE_integer("checkpoint_every", 10_000,
+                       "Steps (offline updates or online env steps) between resumable snapshots of a "
+                       "running phase, saved under <run>/progress with the whole run state; rerunning "
+                       "the same command resumes from the latest, Ctrl-C/SIGTERM saves one and exits. "
+                       "0 disables them.", lower_bound=0)
 
 
 def enable_compilation_cache():
@@ -46,6 +54,9 @@ def run(main):
     enable_compilation_cache()
     try:
       return main(argv)
+    except Interrupted as e:
+      print(f"interrupted: {e}", file=sys.stderr)
+      sys.exit(130)
     except O2OError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)

@@ -65,6 +65,7 @@ flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run name (default: seed<seed>x<seeds> plus the ablation switches).")
 flags.DEFINE_bool("restart", False, "Rerun the phases of this run even if they finished.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+common.define_checkpoint_flag()
 
 
 def main(argv):
@@ -83,7 +84,8 @@ def main(argv):
       raise O2OError(f"--{k} must not be negative (got {d[k]})")
   switches = "".join(f"-no{n}" for n in ("reevaluate", "align", "constrain") if not getattr(FLAGS, n))
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
-  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress)
+  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
+                     checkpoint_every=FLAGS.checkpoint_every)
 
   start, from_dir = "pretrain", None
   if getattr(FLAGS, "from"):

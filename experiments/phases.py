@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import presets
-from o2o_jax import envs, loops, runs
+from o2o_jax import envs, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
@@ -107,10 +107,21 @@ def _summary_line(name: str, scores) -> str:
           + f"   mean {scores.mean():6.1f} +- {scores.std():5.1f}")
 
 
-def _writer_and_ckpt(run_dir: Path):
+def _writer_and_ckpt(run_dir: Path, keep_rows: bool = False):
+  """The metrics writer and the result checkpointer of a phase. `keep_rows`: the loop resumes and
+  truncates metrics.csv itself (to the snapshot's step); otherwise the phase starts from scratch."""
   writer = log_lib.MetricsWriter(run_dir)
-  writer.truncate_after(0)
+  if not keep_rows:
+    writer.truncate_after(0)
   return writer, Checkpointer(run_dir / "checkpoints")
+
+
+# Steps (offline updates or online env steps) between resumable snapshots of a running phase.
+CHECKPOINT_EVERY = 10_000
+
+
+def _snapshots(run_dir: Path, checkpoint_every: int) -> resume.Snapshots:
+  return resume.Snapshots(run_dir / "progress", checkpoint_every)
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -119,7 +130,7 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
              eval_episodes: int, hidden_dims: Sequence[int], batch_size: int = 256,
              chunk: Optional[int] = None, preset: str = "corl", normalize_states: bool = True,
              out_dir: str = "runs", run_name: Optional[str] = None, restart: bool = False,
-             progress: bool = True, log=print) -> Path:
+             progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
   agent = registry.get(algo, registry.OFFLINE)
   p = presets.offline_preset(algo, dataset_id, preset)
   agent_config = agent.Config(hidden_dims=tuple(hidden_dims), **p["config"])
@@ -152,7 +163,8 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
               "obs_mean": data.obs_mean, "obs_std": data.obs_std,
               "reward_transform": {"scale": scale, "shift": 0.0},
               "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
-  writer, ckpt = _writer_and_ckpt(run_dir)
+  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
+  snapshots = _snapshots(run_dir, checkpoint_every)
   t0 = time.time()
 
   def on_eval(step, s, returns):
@@ -162,10 +174,11 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
   states, history = loops.run_offline(
       agent, states, data.device, make_env=data.make_env, num_seeds=seeds, seed=seed,
       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
-      normalized_score=data.normalized_score, on_eval=on_eval, progress=progress,
-      desc=f"pretrain {algo}")
+      normalized_score=data.normalized_score, on_eval=on_eval, snapshots=snapshots,
+      phase="pretrain", progress=progress, desc=f"pretrain {algo}", log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
   log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
                       ["eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"],
                       title=f"{algo} on {dataset_id}")
@@ -249,7 +262,7 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
                critic_hidden: Sequence[int], batch_size: int = 256, constrain: bool = True,
                overrides: Optional[Dict[str, Any]] = None, out_dir: str = "runs",
                run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
-               log=print) -> Path:
+               checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
   """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE)."""
   agent = registry.get(agent_name, registry.O2O)
   actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
@@ -268,7 +281,8 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
       seed_keys(prev["seed"] + 1, prev["seeds"]), actor_params)
   log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
       f"steps -> {run_dir}")
-  writer, ckpt = _writer_and_ckpt(run_dir)
+  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=steps > 0)
+  snapshots = _snapshots(run_dir, checkpoint_every)
   out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                       "obs_std", "reward_transform")}, "phase": "reevaluate",
               "agent": agent_name, "offline_algo": prev["algo"]}
@@ -290,9 +304,11 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
                       make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
                       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
                       metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                      progress=progress, desc="re-evaluate")
+                      snapshots=snapshots, phase="reevaluate", progress=progress,
+                      desc="re-evaluate", log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
   log(_summary_line("[reevaluate] pi_off score", scores["offline"]))
   return run_dir
 
@@ -308,7 +324,8 @@ def _restore_o2o(from_dir: Path):
 
 def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: int,
           batch_size: int = 256, out_dir: str = "runs", run_name: Optional[str] = None,
-          restart: bool = False, progress: bool = True, log=print) -> Path:
+          restart: bool = False, progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY,
+          log=print) -> Path:
   """Value alignment of the re-evaluated critic, with the actor trained at the same time."""
   cfg, agent, agent_config, states, meta = _restore_o2o(reevaluate_dir)
   prev, config, run_dir, resumed = _o2o_run(
@@ -321,7 +338,8 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
   data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                    meta["reward_transform"]["scale"], batch_size=batch_size)
   log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
-  writer, ckpt = _writer_and_ckpt(run_dir)
+  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
+  snapshots = _snapshots(run_dir, checkpoint_every)
   out_meta = {**meta, "phase": "align"}
   scores = {}
 
@@ -339,9 +357,10 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
                     make_env=data.make_env, num_seeds=cfg["seeds"], seed=cfg["seed"],
                     config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
                     metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                    progress=progress, desc="align")
+                    snapshots=snapshots, phase="align", progress=progress, desc="align", log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
   log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
                       ["eval/normalized_score", "train/align_loss", "train/q_anchor"],
                       title=f"{cfg['agent']} alignment")
@@ -372,7 +391,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
              eval_episodes: int, utd: Optional[int] = None, batch_size: int = 256, buffer: str = "half",
              reference: str = "best", constrain: bool = True, out_dir: str = "runs",
              run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
-             log=print) -> Path:
+             checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
   """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
   `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state."""
   cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
@@ -422,7 +441,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
                dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
                eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
                **replay_kwargs, start_scores={"offline": offline_score, "aligned": online_score},
-               on_eval=on_eval, progress=progress,
+               on_eval=on_eval, progress=progress, checkpoint_every=checkpoint_every, log=log,
                plot_keys=["eval/normalized_score", "train/lambda", "train/constraint",
                           "train/critic_loss"])
   return run_dir
@@ -462,18 +481,19 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
                  offline_union: bool = False,
                  on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
                  random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
-                 progress: bool = True) -> Dict[str, Any]:
+                 progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY,
+                 log=print) -> Dict[str, Any]:
   """The online phase every off-policy O2O agent shares: `loops.run_online` on the dataset's env with
   a replay buffer that draws `offline_fraction` of each batch from the offline data, evaluation
   every `eval_every` steps (`on_eval(step, states, per-seed score) -> states` may refresh per-seed
   state), the final checkpoint, `curves.png`, and `summary.{json,txt}` with `start_scores` (per seed,
-  e.g. {"offline": pi_off scores}) beside the best and final scores."""
-  writer, ckpt = _writer_and_ckpt(run_dir)
-  scores = []
+  e.g. {"offline": pi_off scores}) beside the best and final scores. Resumable: snapshots every
+  `checkpoint_every` env steps under <run_dir>/progress (see loops.run_online)."""
+  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
+  snapshots = _snapshots(run_dir, checkpoint_every)
 
   def on_eval_(step, s, returns):
     score = data.normalized_score(returns).mean(1)
-    scores.append((step, score))
     if on_eval is not None:
       s = on_eval(step, s, score)
     if step >= online_steps:
@@ -486,18 +506,22 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
                                    offline_union=offline_union, eval_every=eval_every,
                                    eval_episodes=eval_episodes, log_every=min(1000, eval_every))
   t0 = time.time()
-  # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
-  writer.write(0, {"eval/normalized_score": list(start_scores.values())[-1],
-                   **{f"eval/{k}_score": v for k, v in start_scores.items()}})
-  loops.run_online(learner, states, make_env=data.make_env, num_seeds=seeds, seed=seed,
+  if snapshots.latest_step() is None:
+    # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
+    writer.write(0, {"eval/normalized_score": list(start_scores.values())[-1],
+                     **{f"eval/{k}_score": v for k, v in start_scores.items()}})
+  _, _, history = loops.run_online(learner, states, make_env=data.make_env, num_seeds=seeds, seed=seed,
                    config=loop_config,
                    offline=data.device if offline_fraction > 0 or offline_union else None,
                    obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
                    callbacks=loops.OnlineCallbacks(on_eval=on_eval_),
                    normalized_score=data.normalized_score, progress=progress,
-                   desc=f"finetune {agent_name}", prefill=prefill)
+                   desc=f"finetune {agent_name}", prefill=prefill, snapshots=snapshots,
+                   phase="finetune", log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
+  scores = [(h["step"], data.normalized_score(h["returns"]).mean(1)) for h in history]
   log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", list(plot_keys),
                       title=f"{agent_name} fine-tuning on {dataset_id}")
   return write_summary(run_dir, dataset_id=dataset_id, agent_name=agent_name, seeds=seeds,

@@ -32,6 +32,7 @@ flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: seed<seed>x<seeds>).")
 flags.DEFINE_bool("restart", False, "Delete an existing run directory of this name first.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+common.define_checkpoint_flag()
 
 _DEFAULTS = {"paper": dict(num_steps=1_000_000, eval_every=10_000, eval_episodes=10, hidden_dims=(256, 256)),
              "quick": dict(num_steps=5_000, eval_every=1_000, eval_episodes=3, hidden_dims=(64, 64))}
@@ -47,7 +48,8 @@ def main(argv):
       num_steps=d["num_steps"], eval_every=d["eval_every"], eval_episodes=d["eval_episodes"],
       hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size, chunk=FLAGS.chunk,
       preset=FLAGS.preset, normalize_states=FLAGS.normalize_states, out_dir=FLAGS.out_dir,
-      run_name=FLAGS.run_name, restart=FLAGS.restart, progress=FLAGS.progress)
+      run_name=FLAGS.run_name, restart=FLAGS.restart, progress=FLAGS.progress,
+      checkpoint_every=FLAGS.checkpoint_every)
   print(f"outputs in {run_dir}")
 
 

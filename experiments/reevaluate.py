@@ -24,6 +24,7 @@ flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run name (default: seed<seed>x<seeds> of the pretrain run).")
 flags.DEFINE_bool("restart", False, "Rerun even if this phase already finished.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+common.define_checkpoint_flag()
 
 
 def main(argv):
@@ -40,7 +41,8 @@ def main(argv):
                               steps=d["steps"], eval_episodes=d["eval_episodes"],
                               critic_hidden=d["critic_hidden"], batch_size=FLAGS.batch_size,
                               out_dir=FLAGS.out_dir, run_name=FLAGS.run_name, restart=FLAGS.restart,
-                              progress=FLAGS.progress)
+                              progress=FLAGS.progress,
+                              checkpoint_every=FLAGS.checkpoint_every)
   print(f"outputs in {run_dir}")
 
 

@@ -80,6 +80,7 @@ class SeedEnvs:
 
   def __init__(self, make: Callable[[], object], num_seeds: int, seed: int):
     self.envs = [make() for _ in range(num_seeds)]
+    self.seed = seed
     self.obs = np.stack([e.reset(seed=seed * 1000 + i)[0] for i, e in enumerate(self.envs)]
                         ).astype(np.float32)
     self.episode_return = np.zeros(num_seeds)
@@ -111,6 +112,18 @@ class SeedEnvs:
       obs_after[i] = o
     self.obs = obs_after
     return next_obs, rewards, terminated, truncated
+
+  def restart(self, epoch: int) -> None:
+    """Ends every seed's episode here (a time-limit cut: the stored transitions bootstrap) and
+    resets the envs and action spaces with seeds derived from (seed, epoch). The online loop does
+    this at each snapshot, so a run resumed from a snapshot sees the very same env streams."""
+    for i, env in enumerate(self.envs):
+      reset_seed = (self.seed * 1000 + i) * 7919 + epoch
+      self.obs[i] = env.reset(seed=reset_seed)[0]
+      env.action_space.seed(reset_seed)
+    self.episode_return[:] = 0.0
+    self.episode_length[:] = 0
+    self.completed = [[] for _ in self.envs]   # episode statistics restart too (as after a resume)
 
   def at_episode_start(self) -> bool:
     return bool((self.episode_length == 0).all())

@@ -15,3 +15,11 @@ class RunDirError(O2OError):
 
 class CheckpointError(O2OError):
   """A checkpoint is missing or cannot be restored."""
+
+
+class Interrupted(O2OError):
+  """SIGINT/SIGTERM arrived: a snapshot was saved and rerunning the same command resumes."""
+
+
+class DivergenceError(O2OError):
+  """Non-finite losses, Q-values or parameters during training."""

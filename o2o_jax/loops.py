@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from o2o_jax import resume
+from o2o_jax.errors import Interrupted
 from o2o_jax.data import replay
 from o2o_jax.types import Transition
 
@@ -65,6 +67,9 @@ def vmap_lockstep(fn: Callable, in_axes=0):
   return wrapped
 
 
+GUARD_KEY = "guard/nonfinite"     # count of non-finite entries of the agent state, per seed
+
+
 def _mean_metrics(stacked: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
   # nanmean: delayed-update agents report NaN for steps that skip the actor update.
   return {k: jnp.nanmean(v, axis=0) for k, v in stacked.items()}
@@ -82,7 +87,8 @@ def make_offline_chunk(update: Callable, batch_size: int, num_updates: int):
       batch = replay.sample_offline(data, k_sample, batch_size)
       return update(state, batch, k_update)
     state, metrics = jax.lax.scan(body, state, jax.random.split(key, num_updates))
-    return state, _mean_metrics(metrics)
+    # The divergence guard's input, computed on the device (read once per chunk on the host).
+    return state, {**_mean_metrics(metrics), GUARD_KEY: resume.nonfinite_count(state)}
 
   return chunk
 
@@ -150,7 +156,7 @@ def make_online_step(update: Callable, act: Callable, batch_size: int, utd: int,
     state, metrics = jax.lax.scan(lambda s, xs: update(s, *xs), state,
                                   (batches, jax.random.split(k_updates, utd)))
     action = act(state, next_obs, k_act, True)
-    return state, action, key, _mean_metrics(metrics)
+    return state, action, key, {**_mean_metrics(metrics), GUARD_KEY: resume.nonfinite_count(state)}
 
   return step
 
@@ -200,12 +206,18 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
                config: OnlineConfig, offline: Optional[Transition] = None, obs_mean=None,
                obs_std=None, metrics_writer=None, callbacks: OnlineCallbacks = OnlineCallbacks(),
                normalized_score: Optional[Callable] = None, progress: bool = True,
-               desc: str = "online", prefill: Optional[Transition] = None) -> tuple:
+               desc: str = "online", prefill: Optional[Transition] = None,
+               snapshots: Optional[resume.Snapshots] = None, phase: str = "online",
+               log: Callable = print) -> tuple:
   """Online training of `num_seeds` vmapped agents, one host env per seed.
 
   `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)`.
   `prefill`: transitions (normalised observations) written into every seed's buffer before the first
   step — leaves (N, ...) shared by all seeds or (S, N, ...) per seed; the buffer grows by N rows.
+  With `snapshots`, every `snapshots.every` env steps (and on SIGINT/SIGTERM, then raising
+  `errors.Interrupted`) the agent states, buffers and PRNG keys are saved, and the training envs
+  restart their episodes with seeds derived from the step (so env state need not be saved); a rerun
+  resumes from the latest snapshot and continues exactly as the uninterrupted run.
   Returns (states, buffer, eval history list)."""
   from o2o_jax import envs as envs_lib
   from o2o_jax import logging as log_lib
@@ -232,54 +244,89 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
 
   states = unalias(states)
   keys = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
-  history = []
-  bar = log_lib.progress(config.total_steps, desc, disable=not progress)
+  history, start = [], 0
+  found = (snapshots.restore({"agent": states, "buffer": buffer, "keys": keys})
+           if snapshots is not None else None)
+  if found is not None:
+    payload, meta, start = found
+    states, buffer, keys = payload["agent"], payload["buffer"], payload["keys"]
+    history = [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta["history"]]
+    train_envs.restart(start)
+    log(f"[{phase}] resuming from the snapshot at env step {start} ({snapshots.directory})")
+  if metrics_writer is not None:
+    metrics_writer.truncate_after(start)
+  bar = log_lib.progress(config.total_steps, desc, initial=start, disable=not progress)
   last_metrics, action, t0 = None, None, time.time()
   latest_eval = None
-  for t in range(1, config.total_steps + 1):
-    obs = train_envs.obs
-    if t <= config.start_steps and config.random_warmup:
-      actions = train_envs.random_actions()
-    elif action is None:
-      actions, keys = act_fn(states, jnp.asarray(norm(obs)), keys)
-      actions = np.asarray(actions)
-    else:
-      actions = action
-    next_obs, rewards, terminated, truncated = train_envs.step(actions)
-    transition = Transition(observations=norm(obs), actions=actions.astype(np.float32),
-                            rewards=rewards, next_observations=norm(next_obs),
-                            terminals=terminated.astype(np.float32))
-    if callbacks.on_step is not None:
-      callbacks.on_step(t, Transition(obs, actions, rewards, next_obs, terminated), truncated)
-    if t < config.start_steps:
-      buffer = insert_fn(buffer, transition)
-      action = None
-    else:
-      states, buffer, action_dev, keys, last_metrics = step_fn(
-          states, buffer, transition, norm(train_envs.obs), keys, offline)
-      action = np.asarray(action_dev)
-    bar.update(1)
+  fault = resume.FaultInjection(phase)
+  with resume.StopSignals() as stop:
+    for t in range(start + 1, config.total_steps + 1):
+      fault.at(t)
+      obs = train_envs.obs
+      if t <= config.start_steps and config.random_warmup:
+        actions = train_envs.random_actions()
+      elif action is None:
+        actions, keys = act_fn(states, jnp.asarray(norm(obs)), keys)
+        actions = np.asarray(actions)
+      else:
+        actions = action
+      next_obs, rewards, terminated, truncated = train_envs.step(actions)
+      transition = Transition(observations=norm(obs), actions=actions.astype(np.float32),
+                              rewards=rewards, next_observations=norm(next_obs),
+                              terminals=terminated.astype(np.float32))
+      if callbacks.on_step is not None:
+        callbacks.on_step(t, Transition(obs, actions, rewards, next_obs, terminated), truncated)
+      if t < config.start_steps:
+        buffer = insert_fn(buffer, transition)
+        action = None
+      else:
+        states, buffer, action_dev, keys, last_metrics = step_fn(
+            states, buffer, transition, norm(train_envs.obs), keys, offline)
+        action = np.asarray(action_dev)
+      bar.update(1)
 
-    if t % config.eval_every == 0 or t == config.total_steps:
-      returns = evaluator.run(lambda o: eval_policy(states, o))
-      row = {"eval/return": returns.mean(1)}
-      if normalized_score is not None:
-        row["eval/normalized_score"] = normalized_score(returns).mean(1)
-      history.append({"step": t, "returns": returns})
-      latest_eval = float(returns.mean())
-      bar.set_postfix(eval=f"{latest_eval:.1f}")
-      if callbacks.on_eval is not None:  # may return updated states (e.g. a refreshed pi_ref)
-        new_states = callbacks.on_eval(t, states, returns)
-        states = states if new_states is None else new_states
-      if metrics_writer is not None:
-        metrics_writer.write(t, row)
-    if metrics_writer is not None and t % config.log_every == 0 and last_metrics is not None:
-      train = {f"train/{k}": v for k, v in jax.device_get(last_metrics).items()}
-      episodes = [r[-1] for r in train_envs.completed if r]
-      if episodes:
-        train["train/episode_return"] = np.mean(episodes)
-      train["perf/env_steps_per_s"] = t / (time.time() - t0)
-      metrics_writer.write(t, train)
+      if t % config.eval_every == 0 or t == config.total_steps:
+        returns = evaluator.run(lambda o: eval_policy(states, o))
+        row = {"eval/return": returns.mean(1)}
+        if normalized_score is not None:
+          row["eval/normalized_score"] = normalized_score(returns).mean(1)
+        history.append({"step": t, "returns": returns})
+        latest_eval = float(returns.mean())
+        bar.set_postfix(eval=f"{latest_eval:.1f}")
+        if callbacks.on_eval is not None:  # may return updated states (e.g. a refreshed pi_ref)
+          new_states = callbacks.on_eval(t, states, returns)
+          states = states if new_states is None else new_states
+        if metrics_writer is not None:
+          metrics_writer.write(t, row)
+      snapshot = snapshots is not None and t < config.total_steps and (
+          snapshots.due(t) or stop.requested)
+      if last_metrics is not None and (t % config.log_every == 0 or snapshot):
+        host_metrics = jax.device_get(last_metrics)
+        resume.check_finite(host_metrics[GUARD_KEY], phase=phase, step=t, states=states,
+                            metrics=host_metrics,
+                            last_good=snapshots.latest_step() if snapshots is not None else None)
+        if metrics_writer is not None and t % config.log_every == 0:
+          train = {f"train/{k}": v for k, v in host_metrics.items() if k != GUARD_KEY}
+          episodes = [r[-1] for r in train_envs.completed if r]
+          if episodes:
+            train["train/episode_return"] = np.mean(episodes)
+          train["perf/env_steps_per_s"] = (t - start) / (time.time() - t0)
+          metrics_writer.write(t, train)
+      if snapshot:
+        if metrics_writer is not None:
+          metrics_writer.flush()
+        train_envs.restart(t)
+        action = None
+        snapshots.save(t, {"agent": states, "buffer": buffer, "keys": keys},
+                       {"phase": phase, "history": history})
+      if stop.requested:
+        bar.close()
+        train_envs.close()
+        evaluator.close()
+        raise Interrupted(
+            f"{phase} stopped by {stop.requested} at env step {t}"
+            + (f"; progress saved in {snapshots.directory}, rerun the same command to resume"
+               if snapshots is not None else " (no snapshot: this loop is not resumable)"))
   bar.close()
   train_envs.close()
   evaluator.close()
@@ -304,49 +351,78 @@ def offline_chunk_fn(update: Callable, batch_size: int, num_updates: int):
 
 def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seeds: int, seed: int,
                 config: OfflineConfig, obs_mean=None, obs_std=None, metrics_writer=None,
-                normalized_score: Optional[Callable] = None, start_step: int = 0,
-                on_eval: Optional[Callable] = None, progress: bool = True,
-                desc: str = "offline") -> tuple:
+                normalized_score: Optional[Callable] = None, on_eval: Optional[Callable] = None,
+                snapshots: Optional[resume.Snapshots] = None, phase: str = "offline",
+                progress: bool = True, desc: str = "offline", log: Callable = print) -> tuple:
   """Offline training of `num_seeds` vmapped agents on one shared device dataset, in lax.scan chunks
   of `config.chunk` updates, evaluating every `eval_every` updates. `on_eval(step, states, returns)`
-  is called after each evaluation (e.g. to checkpoint). Returns (states, eval history)."""
+  is called after each evaluation (e.g. to checkpoint) and may return new states.
+
+  With `snapshots`, the run resumes from the latest snapshot and saves one every `snapshots.every`
+  updates and on SIGINT/SIGTERM (then raises `errors.Interrupted`). The PRNG key of a chunk is
+  derived from its first step, and chunks end at evaluation and snapshot steps, so a resumed run
+  computes exactly what the uninterrupted one does. Returns (states, eval history)."""
   from o2o_jax import envs as envs_lib
   from o2o_jax import logging as log_lib
 
+  states = unalias(states)
+  step, history = 0, []
+  found = snapshots.restore(states) if snapshots is not None else None
+  if found is not None:
+    states, meta, step = found
+    history = [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta["history"]]
+    log(f"[{phase}] resuming from the snapshot at step {step} ({snapshots.directory})")
+  if metrics_writer is not None:
+    metrics_writer.truncate_after(step)
   evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
   eval_policy = make_eval_policy(agent.act, obs_mean, obs_std)
-  states = unalias(states)
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), start_step)
-  history = []
-  bar = log_lib.progress(config.num_steps, desc, initial=start_step, disable=not progress)
-  t0 = time.time()
-  step = start_step
-  while step < config.num_steps:
-    # A chunk never crosses an evaluation point or the end (at most a few distinct chunk sizes,
-    # each compiled once).
-    next_eval = (step // config.eval_every + 1) * config.eval_every
-    n = min(config.chunk, next_eval - step, config.num_steps - step)
-    key, k = jax.random.split(key)
-    states, metrics = offline_chunk_fn(agent.update, config.batch_size, n)(
-        states, jax.random.split(k, num_seeds), data)
-    step += n
-    bar.update(n)
-    if step % config.eval_every == 0 or step >= config.num_steps:
-      returns = evaluator.run(lambda o: eval_policy(states, o))
-      row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items()}
-      row["eval/return"] = returns.mean(1)
-      if normalized_score is not None:
-        row["eval/normalized_score"] = normalized_score(returns).mean(1)
-        bar.set_postfix(score=f"{float(np.mean(row['eval/normalized_score'])):.1f}")
-      else:
-        bar.set_postfix(eval=f"{float(returns.mean()):.1f}")
-      row["perf/updates_per_s"] = (step - start_step) / (time.time() - t0)
-      history.append({"step": step, "returns": returns})
-      if metrics_writer is not None:
-        metrics_writer.write(step, row)
-      if on_eval is not None:
-        new_states = on_eval(step, states, returns)
-        states = states if new_states is None else new_states
+  base_key = jax.random.PRNGKey(seed)
+  bar = log_lib.progress(config.num_steps, desc, initial=step, disable=not progress)
+  t0, start = time.time(), step
+  fault = resume.FaultInjection(phase)
+  with resume.StopSignals() as stop:
+    while step < config.num_steps:
+      # A chunk never crosses an evaluation point, a snapshot point or the end (at most a few
+      # distinct chunk sizes, each compiled once).
+      next_eval = (step // config.eval_every + 1) * config.eval_every
+      next_snapshot = snapshots.next_due(step) if snapshots is not None else float("inf")
+      n = int(min(config.chunk, next_eval - step, next_snapshot - step, config.num_steps - step))
+      states, metrics = offline_chunk_fn(agent.update, config.batch_size, n)(
+          states, jax.random.split(jax.random.fold_in(base_key, step), num_seeds), data)
+      step += n
+      bar.update(n)
+      fault.at(step)
+      resume.check_finite(metrics[GUARD_KEY], phase=phase, step=step, states=states,
+                          metrics=jax.device_get(metrics),
+                          last_good=snapshots.latest_step() if snapshots is not None else None)
+      if step % config.eval_every == 0 or step >= config.num_steps:
+        returns = evaluator.run(lambda o: eval_policy(states, o))
+        row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items() if k_ != GUARD_KEY}
+        row["eval/return"] = returns.mean(1)
+        if normalized_score is not None:
+          row["eval/normalized_score"] = normalized_score(returns).mean(1)
+          bar.set_postfix(score=f"{float(np.mean(row['eval/normalized_score'])):.1f}")
+        else:
+          bar.set_postfix(eval=f"{float(returns.mean()):.1f}")
+        row["perf/updates_per_s"] = (step - start) / (time.time() - t0)
+        history.append({"step": step, "returns": returns})
+        if metrics_writer is not None:
+          metrics_writer.write(step, row)
+        if on_eval is not None:
+          new_states = on_eval(step, states, returns)
+          states = states if new_states is None else new_states
+      if snapshots is not None and step < config.num_steps and (
+          snapshots.due(step) or stop.requested):
+        if metrics_writer is not None:
+          metrics_writer.flush()
+        snapshots.save(step, states, {"phase": phase, "history": history})
+      if stop.requested:
+        bar.close()
+        evaluator.close()
+        raise Interrupted(
+            f"{phase} stopped by {stop.requested} at step {step}"
+            + (f"; progress saved in {snapshots.directory}, rerun the same command to resume"
+               if snapshots is not None else " (no snapshot: this loop is not resumable)"))
   bar.close()
   evaluator.close()
   return states, history

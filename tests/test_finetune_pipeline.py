@@ -9,11 +9,14 @@ import pytest
 TINY = ["--agent=o2td3", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--reevaluate_steps=20",
         "--align_steps=20", "--online_steps=60", "--warmup_steps=20", "--eval_every=30",
         "--eval_episodes=1", "--hidden_dims=8,8", "--critic_hidden=8,8", "--batch_size=16",
-        "--progress=false"]
+        "--progress=false", "--checkpoint_every=20"]
 
 
-def finetune(*args, timeout=900):
+def finetune(*args, timeout=900, fault=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("O2O_JAX_FAULT", None)
+  if fault:
+    env["O2O_JAX_FAULT"] = fault     # e.g. SIGKILL:finetune:50 (o2o_jax.resume.FaultInjection)
   return subprocess.run([sys.executable, "-m", "experiments.finetune", *args], env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -119,3 +122,64 @@ def test_buffer_initialisations_of_table_6(pipeline, tmp_path, buffer, monkeypat
     n = int(seen["prefill"].rewards.shape[0])
     assert seen["offline"] is None and n == load_dataset(dataset_id).size   # 6 episodes < 50
     assert list(seen["buffer_size"]) == [n + 40, n + 40]
+
+
+def _metrics_without_timing(run_dir):
+  """metrics.csv rows with the wall-clock columns (perf/*) dropped."""
+  import csv
+  with open(run_dir / "metrics.csv") as f:
+    rows = list(csv.DictReader(f))
+  return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def _checkpoint_leaves(run_dir):
+  import jax
+  import orbax.checkpoint as ocp
+  ckpt = run_dir / "checkpoints"
+  step = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  tree = ocp.PyTreeCheckpointer().restore(str(ckpt / str(step) / "state"))
+  return step, jax.tree_util.tree_leaves(tree)
+
+
+def test_sigkill_mid_phase_then_rerun_equals_the_uninterrupted_run(pipeline, tmp_path):
+  """The run is SIGKILLed during pretraining (after its snapshot at step 20), rerun and SIGKILLed
+  again in the online phase (after its snapshot at env step 40), then rerun to the end: every
+  phase's metrics and the final agent states equal the uninterrupted run's (the `pipeline` fixture,
+  same flags) exactly, so resuming loses nothing and the same command is deterministic on CPU."""
+  import numpy as np
+  ref_out, _, dataset_id = pipeline
+  args = [f"--dataset={dataset_id}", f"--out_dir={tmp_path}", *TINY]
+  res = finetune(*args, fault="SIGKILL:pretrain:40")
+  assert res.returncode == -9
+  ds = dataset_id.replace("/", "_")
+  assert (tmp_path / "pretrain" / "td3bc" / ds / "seed0x2" / "progress" / "20").exists()
+  res = finetune(*args, fault="SIGKILL:finetune:50")
+  assert res.returncode == -9 and "resuming from the snapshot at step 20" in res.stdout
+  assert (tmp_path / "finetune" / "o2td3" / ds / "seed0x2" / "progress" / "40").exists()
+  res = finetune(*args)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resuming from the snapshot at env step 40" in res.stdout
+  for phase, agent in (("pretrain", "td3bc"), ("reevaluate", "o2td3"), ("align", "o2td3"),
+                       ("finetune", "o2td3")):
+    mine, ref = tmp_path / phase / agent / ds / "seed0x2", ref_out / phase / agent / ds / "seed0x2"
+    assert _metrics_without_timing(mine) == _metrics_without_timing(ref), phase
+    (step, leaves), (ref_step, ref_leaves) = _checkpoint_leaves(mine), _checkpoint_leaves(ref)
+    assert step == ref_step and len(leaves) == len(ref_leaves)
+    for a, b in zip(leaves, ref_leaves):
+      np.testing.assert_array_equal(a, b)
+    assert not (mine / "progress").exists()     # snapshots are dropped once the phase finished
+
+
+def test_sigint_saves_a_snapshot_and_exits_cleanly(pipeline, tmp_path):
+  out, _, dataset_id = pipeline
+  align_dir = out / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  args = [f"--from={align_dir}", f"--out_dir={tmp_path}", *TINY]
+  res = finetune(*args, fault="SIGINT:finetune:30")
+  assert res.returncode == 130, res.stderr[-3000:]
+  assert "finetune stopped by SIGINT at env step 30" in res.stderr
+  assert "rerun the same command to resume" in res.stderr and "Traceback" not in res.stderr
+  run = tmp_path / "finetune" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  assert (run / "progress" / "30").exists()
+  res = finetune(*args)
+  assert res.returncode == 0 and "resuming from the snapshot at env step 30" in res.stdout
+  assert (run / "summary.json").exists()

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# best_score before any evaluation: the lowest float32, not -inf, so that every leaf of a healthy
+# state is finite (the divergence guard flags non-finite leaves).
+NO_SCORE = float(np.finfo(np.float32).min)
 
 
 def init_networks(key, obs_dim: int, act_dim: int, actor, critic, actor_params=None):

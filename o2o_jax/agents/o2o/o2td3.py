@@ -88,7 +88,7 @@ def init(key: PRNGKey, obs_dim: int, act_dim: int, config: Config = Config(),
                target_actor_params=actor_params, target_critic_params=critic_params,
                offline_actor_params=actor_params, reference_actor_params=actor_params,
                lagrange=lagrange.init(config.lambda_init, config.lambda_lr),
-               best_score=jnp.array(-jnp.inf, jnp.float32), step=jnp.zeros((), jnp.int32),
+               best_score=jnp.array(common.NO_SCORE, jnp.float32), step=jnp.zeros((), jnp.int32),
                config=config)
 
 
