@@ -24,9 +24,7 @@ FLAGS = flags.FLAGS
 OCR_CFT_OFF_POLICY = ("o2td3", "o2sac")
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
-OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
-OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
-OTHER_PIPELINES.update({"o3f": "experiments.pipeline_o3f", "aca": "experiments.pipeline_aca"})
+OTHER_PIPELINES = {}   # agent name -> module name, e.g. "o2ppo": "experiments.pipeline_o2ppo"
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
 flags.DEFINE_enum("agent", "o2td3", list(OCR_CFT_OFF_POLICY) + list(OTHER_PIPELINES),
