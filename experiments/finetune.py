@@ -12,6 +12,7 @@ ablations (all three off = direct fine-tuning of the offline policy).
 from __future__ import annotations
 
 import importlib
+import types
 from pathlib import Path
 
 from absl import flags
@@ -57,6 +58,10 @@ flags.DEFINE_enum("buffer", "half", ["half", "all", "part", "null"], "Online rep
                   "(paper table 6): 'half' samples half of each batch from the offline data (H.2, the "
                   "default); 'all' starts the buffer with the whole dataset; 'part' with the top-50 "
                   "episodes by return; 'null' uses online data only.")
+flags.DEFINE_float("tau_start", None, "Initial constraint threshold tau (default: the released "
+                   "config per dataset type; o2td3 per action dim, o2sac a KL bound).")
+flags.DEFINE_float("tau_end", None, "Final constraint threshold tau, reached linearly over the first "
+                   "100k env steps (must be >= --tau_start).")
 flags.DEFINE_integer("utd", None, "Gradient updates per env step (default: o2td3 1, o2sac 10 as the "
                      "released code; the lambda step stays once per env step).")
 flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
@@ -80,6 +85,9 @@ def main(argv):
   for k in ("pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"):
     if d[k] < 0:
       raise O2OError(f"--{k} must not be negative (got {d[k]})")
+  tau_overrides = {k: getattr(FLAGS, k) for k in ("tau_start", "tau_end") if getattr(FLAGS, k) is not None}
+  if len(tau_overrides) == 2:     # fail before any training; single overrides are checked with the preset
+    phases.check_tau(types.SimpleNamespace(**tau_overrides))
   switches = "".join(f"-no{n}" for n in ("reevaluate", "align", "constrain") if not getattr(FLAGS, n))
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
   common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
@@ -88,9 +96,17 @@ def main(argv):
   start, from_dir = "pretrain", None
   if getattr(FLAGS, "from"):
     from_dir = Path(getattr(FLAGS, "from"))
-    phase = runs.read_config(from_dir).get("phase")
+    from_cfg = runs.read_config(from_dir)
+    phase = from_cfg.get("phase")
     if phase not in ("pretrain", "reevaluate", "align"):
       raise O2OError(f"--from={from_dir} is a '{phase}' run: pass a pretrain, reevaluate or align run")
+    if phase != "pretrain" and from_cfg.get("agent") != FLAGS.agent:
+      raise O2OError(f"--from={from_dir} is a {from_cfg.get('agent')} run but --agent={FLAGS.agent}: "
+                     f"pass --agent={from_cfg.get('agent')}, or a {FLAGS.agent} run")
+    if FLAGS["dataset"].present and from_cfg.get("dataset") != FLAGS.dataset:
+      raise O2OError(f"--from={from_dir} was trained on {from_cfg.get('dataset')} (env "
+                     f"{from_cfg.get('env')}), not --dataset={FLAGS.dataset}: drop --dataset or pass "
+                     "a run on that dataset")
     start = {"pretrain": "reevaluate", "reevaluate": "align", "align": "finetune"}[phase]
   if start == "pretrain":
     algo = FLAGS.offline_algo or phases.SOURCE_ALGO[FLAGS.agent]
@@ -104,6 +120,7 @@ def main(argv):
         agent_name=FLAGS.agent, pretrain_dir=from_dir,
         steps=d["reevaluate_steps"] if FLAGS.reevaluate else 0, eval_episodes=d["eval_episodes"],
         critic_hidden=d["critic_hidden"], batch_size=FLAGS.batch_size,
+        overrides=tau_overrides,
         run_name=name + ("" if FLAGS.reevaluate else "-noreevaluate"), **common_args)
     start = "align"
   if start == "align":
@@ -118,7 +135,8 @@ def main(argv):
   phases.finetune(align_dir=from_dir, online_steps=d["online_steps"], warmup_steps=d["warmup_steps"],
                   eval_every=d["eval_every"], eval_episodes=d["eval_episodes"], utd=FLAGS.utd,
                   batch_size=FLAGS.batch_size, buffer=FLAGS.buffer, reference=FLAGS.reference,
-                  constrain=FLAGS.constrain, run_name=name + switches, **common_args)
+                  constrain=FLAGS.constrain, overrides=tau_overrides, run_name=name + switches,
+                  **common_args)
 
 
 if __name__ == "__main__":

@@ -224,7 +224,18 @@ def make_o2o_config(agent_name: str, actor_config, dataset_id: str, critic_hidde
   values = {**actor, "critic_hidden_dims": tuple(critic_hidden), "constrain": constrain,
             **o2o_preset(agent_name, dataset_id), **(overrides or {})}
   names = {f.name for f in dataclasses.fields(agent.Config)}
-  return agent.Config(**{k: v for k, v in values.items() if k in names})
+  return check_tau(agent.Config(**{k: v for k, v in values.items() if k in names}))
+
+
+def check_tau(config):
+  """The constraint threshold schedule must be non-negative and non-decreasing."""
+  start, end = getattr(config, "tau_start", 0.0), getattr(config, "tau_end", 0.0)
+  if start < 0:
+    raise O2OError(f"--tau_start must not be negative (got {start})")
+  if end < start:
+    raise O2OError(f"--tau_end ({end}) is below --tau_start ({start}): the constraint threshold tau "
+                   "may only loosen during fine-tuning")
+  return config
 
 
 def check_actor_fits(agent_name, agent, o2o_config, algo, meta, actor_params):
@@ -391,15 +402,17 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
              eval_episodes: int, utd: Optional[int] = None, batch_size: int = 256, buffer: str = "half",
              reference: str = "best", constrain: bool = True, out_dir: str = "runs",
              run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
-             checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
+             checkpoint_every: int = CHECKPOINT_EVERY, overrides: Optional[Dict[str, Any]] = None,
+             log=print) -> Path:
   """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
-  `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state."""
+  `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state; `overrides`
+  replace agent config fields (e.g. the tau schedule)."""
   cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
   utd = utd or DEFAULT_UTD.get(cfg["agent"], 1)
-  switches = {"constrain": constrain}
+  switches = {"constrain": constrain, **(overrides or {})}
   if "utd" in {f.name for f in dataclasses.fields(agent_config)}:
     switches["utd"] = utd          # O2SAC's lambda step runs once per env step
-  agent_config = dataclasses.replace(agent_config, **switches)
+  agent_config = check_tau(dataclasses.replace(agent_config, **switches))
   states = states.replace(config=agent_config)
   if buffer not in BUFFER_MODES:
     raise O2OError(f"--buffer must be one of {', '.join(BUFFER_MODES)} (got {buffer!r})")

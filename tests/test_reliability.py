@@ -1,0 +1,229 @@
+"""Reliability: the divergence guard, one-line errors for bad input, and property-based tests of the
+replay buffer and of the Minari-to-arrays conversion. (Resume after SIGKILL/SIGINT is tested end to end
+in test_finetune_pipeline.py.)"""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from o2o_jax import envs, loops, resume
+from o2o_jax.agents.online import td3
+from o2o_jax.data import replay
+from o2o_jax.errors import DivergenceError
+from o2o_jax.types import Transition, seed_keys
+
+
+# ------------------------------------------------------------------------------ divergence guard
+
+def _poisoned_update(state, batch, key):
+  """TD3's update, with NaN rewards from update 30 on (as a corrupt batch would bring)."""
+  batch = batch.replace(rewards=jnp.where(state.step >= 30, jnp.nan, batch.rewards))
+  return td3.update(state, batch, key)
+
+
+def test_nan_in_a_batch_stops_the_run_naming_phase_step_seed_and_keeps_the_snapshot(tmp_path):
+  rng = np.random.default_rng(0)
+  n = 500
+  data = Transition(observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
+                    actions=jnp.asarray(rng.uniform(-1, 1, (n, 3)), jnp.float32),
+                    rewards=jnp.asarray(rng.normal(size=n), jnp.float32),
+                    next_observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
+                    terminals=jnp.zeros(n, jnp.float32))
+  cfg = td3.Config(hidden_dims=(8, 8))
+  states = loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg)
+  snapshots = resume.Snapshots(tmp_path / "progress", every=20)
+  config = loops.OfflineConfig(num_steps=60, batch_size=16, chunk=10, eval_every=60, eval_episodes=1)
+  with pytest.raises(DivergenceError) as info:
+    loops.run_offline(loops.Learner(_poisoned_update, td3.act), states, data,
+                      make_env=lambda: envs.make_env("Hopper-v5"), num_seeds=2, seed=0, config=config,
+                      snapshots=snapshots, phase="pretrain", progress=False)
+  message = str(info.value)
+  # Updates 30..39 form the chunk that ends at step 40; the snapshot at 20 is the last good state.
+  assert "pretrain diverged at step 40" in message and "seed(s) 0, 1" in message
+  assert "metrics actor_loss, critic_loss" in message and "parameters .actor.params['params']" in message
+  assert "last good snapshot (step 20)" in message
+  assert snapshots.latest_step() == 20
+  restored, meta, step = snapshots.restore(loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg))
+  assert step == 20 and meta["phase"] == "pretrain"
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(restored))
+  np.testing.assert_array_equal(restored.step, [20, 20])
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def _finetune(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.finetune", *args], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+TINY = ["--budget=quick", "--progress=false", "--hidden_dims=8,8", "--critic_hidden=8,8",
+        "--batch_size=16", "--pretrain_steps=20", "--reevaluate_steps=10", "--align_steps=10",
+        "--online_steps=20", "--warmup_steps=10", "--eval_every=20", "--eval_episodes=1"]
+
+
+@pytest.fixture(scope="module")
+def reevaluated_run(tiny_hopper_dataset, tmp_path_factory):
+  """A tiny o2td3 run end to end; its re-evaluation run is the --from target of the tests below."""
+  out = tmp_path_factory.mktemp("runs")
+  res = _finetune(f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={out}", *TINY)
+  assert res.returncode == 0, res.stderr[-3000:]
+  ds = tiny_hopper_dataset.dataset_id.replace("/", "_")
+  return out, out / "reevaluate" / "o2td3" / ds / "seed0x1", tiny_hopper_dataset.dataset_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--agent=nope"], "value should be one of"),
+    (["--seeds=0"], "--seeds must be at least 1"),
+    (["--online_steps=0"], "--online_steps must be positive"),
+    (["--pretrain_steps=-1"], "--pretrain_steps must not be negative"),
+    (["--tau_start=0.1", "--tau_end=0.01"], "--tau_end (0.01) is below --tau_start (0.1)"),
+    (["--batch_size=100000"], "is larger than the dataset"),
+    (["--dataset=o2o/nowhere/medium-v0"], "unknown dataset id 'o2o/nowhere/medium-v0'"),
+])
+def test_bad_flags_give_one_line_and_exit_code(args, message, tiny_hopper_dataset, tmp_path):
+  res = _finetune(f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={tmp_path}", *TINY, *args)
+  assert res.returncode in (1, 2), res.stderr[-2000:]      # 1: absl's flag parser, 2: our checks
+  assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_from_a_run_of_another_agent_or_dataset(reevaluated_run, make_dataset, tmp_path):
+  out, reevaluate_dir, dataset_id = reevaluated_run
+  res = _finetune(f"--from={reevaluate_dir}", "--agent=o2sac", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "is a o2td3 run but --agent=o2sac" in res.stderr
+  other = make_dataset("other-hopper")
+  res = _finetune(f"--from={reevaluate_dir}", f"--dataset={other.dataset_id}", f"--out_dir={tmp_path}",
+                  *TINY)
+  assert res.returncode == 2 and f"was trained on {dataset_id}" in res.stderr
+  assert "Traceback" not in res.stderr
+
+
+def test_from_a_run_with_missing_or_corrupt_checkpoints(reevaluated_run, tmp_path):
+  import shutil
+  _, reevaluate_dir, _ = reevaluated_run
+  broken = tmp_path / "broken_run"
+  shutil.copytree(reevaluate_dir, broken)
+  for step_dir in (broken / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      for f in step_dir.rglob("*"):
+        if f.is_file() and f.suffix != ".json" and "meta" not in f.parts:
+          f.write_bytes(b"garbage")
+  res = _finetune(f"--from={broken}", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "cannot restore any checkpoint" in res.stderr, res.stderr[-2000:]
+  shutil.rmtree(broken / "checkpoints")
+  res = _finetune(f"--from={broken}", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "no checkpoint found" in res.stderr
+  assert "Traceback" not in res.stderr
+
+
+def test_dataset_of_another_env_is_refused(tiny_hopper_dataset):
+  from o2o_jax.data import load_dataset
+  from o2o_jax.errors import DatasetError
+  env = envs.make_env("HalfCheetah-v5")
+  with pytest.raises(DatasetError, match="has observations of size 11 .* env HalfCheetah-v5 has 17"):
+    envs.check_dataset_matches_env(load_dataset(tiny_hopper_dataset.dataset_id), env)
+  env.close()
+
+
+def test_inf_in_data_is_refused(make_dataset):
+  from o2o_jax.data import load_dataset
+  from o2o_jax.errors import DatasetError
+
+  def put_inf(episodes):
+    episodes[0].rewards[1] = np.inf
+    return episodes
+
+  tiny = make_dataset("inf-reward", edit=put_inf)
+  with pytest.raises(DatasetError, match="rewards"):
+    load_dataset(tiny.dataset_id)
+
+
+# ------------------------------------------------------------------------------ property-based
+
+OBS, ACT = 2, 1
+_insert_j = jax.jit(replay.insert)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(1, 6), batches=st.lists(st.integers(1, 5), min_size=1, max_size=6))
+def test_replay_buffer_holds_the_last_capacity_transitions(capacity, batches):
+  """After any sequence of inserts, the buffer holds exactly the newest min(n, capacity) ids, the
+  pointer is n mod capacity, and each id sits in row id mod capacity."""
+  buf = replay.init(capacity, OBS, ACT)
+  next_id = 0
+  for size in batches:
+    ids = np.arange(next_id, next_id + size, dtype=np.float32)
+    next_id += size
+    if size > capacity:        # a batch larger than the buffer: insert row by row (same semantics)
+      for i in ids:
+        buf = _insert_j(buf, _rows(np.array([i], np.float32)))
+    else:
+      buf = _insert_j(buf, _rows(ids))
+  n = next_id
+  assert int(buf.size) == min(n, capacity) and int(buf.pointer) == n % capacity
+  stored = np.asarray(buf.data.rewards)[: int(buf.size)]
+  assert sorted(stored.tolist()) == list(range(max(0, n - capacity), n))
+  for row, i in enumerate(stored):
+    assert row == int(i) % capacity
+    np.testing.assert_array_equal(np.asarray(buf.data.observations)[row], [i, i])
+
+
+def _rows(ids):
+  return Transition(observations=np.stack([ids, ids], -1), actions=ids[:, None],
+                    rewards=ids, next_observations=np.stack([ids, ids], -1) + 1,
+                    terminals=np.zeros_like(ids))
+
+
+# Episode structures: each episode has a length and how it ends (terminated / truncated).
+_episode = st.tuples(st.integers(1, 4), st.sampled_from(["terminated", "truncated"]))
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(structure=st.lists(_episode, min_size=1, max_size=5))
+def test_minari_to_arrays_on_random_episode_structures(structure, isolated_stores):
+  """Any mix of terminated/truncated episodes, single-step ones included, written with Minari and
+  read back: transitions line up with the raw episodes (next obs = the following obs, terminals only
+  on terminations, timeouts only on truncations, episode starts/lengths/returns)."""
+  import minari
+  from minari.data_collector import EpisodeBuffer
+  from o2o_jax.data import load_dataset
+  rng = np.random.default_rng(len(structure))
+  buffers, raw = [], []
+  for i, (length, end) in enumerate(structure):
+    obs = rng.normal(size=(length + 1, 11))
+    act = rng.uniform(-1, 1, (length, 3)).astype(np.float32)
+    rew = rng.normal(size=length)
+    term = np.zeros(length, bool)
+    trunc = np.zeros(length, bool)
+    (term if end == "terminated" else trunc)[-1] = True
+    buffers.append(EpisodeBuffer(id=i, observations=obs, actions=act, rewards=rew,
+                                 terminations=term, truncations=trunc))
+    raw.append((obs, act, rew, term, trunc))
+  dataset_id = f"prop/hopper/s{abs(hash(tuple(structure))) % 10**9}-v0"
+  if dataset_id not in minari.list_local_datasets():
+    minari.create_dataset_from_buffers(dataset_id, buffers, env="Hopper-v5",
+                                       algorithm_name="random", author="test", author_email="t@t",
+                                       code_permalink="-")
+  ds = load_dataset(dataset_id)
+  t = ds.transitions
+  assert ds.size == sum(length for length, _ in structure)
+  np.testing.assert_array_equal(ds.episode_lengths, [length for length, _ in structure])
+  i = 0
+  for k, (obs, act, rew, term, trunc) in enumerate(raw):
+    n = len(rew)
+    assert ds.episode_starts[k] == i
+    np.testing.assert_allclose(t.observations[i:i + n], obs[:-1], rtol=1e-6)
+    np.testing.assert_allclose(t.next_observations[i:i + n], obs[1:], rtol=1e-6)
+    np.testing.assert_allclose(t.actions[i:i + n], act)
+    np.testing.assert_allclose(t.rewards[i:i + n], rew, rtol=1e-6)
+    np.testing.assert_array_equal(t.terminals[i:i + n], term.astype(np.float32))
+    np.testing.assert_array_equal(ds.timeouts[i:i + n], trunc & ~term)
+    assert np.isclose(ds.episode_returns[k], rew.sum())
+    i += n
