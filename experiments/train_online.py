@@ -31,6 +31,7 @@ flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: seed<seed>x<seeds>).")
 flags.DEFINE_bool("restart", False, "Delete an existing run directory of this name first.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+common.define_checkpoint_flag()
 
 _DEFAULTS = {"paper": dict(total_steps=300_000, start_steps=5_000, eval_every=10_000, eval_episodes=10,
                            hidden_dims=(256, 256)),
@@ -40,7 +41,7 @@ _DEFAULTS = {"paper": dict(total_steps=300_000, start_steps=5_000, eval_every=10
 
 def main(argv):
   del argv
-  from o2o_jax import envs, loops, runs
+  from o2o_jax import envs, loops, resume, runs
   from o2o_jax import logging as log_lib
   from o2o_jax.agents import registry
   from o2o_jax.checkpoints import Checkpointer
@@ -72,12 +73,14 @@ def main(argv):
   t0 = time.time()
   states = loops.init_states(agent, seed_keys(FLAGS.seed, FLAGS.seeds), obs_dim, act_dim,
                              agent_config)
-  writer = log_lib.MetricsWriter(run_dir)
-  writer.truncate_after(0)
+  writer = log_lib.MetricsWriter(run_dir)      # run_online truncates it to the resumed step
+  snapshots = resume.Snapshots(run_dir / "progress", FLAGS.checkpoint_every)
   states, _, history = loops.run_online(agent, states, make_env=make_env, num_seeds=FLAGS.seeds,
                                         seed=FLAGS.seed, config=loop_config, metrics_writer=writer,
-                                        progress=FLAGS.progress, desc=f"{FLAGS.agent} {env_id}")
+                                        progress=FLAGS.progress, desc=f"{FLAGS.agent} {env_id}",
+                                        snapshots=snapshots)
   writer.close()
+  snapshots.discard()
   ckpt.save(loop_config.total_steps, states, {"config": config, "env_id": env_id,
                                               "obs_dim": obs_dim, "act_dim": act_dim})
   ckpt.close()
