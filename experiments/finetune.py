@@ -25,7 +25,9 @@ FLAGS = flags.FLAGS
 OCR_CFT_OFF_POLICY = ("o2td3", "o2sac")
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
-OTHER_PIPELINES = {}   # agent name -> module name, e.g. "o2ppo": "experiments.pipeline_o2ppo"
+OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
+OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
+OTHER_PIPELINES.update({"o3f": "experiments.pipeline_o3f", "aca": "experiments.pipeline_aca"})
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
 flags.DEFINE_enum("agent", "o2td3", list(OCR_CFT_OFF_POLICY) + list(OTHER_PIPELINES),
@@ -74,17 +76,13 @@ common.define_checkpoint_flag()
 def main(argv):
   del argv
   if FLAGS.agent in OTHER_PIPELINES:
-    return importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
+    importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
+    return   # (absl would turn a returned value into the exit status)
   from experiments import phases
   from o2o_jax import runs
   from o2o_jax.errors import O2OError
-  d = common.budget_values(phases.BUDGETS, FLAGS, positive=(
-      "online_steps", "eval_every", "eval_episodes", "batch_size"))
-  if FLAGS.utd is not None and FLAGS.utd < 1:
-    raise O2OError(f"--utd must be at least 1 (got {FLAGS.utd})")
-  for k in ("pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"):
-    if d[k] < 0:
-      raise O2OError(f"--{k} must not be negative (got {d[k]})")
+  d = common.finetune_budget(phases.BUDGETS, FLAGS, nonnegative=(
+      "pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"))
   tau_overrides = {k: getattr(FLAGS, k) for k in ("tau_start", "tau_end") if getattr(FLAGS, k) is not None}
   if len(tau_overrides) == 2:     # fail before any training; single overrides are checked with the preset
     phases.check_tau(types.SimpleNamespace(**tau_overrides))

@@ -487,6 +487,21 @@ def replay_mode(buffer: str, data: Data) -> Dict[str, Any]:
 START_LABELS = {"offline": "pi_off (offline)", "aligned": "pi_on (after alignment)"}
 
 
+def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str, Any],
+                       online_steps: int, out_dir: str, run_name: str, restart: bool,
+                       log=print) -> tuple:
+  """(run_dir, done) of an online fine-tuning phase: runs/finetune/<agent>/<dataset>/<name>, its
+  config written or checked; `done` (with the summary printed) if that run already finished."""
+  run_dir = runs.run_dir_for(out_dir, "finetune", agent_name, dataset_id, run_name)
+  resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
+  if resumed and finished(run_dir, online_steps):
+    log(f"[finetune] reusing the finished run {run_dir}")
+    summary = run_dir / "summary.txt"
+    print(summary.read_text() if summary.exists() else "")
+    return run_dir, True
+  return run_dir, False
+
+
 def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, meta: Dict[str, Any],
                  seeds: int, seed: int, agent_name: str, dataset_id: str, online_steps: int,
                  warmup_steps: int, eval_every: int, eval_episodes: int, utd: int, batch_size: int,
@@ -495,12 +510,14 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
                  on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
                  random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
                  progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY,
-                 log=print) -> Dict[str, Any]:
+                 buffer_size: Optional[int] = None, log=print) -> Dict[str, Any]:
   """The online phase every off-policy O2O agent shares: `loops.run_online` on the dataset's env with
   a replay buffer that draws `offline_fraction` of each batch from the offline data, evaluation
   every `eval_every` steps (`on_eval(step, states, per-seed score) -> states` may refresh per-seed
   state), the final checkpoint, `curves.png`, and `summary.{json,txt}` with `start_scores` (per seed,
-  e.g. {"offline": pi_off scores}) beside the best and final scores. Resumable: snapshots every
+  e.g. {"offline": pi_off scores}) beside the best and final scores. Online rewards are stored with
+  the offline data's reward transform (`data.reward_scale`); `prefill` must carry scaled rewards.
+  `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
   `checkpoint_every` env steps under <run_dir>/progress (see loops.run_online)."""
   writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
@@ -515,7 +532,8 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
 
   loop_config = loops.OnlineConfig(total_steps=online_steps, start_steps=warmup_steps,
                                    random_warmup=random_warmup, utd=utd, batch_size=batch_size,
-                                   buffer_size=online_steps, offline_fraction=offline_fraction,
+                                   buffer_size=buffer_size or online_steps,
+                                   offline_fraction=offline_fraction,
                                    offline_union=offline_union, eval_every=eval_every,
                                    eval_episodes=eval_episodes, log_every=min(1000, eval_every))
   t0 = time.time()
@@ -530,7 +548,7 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
                    callbacks=loops.OnlineCallbacks(on_eval=on_eval_),
                    normalized_score=data.normalized_score, progress=progress,
                    desc=f"finetune {agent_name}", prefill=prefill, snapshots=snapshots,
-                   phase="finetune", log=log)
+                   phase="finetune", reward_scale=data.reward_scale, log=log)
   writer.close()
   ckpt.close()
   snapshots.discard()

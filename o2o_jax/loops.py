@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o_jax import resume
+from o2o_jax import resume, sharding
 from o2o_jax.errors import Interrupted
 from o2o_jax.data import replay
 from o2o_jax.types import Transition
@@ -208,12 +208,14 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
                normalized_score: Optional[Callable] = None, progress: bool = True,
                desc: str = "online", prefill: Optional[Transition] = None,
                snapshots: Optional[resume.Snapshots] = None, phase: str = "online",
-               log: Callable = print) -> tuple:
+               reward_scale: float = 1.0, log: Callable = print) -> tuple:
   """Online training of `num_seeds` vmapped agents, one host env per seed.
 
   `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)`.
   `prefill`: transitions (normalised observations) written into every seed's buffer before the first
   step — leaves (N, ...) shared by all seeds or (S, N, ...) per seed; the buffer grows by N rows.
+  `reward_scale`: the offline data's reward transform, applied to the env rewards before they are
+  stored, so online and offline batches share one reward scale (and `prefill` must be scaled too).
   With `snapshots`, every `snapshots.every` env steps (and on SIGINT/SIGTERM, then raising
   `errors.Interrupted`) the agent states, buffers and PRNG keys are saved, and the training envs
   restart their episodes with seeds derived from the step (so env state need not be saved); a rerun
@@ -253,6 +255,9 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
     history = [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta["history"]]
     train_envs.restart(start)
     log(f"[{phase}] resuming from the snapshot at env step {start} ({snapshots.directory})")
+  mesh = sharding.seed_mesh(num_seeds)     # seeds split over the local devices (identity on one)
+  states, buffer, keys = sharding.place_seeds((states, buffer, keys), mesh)
+  offline = sharding.place_shared(offline, mesh)
   if metrics_writer is not None:
     metrics_writer.truncate_after(start)
   bar = log_lib.progress(config.total_steps, desc, initial=start, disable=not progress)
@@ -272,7 +277,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
         actions = action
       next_obs, rewards, terminated, truncated = train_envs.step(actions)
       transition = Transition(observations=norm(obs), actions=actions.astype(np.float32),
-                              rewards=rewards, next_observations=norm(next_obs),
+                              rewards=rewards * np.float32(reward_scale),
+                              next_observations=norm(next_obs),
                               terminals=terminated.astype(np.float32))
       if callbacks.on_step is not None:
         callbacks.on_step(t, Transition(obs, actions, rewards, next_obs, terminated), truncated)
@@ -372,6 +378,8 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
     states, meta, step = found
     history = [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta["history"]]
     log(f"[{phase}] resuming from the snapshot at step {step} ({snapshots.directory})")
+  mesh = sharding.seed_mesh(num_seeds)     # seeds split over the local devices (identity on one)
+  states, data = sharding.place_seeds(states, mesh), sharding.place_shared(data, mesh)
   if metrics_writer is not None:
     metrics_writer.truncate_after(step)
   evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)

@@ -2,16 +2,17 @@
 
 - `MLP` (optional LayerNorm, optional orthogonal init)
 - `Critic` Q(s, a) and `CriticEnsemble` (one module `nn.vmap`-ed over members: 2 = double-Q)
-- `ValueNet` V(s)
+- `ValueNet` V(s) and `ValueEnsemble` (ACA's state baseline)
 - `TanhGaussianActor` (SAC/CQL; CORL's learnable log-std scale/offset as an option)
 - `GaussianActor` with a state-independent log-std (IQL/AWAC)
 - `DeterministicActor` tanh(MLP) (TD3)
+- `CVAE` state-action conditional VAE s,a -> z -> s' (SAMG)
 
 Actions live in [-1, 1]^|A| (envs.make_env rescales the env's box if needed).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import distrax
 import flax.linen as nn
@@ -93,6 +94,21 @@ class ValueNet(nn.Module):
     x = MLP(self.hidden_dims, activation=act, layer_norm=self.layer_norm, activate_final=True,
             orthogonal_init=self.orthogonal_init)(observations)
     return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, 1.0))(x)[..., 0]
+
+
+class ValueEnsemble(nn.Module):
+  """`num` independent V(s) nets as one vmapped module: output shape (num, *batch). Same layer
+  layout as `CriticEnsemble` without the action input (ACA's state baseline Z_j(s))."""
+  num: int = 2
+  hidden_dims: Sequence[int] = (256, 256)
+  layer_norm: bool = False
+  orthogonal_init: bool = False
+
+  @nn.compact
+  def __call__(self, observations):
+    ensemble = nn.vmap(ValueNet, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=None, out_axes=0, axis_size=self.num)
+    return ensemble(self.hidden_dims, self.layer_norm, self.orthogonal_init)(observations)
 
 
 class TanhGaussian(distrax.Transformed):
@@ -185,6 +201,37 @@ class DeterministicActor(nn.Module):
     x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
             orthogonal_init=self.orthogonal_init)(observations)
     return jnp.tanh(nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x))
+
+
+class CVAE(nn.Module):
+  """State-action conditional VAE (SAMG): encoder q(z|s,a) = N(mu(s,a), diag sigma(s,a)^2), decoder
+  p(s'|z,s,a) reconstructing the next state. Layout of BCQ/CPQ's VAE (hidden layers per side, latent
+  log-std clipped to [-4, 15]); `decoder_hidden_dims` may be smaller (SAMG's "simplified decoder").
+  Methods: `encode(s, a) -> (mu, sigma)`, `decode(s, a, z) -> s'`, `__call__(s, a, key) -> (s', mu,
+  sigma)` (one reparameterised sample)."""
+  out_dim: int
+  latent_dim: int
+  hidden_dims: Sequence[int] = (750, 750)
+  decoder_hidden_dims: Optional[Sequence[int]] = None
+
+  def setup(self):
+    self.encoder = MLP(self.hidden_dims, activate_final=True)
+    self.mean_head = nn.Dense(self.latent_dim)
+    self.log_std_head = nn.Dense(self.latent_dim)
+    self.decoder = MLP(tuple(self.decoder_hidden_dims or self.hidden_dims), activate_final=True)
+    self.out_head = nn.Dense(self.out_dim)
+
+  def encode(self, observations, actions):
+    h = self.encoder(jnp.concatenate([observations, actions], axis=-1))
+    return self.mean_head(h), jnp.exp(jnp.clip(self.log_std_head(h), -4.0, 15.0))
+
+  def decode(self, observations, actions, z):
+    return self.out_head(self.decoder(jnp.concatenate([observations, actions, z], axis=-1)))
+
+  def __call__(self, observations, actions, key):
+    mean, std = self.encode(observations, actions)
+    z = mean + std * jax.random.normal(key, mean.shape)
+    return self.decode(observations, actions, z), mean, std
 
 
 def count_params(params) -> int:

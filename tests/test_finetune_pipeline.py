@@ -183,3 +183,34 @@ def test_sigint_saves_a_snapshot_and_exits_cleanly(pipeline, tmp_path):
   res = finetune(*args)
   assert res.returncode == 0 and "resuming from the snapshot at env step 30" in res.stdout
   assert (run / "summary.json").exists()
+
+
+def test_from_a_run_of_another_agent_or_dataset(pipeline, make_dataset, tmp_path):
+  out, _, dataset_id = pipeline
+  reevaluate_dir = out / "reevaluate" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  res = finetune(f"--from={reevaluate_dir}", "--agent=o2sac", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "is a o2td3 run but --agent=o2sac" in res.stderr
+  other = make_dataset("other-hopper")
+  res = finetune(f"--from={reevaluate_dir}", f"--dataset={other.dataset_id}", f"--out_dir={tmp_path}",
+                  *TINY)
+  assert res.returncode == 2 and f"was trained on {dataset_id}" in res.stderr
+  assert "Traceback" not in res.stderr
+
+
+def test_from_a_run_with_missing_or_corrupt_checkpoints(pipeline, tmp_path):
+  import shutil
+  out, _, dataset_id = pipeline
+  reevaluate_dir = out / "reevaluate" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  broken = tmp_path / "broken_run"
+  shutil.copytree(reevaluate_dir, broken)
+  for step_dir in (broken / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      for f in step_dir.rglob("*"):
+        if f.is_file() and f.suffix != ".json" and "meta" not in f.parts:
+          f.write_bytes(b"garbage")
+  res = finetune(f"--from={broken}", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "cannot restore any checkpoint" in res.stderr, res.stderr[-2000:]
+  shutil.rmtree(broken / "checkpoints")
+  res = finetune(f"--from={broken}", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 2 and "no checkpoint found" in res.stderr
+  assert "Traceback" not in res.stderr

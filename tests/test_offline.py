@@ -1,5 +1,4 @@
 """Offline agents (TD3+BC, BC) on hand-computed cases, and the pretrain launcher end to end."""
-import dataclasses
 import os
 import subprocess
 import sys

@@ -68,16 +68,6 @@ TINY = ["--budget=quick", "--progress=false", "--hidden_dims=8,8", "--critic_hid
         "--online_steps=20", "--warmup_steps=10", "--eval_every=20", "--eval_episodes=1"]
 
 
-@pytest.fixture(scope="module")
-def reevaluated_run(tiny_hopper_dataset, tmp_path_factory):
-  """A tiny o2td3 run end to end; its re-evaluation run is the --from target of the tests below."""
-  out = tmp_path_factory.mktemp("runs")
-  res = _finetune(f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={out}", *TINY)
-  assert res.returncode == 0, res.stderr[-3000:]
-  ds = tiny_hopper_dataset.dataset_id.replace("/", "_")
-  return out, out / "reevaluate" / "o2td3" / ds / "seed0x1", tiny_hopper_dataset.dataset_id
-
-
 @pytest.mark.parametrize("args, message", [
     (["--agent=nope"], "value should be one of"),
     (["--seeds=0"], "--seeds must be at least 1"),
@@ -91,35 +81,6 @@ def test_bad_flags_give_one_line_and_exit_code(args, message, tiny_hopper_datase
   res = _finetune(f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={tmp_path}", *TINY, *args)
   assert res.returncode in (1, 2), res.stderr[-2000:]      # 1: absl's flag parser, 2: our checks
   assert message in res.stderr and "Traceback" not in res.stderr
-
-
-def test_from_a_run_of_another_agent_or_dataset(reevaluated_run, make_dataset, tmp_path):
-  out, reevaluate_dir, dataset_id = reevaluated_run
-  res = _finetune(f"--from={reevaluate_dir}", "--agent=o2sac", f"--out_dir={tmp_path}", *TINY)
-  assert res.returncode == 2 and "is a o2td3 run but --agent=o2sac" in res.stderr
-  other = make_dataset("other-hopper")
-  res = _finetune(f"--from={reevaluate_dir}", f"--dataset={other.dataset_id}", f"--out_dir={tmp_path}",
-                  *TINY)
-  assert res.returncode == 2 and f"was trained on {dataset_id}" in res.stderr
-  assert "Traceback" not in res.stderr
-
-
-def test_from_a_run_with_missing_or_corrupt_checkpoints(reevaluated_run, tmp_path):
-  import shutil
-  _, reevaluate_dir, _ = reevaluated_run
-  broken = tmp_path / "broken_run"
-  shutil.copytree(reevaluate_dir, broken)
-  for step_dir in (broken / "checkpoints").iterdir():
-    if step_dir.name.isdigit():
-      for f in step_dir.rglob("*"):
-        if f.is_file() and f.suffix != ".json" and "meta" not in f.parts:
-          f.write_bytes(b"garbage")
-  res = _finetune(f"--from={broken}", f"--out_dir={tmp_path}", *TINY)
-  assert res.returncode == 2 and "cannot restore any checkpoint" in res.stderr, res.stderr[-2000:]
-  shutil.rmtree(broken / "checkpoints")
-  res = _finetune(f"--from={broken}", f"--out_dir={tmp_path}", *TINY)
-  assert res.returncode == 2 and "no checkpoint found" in res.stderr
-  assert "Traceback" not in res.stderr
 
 
 def test_dataset_of_another_env_is_refused(tiny_hopper_dataset):
@@ -227,3 +188,12 @@ def test_minari_to_arrays_on_random_episode_structures(structure, isolated_store
     np.testing.assert_array_equal(ds.timeouts[i:i + n], trunc & ~term)
     assert np.isclose(ds.episode_returns[k], rew.sum())
     i += n
+
+
+def test_empty_dataset_is_refused():
+  from o2o_jax.data import minari_io
+  from o2o_jax.errors import DatasetError
+  arrays = {k: np.zeros((0, 3), np.float32) for k in ("observations", "next_observations", "actions")}
+  arrays.update(rewards=np.zeros(0, np.float32), terminals=np.zeros(0, np.float32))
+  with pytest.raises(DatasetError, match="'o2o/x/medium-v0' is empty .*regenerate it"):
+    minari_io._validate("o2o/x/medium-v0", arrays)

@@ -223,3 +223,4 @@ def test_top_episode_indices(tiny_hopper_dataset):
                              for i in best])
   np.testing.assert_array_equal(idx, expected)
   assert np.isclose(ds.transitions.rewards[idx].sum(), ds.episode_returns[best].sum(), rtol=1e-5)
+  assert ds.top_episode_indices(0).shape == (0,)

@@ -75,6 +75,8 @@ class OfflineDataset:
   def top_episode_indices(self, num_episodes: int) -> np.ndarray:
     """Transition indices of the `num_episodes` episodes with the highest returns (ACA's top-N
     trajectory seeding of the online buffer; OCR-CFT table 6 'Part')."""
+    if num_episodes <= 0:
+      return np.zeros((0,), np.int64)
     best = np.argsort(-self.episode_returns, kind="stable")[:num_episodes]
     return np.concatenate([np.arange(self.episode_starts[i], self.episode_starts[i] + self.episode_lengths[i])
                            for i in np.sort(best)]).astype(np.int64)

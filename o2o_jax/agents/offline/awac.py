@@ -69,12 +69,18 @@ def actor_loss(actor_params, state: State, batch: Transition, key: PRNGKey):
   return loss, {"actor_loss": loss, "awac_weight_mean": weights.mean()}
 
 
-def update(state: State, batch: Transition, key: PRNGKey):
+def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
+  """One AWAC step (critic, actor, target).
+  `next_value_hook(batch, next_actions, next_values) -> next_values`, when given, rewrites the
+  bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
+  """
   c = state.config
   k_next, k_actor = jax.random.split(key)
   next_actions = jnp.clip(state.actor.apply_fn(state.actor.params, batch.next_observations)
                           .sample(seed=k_next), -1.0, 1.0)
   next_q = state.critic.apply_fn(state.target_critic_params, batch.next_observations, next_actions).min(0)
+  if next_value_hook is not None:
+    next_q = next_value_hook(batch, next_actions, next_q)
   targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_q)
   g, q_info = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, targets)
   state = state.replace(critic=state.critic.apply_gradients(grads=g))

@@ -105,12 +105,17 @@ def critic_loss(critic_params, state: sac.State, batch: Transition, targets, key
                 "target_mean": targets.mean()}
 
 
-def update(state: State, batch: Transition, key: PRNGKey):
+def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
+  """One CQL step (critic with the conservative penalty, actor, temperature, alpha').
+  `next_value_hook(batch, next_actions, next_values) -> next_values`, when given, rewrites the
+  bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
+  """
   c = state.config
   k_critic, k_actor = jax.random.split(key)
   ap = jax.lax.stop_gradient(alpha_prime(state)) if c.lagrange else 1.0
   s, critic_info = sac.update_critic(state.sac, batch, k_critic,
-                                     loss_fn=functools.partial(critic_loss, alpha_prime=ap))
+                                     loss_fn=functools.partial(critic_loss, alpha_prime=ap),
+                                     next_value_hook=next_value_hook)
   gap = critic_info.pop("cql_gap")
   new_alpha_prime = state.alpha_prime
   if c.lagrange:

@@ -92,7 +92,11 @@ def actor_loss(actor_params, state: State, batch: Transition, advantages):
 
 
 
-def update(state: State, batch: Transition, key: PRNGKey):
+def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
+  """One IQL step (value, actor, critic, target).
+  `next_value_hook(batch, None, next_values) -> next_values`, when given, rewrites the
+  bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
+  """
   del key  # IQL is deterministic given the batch
   c = state.config
   target_q = state.critic.apply_fn(state.target_critic_params, batch.observations, batch.actions).min(0)
@@ -102,6 +106,8 @@ def update(state: State, batch: Transition, key: PRNGKey):
   g, a_info = jax.grad(actor_loss, has_aux=True)(state.actor.params, state, batch, advantages)
   actor = state.actor.apply_gradients(grads=g)
   next_v = value.apply_fn(value.params, batch.next_observations)
+  if next_value_hook is not None:
+    next_v = next_value_hook(batch, None, next_v)
   targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_v)
   g, q_info = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, targets)
   critic = state.critic.apply_gradients(grads=g)

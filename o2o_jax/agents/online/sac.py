@@ -86,11 +86,15 @@ def policy(state: State, observations, params=None):
   return state.actor.apply_fn(state.actor.params if params is None else params, observations)
 
 
-def soft_td_target(state: State, batch: Transition, key: PRNGKey) -> jax.Array:
-  """y = r + gamma (1-d) (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s')."""
+def soft_td_target(state: State, batch: Transition, key: PRNGKey, next_value_hook=None) -> jax.Array:
+  """y = r + gamma (1-d) (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s').
+  `next_value_hook(batch, a', min_j Q'_j(s', a')) -> values` (SAMG) rewrites the bootstrap Q before
+  the entropy term; None keeps SAC's own."""
   next_actions, next_log_probs = policy(state, batch.next_observations).sample_and_log_prob(seed=key)
   next_q = state.critic.apply_fn(state.target_critic_params, batch.next_observations,
                                  next_actions).min(0)
+  if next_value_hook is not None:
+    next_q = next_value_hook(batch, next_actions, next_q)
   if state.config.backup_entropy:
     next_q = losses.soft_value(next_q, next_log_probs, alpha(state))
   return losses.td_target(batch.rewards, batch.masks, state.config.discount, next_q)
@@ -98,10 +102,11 @@ def soft_td_target(state: State, batch: Transition, key: PRNGKey) -> jax.Array:
 
 
 
-def update_critic(state: State, batch: Transition, key: PRNGKey, loss_fn=critic_loss):
+def update_critic(state: State, batch: Transition, key: PRNGKey, loss_fn=critic_loss,
+                  next_value_hook=None):
   """One critic step on `loss_fn(params, state, batch, targets, key)` then the Polyak target update."""
   k_target, k_loss = jax.random.split(key)
-  targets = soft_td_target(state, batch, k_target)
+  targets = soft_td_target(state, batch, k_target, next_value_hook)
   grads, info = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, targets, k_loss)
   critic = state.critic.apply_gradients(grads=grads)
   target = losses.polyak(state.target_critic_params, critic.params, state.config.tau)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Quick-budget O2O comparison, 5 seeds vmapped per job, on a local full-size dataset (default
+# o2o/hopper/medium-v0, 1M transitions; generate it with `python -m experiments.make_dataset
+# --env=hopper --from_policies`). Logs and run dirs under benchmarks/results/o2o_quick/, then the table.
+#   bash benchmarks/o2o_quick.sh [dataset] [agents...]
+set -u
+cd "$(dirname "$0")/.."
+dataset=${1:-o2o/hopper/medium-v0}
+shift || true
+agents=${@:-o2td3 o2td3:direct o2sac o2sac:direct o2ppo o2ppo:direct aca o3f samg_cql samg_awac samg_iql}
+out=benchmarks/results/o2o_quick
+mkdir -p "$out/logs"
+for spec in $agents; do
+  agent=${spec%%:*}
+  extra=""
+  if [ "$spec" != "$agent" ]; then      # direct fine-tuning: the paper's comparison
+    case $agent in
+      o2ppo) extra="--o2ppo_aux=false" ;;
+      *) extra="--reevaluate=false --align=false --constrain=false" ;;
+    esac
+  fi
+  name=$(echo "$dataset" | tr / _)_${spec/:/_}
+  echo "== $spec on $dataset ($(date +%T))"
+  python -m experiments.finetune --agent="$agent" --dataset="$dataset" --seeds=5 --budget=quick \
+    --out_dir="$out/runs" --progress=false $extra > "$out/logs/$name.log" 2>&1
+  echo "   exit $? ($(date +%T)); $(tail -n 2 "$out/logs/$name.log" | head -c 300)"
+done
+python -m benchmarks.o2o_table --runs="$out/runs" --out="$out/table.md"

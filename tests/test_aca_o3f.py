@@ -1,0 +1,206 @@
+"""ACA and O3F (issue #7): each method's distinguishing mechanism, seed-vmap equivalence, and one
+end-to-end launcher run per agent on the tiny dataset."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o_jax import networks
+from o2o_jax.agents.o2o import aca, o3f
+from o2o_jax.types import Transition
+
+OBS, ACT, B = 5, 3, 16
+
+
+def _batch(key, n=B):
+  k = jax.random.split(key, 4)
+  return Transition(observations=jax.random.normal(k[0], (n, OBS)),
+                    actions=jnp.tanh(jax.random.normal(k[1], (n, ACT))),
+                    rewards=jax.random.normal(k[2], (n,)),
+                    next_observations=jax.random.normal(k[3], (n, OBS)),
+                    terminals=jnp.zeros((n,)))
+
+
+# ----------------------------------------------------------------------------- ACA
+
+ACA_TINY = aca.Config(hidden_dims=(16, 16))
+
+
+@pytest.fixture(scope="module")
+def aca_switched():
+  """An offline-stage ACA state (random pi and Z; the SAC+ML step runs in the launcher test) and the
+  same after the switch."""
+  state = jax.jit(aca.init, static_argnums=(1, 2, 3))(jax.random.PRNGKey(0), OBS, ACT, ACA_TINY)
+  return state, jax.jit(aca.start_online, static_argnums=1)(state, ACT)
+
+
+def test_aca_critic_at_the_switch_is_baseline_plus_log_pi0(aca_switched):
+  offline, online = aca_switched
+  obs = _batch(jax.random.PRNGKey(2)).observations
+  uniform = jax.random.uniform(jax.random.PRNGKey(3), (B, ACT), minval=-1, maxval=1)
+
+  @jax.jit
+  def by_hand(offline, online, obs, uniform, key):
+    z = offline.baseline.apply_fn(offline.baseline.params, obs)                   # Z_k(s): (2, B)
+    pi0 = offline.actor.apply_fn(offline.actor.params, obs)
+    actions = pi0.sample(seed=key)
+    r_uniform = online.critic.apply_fn(online.critic.params, obs, uniform)
+    return z, actions, pi0.log_prob(actions), pi0.log_prob(uniform), r_uniform
+
+  z, actions, logp0, logp0_uniform, r_uniform = by_hand(offline, online, obs, uniform,
+                                                        jax.random.PRNGKey(4))
+  # R := Z: for any action (here uniform ones) R_k(s, a) = Z_k(s).
+  np.testing.assert_allclose(r_uniform, z, atol=1e-5)
+  # Q = R + w0 c(log pi0) = Z(s) + log pi0(a|s) at w0 = 1 for actions pi0 takes (far above the clip
+  # at 7 standard deviations) ...
+  aligned_q = jax.jit(aca.aligned_q)
+  q = aligned_q(online, online.critic.params, obs, actions)
+  np.testing.assert_allclose(q, z + logp0[None], atol=1e-4, rtol=1e-5)
+  # ... and exactly Z + log pi0 for every action without the clip.
+  no_clip = online.replace(config=dataclasses.replace(online.config, clip_beta=None))
+  for a, logp in ((actions, logp0), (uniform, logp0_uniform)):
+    q = aligned_q(no_clip, no_clip.critic.params, obs, a)
+    np.testing.assert_allclose(q, z + logp[None], atol=1e-4, rtol=1e-5)
+  # the rest of the switch: target = R, pi0 = pi (frozen copy), alpha = 1, w = w0, step 0.
+  chex.assert_trees_all_close(online.target_critic_params, online.critic.params)
+  chex.assert_trees_all_close(online.offline_actor_params, offline.actor.params)
+  assert float(jnp.exp(online.temperature.params["log_alpha"])) == 1.0
+  assert float(online.weight) == ACA_TINY.w_init and int(online.step) == 0
+  assert online.config.target_entropy == -ACA_TINY.entropy_coef * ACT
+
+
+def test_aca_smooth_lower_clip(aca_switched):
+  _, online = aca_switched
+  obs = _batch(jax.random.PRNGKey(5)).observations
+  beta = 2.0
+
+  @jax.jit
+  def clips(online, obs):
+    pi0 = aca.reference_policy(online, obs)
+    base = pi0.distribution
+    by_hand = jnp.minimum(*(networks.tanh_gaussian_log_prob_reference(
+        base.loc, base.scale_diag, jnp.tanh(base.loc + sign * beta * base.scale_diag))
+        for sign in (1, -1)))
+    return aca.clip_threshold(pi0, beta), by_hand
+
+  x_clip, by_hand = clips(online, obs)
+  np.testing.assert_allclose(x_clip, by_hand, rtol=1e-4, atol=1e-3)
+  x = jnp.stack([x_clip + 40.0, x_clip - 40.0])
+  c = np.asarray(aca.smooth_clip(x, x_clip))
+  np.testing.assert_allclose(c, np.stack([x_clip + 40.0, x_clip]), atol=1e-4)
+
+
+def test_aca_z_fit_keeps_the_offline_actor_fixed(aca_switched):
+  offline, _ = aca_switched
+  new, info = jax.jit(aca.fit_baseline_step)(offline, _batch(jax.random.PRNGKey(6)), jax.random.PRNGKey(6))
+  chex.assert_trees_all_close(new.actor.params, offline.actor.params)
+  assert not np.allclose(jax.tree_util.tree_leaves(new.baseline.params)[0],
+                         jax.tree_util.tree_leaves(offline.baseline.params)[0])
+  assert np.isfinite(float(info["baseline_loss"])) and int(new.step) == int(offline.step) + 1
+
+
+def test_aca_presets():
+  assert aca.dataset_preset("hopper", "medium-replay")["top_n_trajectories"] == 50
+  assert aca.dataset_preset("antmaze", "umaze")["entropy_coef"] == 0.5
+
+
+# ----------------------------------------------------------------------------- O3F
+
+O3F_TINY = o3f.Config(hidden_dims=(16, 16), num_candidates=12)
+
+
+@pytest.fixture(scope="module")
+def o3f_state():
+  return jax.jit(o3f.init, static_argnums=(1, 2, 3))(jax.random.PRNGKey(10), OBS, ACT, O3F_TINY)
+
+
+@pytest.mark.parametrize("omega", [0.0, 1.0])
+def test_o3f_executes_the_arg_max_candidate(o3f_state, omega):
+  state = o3f_state.replace(config=dataclasses.replace(O3F_TINY, omega=omega))
+  obs = _batch(jax.random.PRNGKey(11), 4).observations
+  candidates = jax.random.uniform(jax.random.PRNGKey(12), (4, 12, ACT), minval=-1, maxval=1)
+  select = jax.jit(o3f.select_candidate)
+  chosen = select(state, obs, candidates)
+  # scores by hand: all (state, candidate) pairs as one flat batch through each of the 5 critics
+  q = jax.jit(state.critic.apply_fn)(state.critic.params, jnp.repeat(obs, 12, axis=0),
+                                     candidates.reshape(4 * 12, ACT))
+  q = np.asarray(q).reshape(5, 4, 12)
+  score = q.mean(0) + omega * q.std(0)                                         # population std
+  np.testing.assert_allclose(chosen, candidates[np.arange(4), np.argmax(score, axis=1)])
+
+
+def test_o3f_with_sigma_zero_reproduces_the_policy_action(o3f_state):
+  obs = _batch(jax.random.PRNGKey(13), 4).observations
+  key = jax.random.PRNGKey(14)
+  act = jax.jit(o3f.act, static_argnums=3)
+  k_policy, _ = jax.random.split(key)
+  policy_action = jax.jit(o3f.policy_action)(o3f_state, obs, k_policy)
+  exact = o3f_state.replace(config=dataclasses.replace(O3F_TINY, sigma=0.0))
+  np.testing.assert_allclose(act(exact, obs, key, True), policy_action, atol=1e-6)
+  # with sigma > 0 the executed action is a candidate off the policy action, inside the box
+  explored = act(o3f_state, obs, key, True)
+  assert not np.allclose(explored, policy_action) and np.all(np.abs(explored) <= 1.0)
+  # evaluation: the deterministic policy mean, tanh(mu(s)) of IQL's Gaussian actor
+  mean = jax.jit(lambda s, o: s.actor.apply_fn(s.actor.params, o).mode())(o3f_state, obs)
+  np.testing.assert_allclose(act(o3f_state, obs, key, False), mean, atol=1e-6)
+  assert o3f.sigma_for_env("hopper") == 0.2 and o3f.sigma_for_env("antmaze") == 0.05
+
+
+def test_o3f_vmapped_update_equals_per_seed_updates(o3f_state):
+  """Two seeds in one vmapped update equal two separate updates (IQL's update with 5 critics)."""
+  states = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), o3f_state)
+  batches = jax.vmap(_batch)(jax.random.split(jax.random.PRNGKey(16), 2))
+  keys = jax.random.split(jax.random.PRNGKey(15), 2)
+  vmapped, metrics = jax.jit(jax.vmap(o3f.update))(states, batches, keys)
+  update = jax.jit(o3f.update)
+  for i in range(2):
+    take = lambda t: jax.tree_util.tree_map(lambda x: x[i], t)
+    single, m = update(o3f_state, take(batches), keys[i])
+    chex.assert_trees_all_close(take(vmapped), single, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(take(metrics), m, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+TINY = ["--seeds=2", "--budget=quick", "--pretrain_steps=30", "--online_steps=40", "--warmup_steps=10",
+        "--eval_every=20", "--eval_episodes=1", "--hidden_dims=8,8", "--critic_hidden=8,8",
+        "--batch_size=16", "--progress=false"]
+
+
+def _finetune(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.finetune", *args], env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("agent,offline,extra", [
+    ("o3f", "iql5", ["--o3f_num_candidates=8"]),
+    ("aca", "sacml", ["--aca_top_n=2", "--aca_w_decay_k=0.01", "--aca_w_min=0.5"]),
+])
+def test_launcher_end_to_end(tiny_hopper_dataset, tmp_path, agent, offline, extra):
+  res = _finetune(f"--agent={agent}", f"--dataset={tiny_hopper_dataset.dataset_id}",
+                  f"--out_dir={tmp_path}", *TINY, *extra)
+  assert res.returncode == 0, res.stderr[-4000:]
+  ds = tiny_hopper_dataset.dataset_id.replace("/", "_")
+  assert (tmp_path / "pretrain" / offline / ds / "seed0x2" / "checkpoints").exists()
+  run = tmp_path / "finetune" / agent / ds / "seed0x2"
+  summary = json.loads((run / "summary.json").read_text())
+  assert len(summary["offline"]) == 2 and len(summary["final"]) == 2
+  assert all(np.isfinite(summary["final"]))
+  for line in ("pi_off (offline)", "best fine-tuned", "final fine-tuned"):
+    assert line in res.stdout
+  header = (run / "metrics.csv").read_text().splitlines()[0]
+  assert "eval/normalized_score/seed1" in header
+  if agent == "aca":   # w_t = max(1 - t / (K 1000), w_min) = max(1 - t / 10, 0.5) per update
+    assert "buffer seeded with" in res.stdout
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
+    col = rows[0].index("train/w/seed0") if "train/w/seed0" in rows[0] else rows[0].index("train/w")
+    w = [float(r[col]) for r in rows[1:] if len(r) > col and r[col] not in ("", "nan")]
+    assert w and all(0.5 <= x <= 1.0 for x in w) and w[-1] == pytest.approx(0.5)

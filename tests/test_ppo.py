@@ -1,0 +1,117 @@
+"""PPO: GAE on a hand-computed trajectory, the clipped surrogate, the learning-rate decay, the update
+as one scanned call, vmap == per-seed updates."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o_jax.agents import registry
+from o2o_jax.agents.online import ppo
+from o2o_jax.types import seed_keys, take_index
+
+OBS, ACT = 4, 2
+CONFIG = ppo.Config(hidden_dims=(16, 16), value_hidden_dims=(16, 16), rollout_length=32,
+                    num_minibatches=4, epochs=3, lr_decay_steps=320)
+# One jitted update (and its vmapped form) shared by the tests: each compiles once.
+UPDATE = jax.jit(ppo.update)
+VUPDATE = jax.jit(jax.vmap(ppo.update))
+INIT = jax.jit(lambda k: ppo.init(k, OBS, ACT, CONFIG))   # eager init compiles every primitive
+
+
+def test_gae_on_a_hand_computed_trajectory_with_a_termination_and_a_truncation():
+  # t=1 terminates (no bootstrap, GAE resets); t=3 is truncated by the time limit (bootstraps from
+  # V of its real final observation = 2.0, GAE resets); t=4 is cut by the rollout end (bootstraps).
+  rewards = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+  values = jnp.array([0.5, 0.6, 0.7, 0.8, 0.9])
+  next_values = jnp.array([0.6, 9.0, 0.8, 2.0, 1.1])   # 9.0 must be ignored (termination)
+  terminals = jnp.array([0.0, 1.0, 0.0, 0.0, 0.0])
+  dones = jnp.array([0.0, 1.0, 0.0, 1.0, 0.0])
+  gamma, lam = 0.9, 0.8
+  # deltas: 1 + .9*.6 - .5 = 1.04 | 2 - .6 = 1.4 | 3 + .9*.8 - .7 = 3.02 | 4 + .9*2 - .8 = 5.0 |
+  #         5 + .9*1.1 - .9 = 5.09;  A_t = delta_t + .72 (1 - done_t) A_{t+1}
+  expected_adv = [1.04 + 0.72 * 1.4, 1.4, 3.02 + 0.72 * 5.0, 5.0, 5.09]
+  adv, targets = ppo.gae(rewards, values, next_values, terminals, dones, gamma, lam)
+  np.testing.assert_allclose(adv, expected_adv, rtol=1e-6)
+  np.testing.assert_allclose(targets, np.array(expected_adv) + np.array(values), rtol=1e-6)
+
+
+def test_clipped_surrogate_takes_the_pessimistic_term():
+  old = jnp.zeros(3)
+  new = jnp.log(jnp.array([1.5, 0.5, 1.1]))   # ratios 1.5 (clipped to 1.2), 0.5, 1.1
+  adv = jnp.array([1.0, -1.0, 2.0])
+  loss, ratio = ppo.clipped_surrogate(new, old, adv, 0.2)
+  # min(1.5, 1.2) = 1.2 | min(-0.5, -0.8) = -0.8 | min(2.2, 2.2) = 2.2
+  assert float(loss) == pytest.approx(-(1.2 - 0.8 + 2.2) / 3, rel=1e-6)
+  np.testing.assert_allclose(ratio, [1.5, 0.5, 1.1], rtol=1e-6)
+  # A (B, B) advantage matrix pairs row i's ratio with every column (the O2PPO broadcast form).
+  m = jnp.stack([adv, adv, adv])
+  loss_m, _ = ppo.clipped_surrogate(new, old, m, 0.2)
+  rows = [np.mean([min(r * a, np.clip(r, 0.8, 1.2) * a) for a in adv]) for r in (1.5, 0.5, 1.1)]
+  assert float(loss_m) == pytest.approx(-np.mean(rows), rel=1e-6)
+
+
+def test_learning_rate_decays_linearly_once_per_rollout():
+  lr = ppo.learning_rate(1e-3, CONFIG)
+  per_update = CONFIG.epochs * CONFIG.num_minibatches
+  assert float(lr(0)) == pytest.approx(1e-3)
+  assert float(lr(per_update - 1)) == pytest.approx(1e-3)
+  assert float(lr(per_update)) == pytest.approx(1e-3 * (1 - 32 / 320))
+  assert float(lr(per_update * 20)) == 0.0
+
+
+def random_rollout(key, n=32):
+  k = jax.random.split(key, 6)
+  dones = (jax.random.uniform(k[4], (n,)) < 0.1).astype(jnp.float32)
+  return ppo.Rollout(observations=jax.random.normal(k[0], (n, OBS)),
+                     actions=jax.random.normal(k[1], (n, ACT)) * 0.5,
+                     log_probs=jnp.full((n,), -2.0), rewards=jax.random.normal(k[2], (n,)),
+                     next_observations=jax.random.normal(k[3], (n, OBS)),
+                     terminals=dones * (jax.random.uniform(k[5], (n,)) < 0.5), dones=dones)
+
+
+def test_update_trains_both_networks_and_counts_env_steps():
+  state = INIT(jax.random.PRNGKey(0))
+  rollout = jax.jit(random_rollout)(jax.random.PRNGKey(1))
+  rollout = rollout.replace(log_probs=state.actor.apply_fn(state.actor.params, rollout.observations)
+                            .log_prob(rollout.actions))
+  new, info = UPDATE(state, rollout, jax.random.PRNGKey(2))
+  assert int(new.env_steps) == 32
+  # 3 epochs x 4 minibatches = 12 gradient steps per network, in one call.
+  assert int(new.actor.step) == 12 and int(new.value.step) == 12
+  assert all(np.isfinite(float(v)) for v in info.values())
+  before = jnp.mean((state.value.apply_fn(state.value.params, rollout.observations)
+                     - ppo.compute_advantages(state.value, rollout, CONFIG)[1]) ** 2)
+  assert float(info["value_loss"]) < float(before) * 1.5
+
+
+def test_vmapped_update_equals_per_seed_updates():
+  keys = seed_keys(0, 2)
+  states = jax.jit(jax.vmap(INIT))(keys)
+  rollouts = jax.jit(jax.vmap(random_rollout))(jax.random.split(jax.random.PRNGKey(3), 2))
+  ukeys = jax.random.split(jax.random.PRNGKey(4), 2)
+  batched, info = VUPDATE(states, rollouts, ukeys)
+  for i in range(2):
+    single, info_i = UPDATE(take_index(states, i), take_index(rollouts, i), ukeys[i])
+    chex.assert_trees_all_close(take_index(batched, i), single, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(take_index(info, i), info_i, rtol=1e-4, atol=1e-5)
+
+
+def test_explore_stores_the_raw_sample_or_the_clipped_one():
+  state = INIT(jax.random.PRNGKey(0))
+  state = state.replace(actor=state.actor.replace(params=jax.tree_util.tree_map(
+      lambda x: x, {"params": {**state.actor.params["params"], "log_std": jnp.full((ACT,), 1.0)}})))
+  obs = jnp.zeros((256, OBS))
+  a, logp = ppo.explore(state, obs, jax.random.PRNGKey(1))
+  assert float(jnp.abs(a).max()) > 1.0        # sigma = e: many raw samples leave the box
+  np.testing.assert_allclose(logp, state.actor.apply_fn(state.actor.params, obs).log_prob(a), rtol=1e-6)
+  clipped = state.replace(config=ppo.Config(**{**CONFIG.__dict__, "store_clipped_actions": True}))
+  a, _ = ppo.explore(clipped, obs, jax.random.PRNGKey(1))
+  assert float(jnp.abs(a).max()) <= 1.0
+
+
+def test_config_check_and_registry():
+  with pytest.raises(ValueError, match="multiple of the number of minibatches"):
+    ppo.check_config(ppo.Config(rollout_length=100, num_minibatches=16))
+  assert registry.get("ppo") is ppo
+  assert registry.get("o2ppo").__name__ == "o2o_jax.agents.o2o.o2ppo"

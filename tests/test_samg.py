@@ -1,0 +1,249 @@
+"""SAMG (o2o_jax/agents/o2o/samg.py): the confidence weight, the mixed target, the C-VAE, seed-vmapping,
+and the launcher end to end (experiments.finetune --agent=samg_iql) on the tiny dataset.
+
+Compilation dominates the cost here, so the states are built once per base (module fixtures) and the
+jitted update functions are shared between tests (same config, same shapes: one compile)."""
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from o2o_jax.agents.o2o import samg
+from o2o_jax.agents.offline import awac, cql, iql
+from o2o_jax.agents.online import sac
+from o2o_jax.types import Transition, stack_trees, take_index
+
+OBS, ACT, B = 5, 2, 8
+BASE_CONFIGS = {"cql": cql.Config(hidden_dims=(8, 8), cql_n_actions=2),
+                "awac": awac.Config(hidden_dims=(8, 8)),
+                "iql": iql.Config(hidden_dims=(8, 8))}
+SAMG_UPDATE = jax.jit(samg.update)
+BASE_UPDATE = {b: jax.jit(m.update) for b, m in samg.BASES.items()}
+
+
+def tiny_config(base: str, **kw) -> samg.Config:
+  return samg.Config(base=base, base_config=BASE_CONFIGS[base], cvae_hidden_dims=(8,), **kw)
+
+
+def tiny_batch(key, n=B):
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  return Transition(observations=jax.random.normal(k1, (n, OBS)),
+                    actions=jax.random.uniform(k2, (n, ACT), minval=-1.0, maxval=1.0),
+                    rewards=jax.random.normal(k3, (n,)),
+                    next_observations=jax.random.normal(k4, (n, OBS)),
+                    terminals=jnp.zeros(n).at[0].set(1.0))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+  """Two independently initialised SAMG states per base (seed 0 and 1), built lazily."""
+  cache = {}
+
+  def get(base):
+    if base not in cache:
+      init = jax.jit(lambda k: samg.init(k, OBS, ACT, tiny_config(base)))
+      cache[base] = (init(jax.random.PRNGKey(0)), init(jax.random.PRNGKey(1)))
+    return cache[base]
+
+  return get
+
+
+def _far_from_offline(state):
+  """Latent statistics that put every sample far outside the offline fit: p = 0 everywhere."""
+  return state.replace(latent_mean=state.latent_mean + 1e3, latent_std=state.latent_std * 1e-3)
+
+
+def test_weight_in_unit_interval_zero_below_threshold_and_one_at_the_mode():
+  means = jax.random.normal(jax.random.PRNGKey(0), (2000, 3)) * 2.0
+  m, s = jnp.array([0.1, -0.2, 0.0]), jnp.array([1.0, 0.5, 2.0])
+  weigh = jax.jit(samg.confidence_weight, static_argnums=3)
+  p_int = weigh(means, m, s, 0.0)
+  assert float(p_int.min()) >= 0.0 and float(p_int.max()) <= 1.0
+  # two-sided tail 2 (1 - Phi(z)), averaged over latent dims (eq. 3), by hand for one row
+  z = np.abs((np.asarray(means[0]) - np.asarray(m)) / np.asarray(s))
+  cdf = statistics.NormalDist().cdf
+  assert float(p_int[0]) == pytest.approx(np.mean([2 * (1 - cdf(x)) for x in z]), rel=1e-5)
+  p_int = np.asarray(p_int)
+  for threshold in (0.3, 0.5, 0.75):
+    p = np.asarray(weigh(means, m, s, threshold))
+    assert p.min() >= 0.0 and p.max() <= 1.0
+    below = p_int < threshold
+    assert below.any() and (~below).any()
+    np.testing.assert_array_equal(p[below], 0.0)                    # 0 below the threshold
+    np.testing.assert_allclose(p[~below], p_int[~below])           # p_int above it
+  assert float(weigh(m[None], m, s, 0.5)[0]) == pytest.approx(1.0)             # at the mode
+  assert float(weigh((m + 3 * s)[None], m, s, 0.0)[0]) < 0.01                  # far from it
+
+
+@pytest.mark.parametrize("base", ["awac", "iql"])
+def test_target_reduces_to_the_base_algorithm_when_the_weight_is_zero(base, pairs):
+  state, other = pairs(base)
+  # a different frozen offline critic / value, so a nonzero weight would change the target
+  state = _far_from_offline(state.replace(offline_params=other.offline_params))
+  batch, key = tiny_batch(jax.random.PRNGKey(2)), jax.random.PRNGKey(3)
+  assert float(samg.weight(state, batch.observations, batch.actions).max()) == 0.0
+  new, info = SAMG_UPDATE(state, batch, key)
+  ref, ref_info = BASE_UPDATE[base](state.base, batch, key)
+  chex.assert_trees_all_close(new.base, ref, rtol=1e-5, atol=1e-6)
+  assert float(info["target_mean"]) == pytest.approx(float(ref_info["target_mean"]), rel=1e-5)
+  assert float(info["samg_weight"]) == 0.0
+  # the frozen parts stay frozen
+  chex.assert_trees_all_close(new.offline_params, state.offline_params)
+  chex.assert_trees_all_close(new.cvae_params, state.cvae_params)
+
+
+def test_cql_target_reduces_to_cqls_when_the_weight_is_zero(pairs):
+  """CQL's target (sac.soft_td_target) with SAMG's hook equals CQL's own at p = 0, and moves to the
+  frozen Q_off where p > 0 (compared target to target: a full CQL update costs a long compile)."""
+  state, other = pairs("cql")
+  state = state.replace(offline_params=other.offline_params)
+  batch, key = tiny_batch(jax.random.PRNGKey(2)), jax.random.PRNGKey(3)
+  target = jax.jit(lambda st, b, k: sac.soft_td_target(st.base.sac, b, k, samg.next_value_hook(st)))
+  own = jax.jit(sac.soft_td_target)(state.base.sac, batch, key)
+  np.testing.assert_allclose(target(_far_from_offline(state), batch, key), own, rtol=1e-6)
+  near = state.replace(latent_std=state.latent_std * 1e3)          # p ~ 1 for every pair
+  assert float(samg.weight(near, batch.observations, batch.actions).min()) > 0.99
+  assert float(jnp.abs(target(near, batch, key) - own).max()) > 1e-4
+
+
+def test_weight_one_bootstraps_from_the_frozen_offline_value(pairs):
+  """IQL with p = 1 on every row: y = r + gamma (1 - d) V_off(s'), eq. (4)."""
+  state, other = pairs("iql")
+  state = state.replace(offline_params=other.base.value.params)
+  row = tiny_batch(jax.random.PRNGKey(2), 1)
+  batch = jax.tree_util.tree_map(lambda x: jnp.repeat(x, B, axis=0), row)   # one (s, a) repeated
+  mu = samg.encoder_means(state.cvae_params, state.config, batch.observations, batch.actions)
+  state = state.replace(latent_mean=mu[0])                        # the pair sits at the offline mode
+  np.testing.assert_allclose(samg.weight(state, batch.observations, batch.actions), 1.0, rtol=1e-6)
+  _, info = SAMG_UPDATE(state, batch, jax.random.PRNGKey(3))
+  v_off = state.base.value.apply_fn(state.offline_params, batch.next_observations)
+  expected = batch.rewards + state.config.base_config.discount * batch.masks * v_off
+  assert float(info["target_mean"]) == pytest.approx(float(expected.mean()), rel=1e-5)
+  assert float(info["samg_weight"]) == pytest.approx(1.0)
+
+
+def test_mixed_target_is_the_intrinsic_reward_form():
+  q, q_off, p = jnp.array([1.0, 2.0, -1.0]), jnp.array([3.0, 0.0, -1.0]), jnp.array([0.0, 0.5, 1.0])
+  mixed = samg.mixed_next_value(q, q_off, p)
+  np.testing.assert_allclose(mixed, [1.0, 1.0, -1.0])
+  np.testing.assert_allclose(mixed, q + p * (q_off - q))           # eq. (5): r_in = gamma p (Q_off - Q)
+
+
+def test_cvae_shapes_kl_annealing_and_the_loss_decreases():
+  cfg = samg.Config(cvae_hidden_dims=(16,), cvae_lr=1e-2, kl_anneal_steps=100).resolved(ACT)
+  assert cfg.latent_dim == 2 * ACT
+  key = jax.random.PRNGKey(0)
+  state = jax.jit(lambda k: samg.cvae_init(k, OBS, ACT, cfg))(key)
+  data = tiny_batch(key, 256)
+  w = jax.random.normal(jax.random.PRNGKey(1), (OBS + ACT, OBS)) * 0.5
+  data = data.replace(next_observations=jnp.concatenate([data.observations, data.actions], -1) @ w)
+  recon, mean, std = state.vae.apply_fn(state.vae.params, data.observations, data.actions, key)
+  assert recon.shape == (256, OBS) and mean.shape == std.shape == (256, 2 * ACT)
+  assert float(std.min()) > 0.0
+  assert float(samg.kl_coefficient(0, cfg)) == 0.0
+  assert float(samg.kl_coefficient(50, cfg)) == pytest.approx(0.25)
+  assert float(samg.kl_coefficient(500, cfg)) == pytest.approx(0.5)
+  np.testing.assert_allclose(samg.gaussian_kl(jnp.zeros(3), jnp.ones(3)), 0.0, atol=1e-7)
+
+  def body(s, k):
+    idx = jax.random.randint(k, (32,), 0, 256)
+    return samg.cvae_update(s, jax.tree_util.tree_map(lambda x: x[idx], data), k)
+
+  recon_loss = jax.jit(lambda s: samg.cvae_loss(s.vae.params, s, data, key)[1]["recon_loss"])
+  first = float(recon_loss(state))
+  state, metrics = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(key, 200)))(state)
+  last = float(recon_loss(state))
+  assert last < 0.5 * first, (first, last)
+  assert int(state.vae.step) == 200
+  m, s = samg.latent_statistics(samg.encoder_means(state.vae.params, cfg, data.observations, data.actions))
+  assert m.shape == s.shape == (2 * ACT,) and float(s.min()) > 0.0
+
+
+def test_vmapped_update_equals_per_seed_updates(pairs):
+  states = stack_trees(pairs("iql"))
+  batches = stack_trees([tiny_batch(jax.random.PRNGKey(i + 10)) for i in range(2)])
+  # latent statistics fitted on each seed's own batch: a mix of zero and nonzero weights
+  mu = jax.vmap(lambda s, b: samg.encoder_means(s.cvae_params, s.config, b.observations, b.actions))(
+      states, batches)
+  states = states.replace(latent_mean=mu.mean(1), latent_std=mu.std(1))
+  ukeys = jax.random.split(jax.random.PRNGKey(5), 2)
+  vm, vm_info = jax.jit(jax.vmap(samg.update))(states, batches, ukeys)
+  assert 0.0 < float(vm_info["samg_weight_nonzero"].mean()) < 1.0
+  for i in range(2):
+    s, info = SAMG_UPDATE(take_index(states, i), take_index(batches, i), ukeys[i])
+    chex.assert_trees_all_close(take_index(vm, i), s, rtol=1e-5, atol=1e-6)
+    assert float(vm_info["samg_weight"][i]) == pytest.approx(float(info["samg_weight"]), abs=1e-6)
+
+
+def test_act_explores_around_a_deterministic_iql_actor():
+  cfg = tiny_config("iql")
+  cfg = dataclasses.replace(cfg, base_config=dataclasses.replace(cfg.base_config, deterministic=True))
+  state = jax.jit(lambda k: samg.init(k, OBS, ACT, cfg))(jax.random.PRNGKey(0))
+  obs = jnp.zeros((4, OBS))
+  act = jax.jit(samg.act, static_argnums=3)
+  greedy = act(state, obs, jax.random.PRNGKey(1), False)
+  noisy = act(state, obs, jax.random.PRNGKey(1), True)
+  chex.assert_trees_all_close(greedy, state.base.actor.apply_fn(state.base.actor.params, obs))
+  assert float(jnp.abs(noisy - greedy).max()) > 1e-3 and float(jnp.abs(noisy).max()) <= 1.0
+
+
+# ----------------------------------------------------------------------------- launcher
+
+TINY = ["--agent=samg_iql", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--samg_cvae_steps=40",
+        "--samg_cvae_hidden=8", "--online_steps=40", "--samg_prefill=20", "--eval_every=20",
+        "--eval_episodes=1", "--hidden_dims=8,8", "--batch_size=16", "--progress=false"]
+
+
+def finetune(*args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.finetune", *args], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_samg_iql_launcher_end_to_end(tiny_hopper_dataset, tmp_path):
+  ds = tiny_hopper_dataset.dataset_id
+  res = finetune(f"--dataset={ds}", f"--out_dir={tmp_path}", *TINY)
+  assert res.returncode == 0, res.stderr[-4000:]
+  name = ds.replace("/", "_")
+  for phase, agent in (("pretrain", "iql"), ("cvae", "samg"), ("finetune", "samg_iql")):
+    run = tmp_path / phase / agent / name / "seed0x2"
+    assert (run / "config.json").exists() and (run / "checkpoints").exists(), phase
+  run = tmp_path / "finetune" / "samg_iql" / name / "seed0x2"
+  summary = json.loads((run / "summary.json").read_text())
+  assert len(summary["offline"]) == 2 and len(summary["final"]) == 2
+  assert summary["curve_steps"] == [20, 40]
+  for line in ("pi_off (offline)", "best fine-tuned", "final fine-tuned", "[cvae] done"):
+    assert line in res.stdout
+  header = (run / "metrics.csv").read_text().splitlines()[0]
+  for col in ("train/samg_weight", "train/critic_loss", "eval/normalized_score/seed1"):
+    assert col in header
+  config = json.loads((run / "config.json").read_text())
+  assert config["agent_config"]["base"] == "iql" and config["prefill"] == 20
+
+
+class _Flags(dict):
+  """Stands in for absl's FLAGS (attribute access, `in`) to call the pipeline in-process."""
+  __getattr__ = dict.get
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"samg_threshold": 1.5}, "--samg_threshold must lie in [0, 1]"),
+    ({"samg_prefill": 0, "warmup_steps": 0}, "--samg_prefill + --warmup_steps must be at least 1"),
+    ({"utd": 0}, "--utd must be at least 1")])
+def test_pipeline_rejects_bad_flags_before_any_work(bad, message):
+  from experiments import pipeline_samg
+  from o2o_jax.errors import O2OError
+  flags = _Flags(agent="samg_iql", budget="quick", seeds=1, seed=0, batch_size=16, samg_prefill=1000,
+                 samg_threshold=0.5, **{"from": None})
+  flags.update(bad)
+  with pytest.raises(O2OError, match=re.escape(message)):
+    pipeline_samg.run(flags)
