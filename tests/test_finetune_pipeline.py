@@ -188,7 +188,7 @@ def test_sigint_saves_a_snapshot_and_exits_cleanly(pipeline, tmp_path):
 def test_from_a_run_of_another_agent_or_dataset(pipeline, make_dataset, tmp_path):
   out, _, dataset_id = pipeline
   reevaluate_dir = out / "reevaluate" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
-  res = finetune(f"--from={reevaluate_dir}", "--agent=o2sac", f"--out_dir={tmp_path}", *TINY)
+  res = finetune(f"--from={reevaluate_dir}", f"--out_dir={tmp_path}", *TINY, "--agent=o2sac")
   assert res.returncode == 2 and "is a o2td3 run but --agent=o2sac" in res.stderr
   other = make_dataset("other-hopper")
   res = finetune(f"--from={reevaluate_dir}", f"--dataset={other.dataset_id}", f"--out_dir={tmp_path}",
