@@ -31,10 +31,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from o2o_jax import losses
-from o2o_jax.agents.common import critic_loss, make_train_state
+from o2o_jax.agents.common import make_train_state
 from o2o_jax.agents.offline import iql
-from o2o_jax.types import PRNGKey, Transition
+from o2o_jax.types import PRNGKey
 
 # Gym-MuJoCo locomotion envs, where the paper's sigma is 0.2 (0.05 on AntMaze, kitchen, ...).
 LOCOMOTION = ("hopper", "halfcheetah", "walker2d", "ant", "humanoid", "swimmer")
@@ -47,7 +46,6 @@ class Config(iql.Config):
   sigma: float = 0.2                   # candidate std (locomotion; `sigma_for_env`)
   omega: float = 0.0                   # optimism weight of eq. 2 (0 = mean-Q ranking, the default)
   clip_candidates: bool = True         # [recon] clip candidates to [-1, 1]
-  v_target: str = "min"                # [recon] "min" | "mean" over the critics in IQL's value target
   online_actor_lr: float = 3e-4        # [recon] constant actor lr online (IQL fine-tuning: no decay)
 
 
@@ -64,25 +62,8 @@ def init(key: PRNGKey, obs_dim: int, act_dim: int, config: Config = Config()) ->
 
 # ----------------------------------------------------------------------------- training (IQL's own)
 
-def update(state: iql.State, batch: Transition, key: PRNGKey):
-  """One IQL step (value, actor, critic, target; `iql.update`'s order and losses) with the m-critic
-  reduction of the value target chosen by `config.v_target`."""
-  c = state.config
-  if c.v_target == "min":
-    return iql.update(state, batch, key)
-  target_q = state.critic.apply_fn(state.target_critic_params, batch.observations, batch.actions).mean(0)
-  g, v_info = jax.grad(iql.value_loss, has_aux=True)(state.value.params, state, batch, target_q)
-  value = state.value.apply_gradients(grads=g)
-  advantages = v_info.pop("advantage")
-  g, a_info = jax.grad(iql.actor_loss, has_aux=True)(state.actor.params, state, batch, advantages)
-  actor = state.actor.apply_gradients(grads=g)
-  next_v = value.apply_fn(value.params, batch.next_observations)
-  targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_v)
-  g, q_info = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, targets)
-  critic = state.critic.apply_gradients(grads=g)
-  state = state.replace(actor=actor, critic=critic, value=value, step=state.step + 1,
-                        target_critic_params=losses.polyak(state.target_critic_params, critic.params, c.tau))
-  return state, {**v_info, **a_info, **q_info}
+# O3F keeps IQL's own objective online; `config.v_target` picks min or mean over the m critics.
+update = iql.update
 
 
 def start_online(state: iql.State, config: Config) -> iql.State:

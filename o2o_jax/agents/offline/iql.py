@@ -37,6 +37,7 @@ class Config:
   deterministic: bool = False           # CORL's hopper-medium(-replay) setting
   max_steps: int = 1_000_000            # horizon of the actor's cosine learning-rate decay
   num_critics: int = 2
+  v_target: str = "min"                 # reduction over the critics in the value target ("mean": O3F)
 
 
 @flax.struct.dataclass
@@ -99,7 +100,8 @@ def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
   """
   del key  # IQL is deterministic given the batch
   c = state.config
-  target_q = state.critic.apply_fn(state.target_critic_params, batch.observations, batch.actions).min(0)
+  target_qs = state.critic.apply_fn(state.target_critic_params, batch.observations, batch.actions)
+  target_q = target_qs.mean(0) if c.v_target == "mean" else target_qs.min(0)
   g, v_info = jax.grad(value_loss, has_aux=True)(state.value.params, state, batch, target_q)
   value = state.value.apply_gradients(grads=g)
   advantages = v_info.pop("advantage")
