@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o_jax import resume, sharding
-from o2o_jax.errors import Interrupted
 from o2o_jax.data import replay
 from o2o_jax.types import Transition
 
@@ -329,10 +328,7 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
         bar.close()
         train_envs.close()
         evaluator.close()
-        raise Interrupted(
-            f"{phase} stopped by {stop.requested} at env step {t}"
-            + (f"; progress saved in {snapshots.directory}, rerun the same command to resume"
-               if snapshots is not None else " (no snapshot: this loop is not resumable)"))
+        raise resume.interrupted(phase, stop.requested, f"env step {t}", snapshots)
   bar.close()
   train_envs.close()
   evaluator.close()
@@ -427,10 +423,7 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
       if stop.requested:
         bar.close()
         evaluator.close()
-        raise Interrupted(
-            f"{phase} stopped by {stop.requested} at step {step}"
-            + (f"; progress saved in {snapshots.directory}, rerun the same command to resume"
-               if snapshots is not None else " (no snapshot: this loop is not resumable)"))
+        raise resume.interrupted(phase, stop.requested, f"step {step}", snapshots)
   bar.close()
   evaluator.close()
   return states, history

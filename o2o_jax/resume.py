@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o_jax.errors import DivergenceError
+from o2o_jax.errors import DivergenceError, Interrupted
 
 
 class Snapshots:
@@ -87,6 +87,13 @@ class StopSignals:
       signal.signal(sig, handler)
     self._old = {}
     return False
+
+
+def interrupted(phase: str, signal_name: str, where: str, snapshots: Optional[Snapshots]):
+  """The Interrupted error a loop raises after a signal (and, if resumable, its snapshot)."""
+  return Interrupted(f"{phase} stopped by {signal_name} at {where}" + (
+      f"; progress saved in {snapshots.directory}, rerun the same command to resume"
+      if snapshots is not None else " (no snapshot: this loop is not resumable)"))
 
 
 def nonfinite_count(tree) -> jax.Array:
