@@ -3,26 +3,29 @@
 # o2o/hopper/medium-v0, 1M transitions; generate it with `python -m experiments.make_dataset
 # --env=hopper --from_policies`). Logs and run dirs under benchmarks/results/o2o_quick/, then the table.
 #   bash benchmarks/o2o_quick.sh [dataset] [agents...]
+# Environment: PYTHON (interpreter, default python), OUT (results folder, default
+# benchmarks/results/o2o_quick), EXTRA (flags added to every finetune command, e.g.
+# EXTRA=--eval_every=2000), EARLY (the early window's fraction, default 0.2).
 set -u
 cd "$(dirname "$0")/.."
 dataset=${1:-o2o/hopper/medium-v0}
 shift || true
 agents=${@:-o2td3 o2td3:direct o2sac o2sac:direct o2ppo o2ppo:direct aca o3f samg_cql samg_awac samg_iql}
-out=benchmarks/results/o2o_quick
+out=${OUT:-benchmarks/results/o2o_quick}
 mkdir -p "$out/logs"
 for spec in $agents; do
   agent=${spec%%:*}
-  extra=""
+  extra="${EXTRA:-}"
   if [ "$spec" != "$agent" ]; then      # direct fine-tuning: the paper's comparison
     case $agent in
-      o2ppo) extra="--o2ppo_aux=false" ;;
-      *) extra="--reevaluate=false --align=false --constrain=false" ;;
+      o2ppo) extra="$extra --o2ppo_aux=false" ;;
+      *) extra="$extra --reevaluate=false --align=false --constrain=false" ;;
     esac
   fi
   name=$(echo "$dataset" | tr / _)_${spec/:/_}
   echo "== $spec on $dataset ($(date +%T))"
-  python -m experiments.finetune --agent="$agent" --dataset="$dataset" --seeds=5 --budget=quick \
+  ${PYTHON:-python} -m experiments.finetune --agent="$agent" --dataset="$dataset" --seeds=5 --budget=quick \
     --out_dir="$out/runs" --progress=false $extra > "$out/logs/$name.log" 2>&1
   echo "   exit $? ($(date +%T)); $(tail -n 2 "$out/logs/$name.log" | head -c 300)"
 done
-python -m benchmarks.o2o_table --runs="$out/runs" --out="$out/table.md"
+${PYTHON:-python} -m benchmarks.o2o_table --runs="$out/runs" --early="${EARLY:-0.2}" --out="$out/table.md"

@@ -1,169 +1,755 @@
-"""Update throughput of the agents' jitted steps, against the machine's own matmul rate.
+"""Update throughput of every phase step of every agent, against the machine's own matmul rate.
 
+  python -m benchmarks.throughput                                # every (agent, phase) of the table
   python -m benchmarks.throughput --agents=sac,td3 --seeds=1,5,16
+  python -m benchmarks.throughput --agents=o2td3,o2sac --phases=align,finetune
+  python -m benchmarks.throughput --list                         # the (agent, phase) pairs
 
-For each agent: compile time; updates/s with one jit call per update and with lax.scan chunks;
-seed-updates/s with S seeds vmapped (scan chunks); achieved GFLOP/s (XLA's cost analysis of one update)
-against a 256x256 @ 256x256 matmul chain measured in the same run (the practical roofline); and the
-online loop's env-steps/s at UTD 1 next to the update-only rate. Writes JSON + a markdown table to
-benchmarks/results/throughput_<device>.{json,md}.
+One row per (agent, phase step) of `ENTRIES` (the table at the end of the builders). For each row:
+compile time of one update; updates/s with one jit call per update and with lax.scan chunks;
+seed-updates/s with S seeds vmapped (scan chunks, `loops.vmap_lockstep` as the loops use it);
+FLOPs of one update (XLA's cost analysis, and a matmul count from the jaxpr) and the achieved GFLOP/s
+against a 256x256 @ 256x256 matmul chain measured in the same run (the practical roofline); for the
+phases that run in `loops.run_online`, the online loop's env-steps/s at UTD 1 next to the update-only
+rate; the peak host memory (ru_maxrss) of the row. With --isolate (default) every row runs in its own
+process, so its compile time starts from cold caches and its peak memory is its own.
+
+The state of each row is built as the package builds it (agent `init`, `loops.init_states`, the OCR-CFT
+phase helpers of `experiments.phases`, the pipelines' switch functions), from freshly initialised
+networks; the data are synthetic (Hopper-v5 sizes), so rates do not depend on a dataset on disk.
+Writes JSON + a markdown table to <out>/throughput_<device>.{json,md}.
+
+Adding an agent: one `Entry(agent, phase, builder)` line in `ENTRIES` (a plain offline algorithm:
+`Entry("x", "pretrain", offline)`, an online one: `Entry("x", "online", online)`); a new kind of
+phase needs a builder returning a `Spec`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
-
-from absl import app, flags
-
-FLAGS = flags.FLAGS
-flags.DEFINE_list("agents", ["sac", "td3"], "Online agents to measure.")
-flags.DEFINE_list("seeds", ["1", "5", "16"], "Seed counts to vmap.")
-flags.DEFINE_integer("hidden", 256, "Hidden width (two layers).")
-flags.DEFINE_integer("batch_size", 256, "Batch size.")
-flags.DEFINE_integer("chunk", 50, "Updates per lax.scan chunk.")
-flags.DEFINE_float("seconds", 5.0, "Measuring time per configuration.")
-flags.DEFINE_integer("online_steps", 1500, "Env steps (after warm-up) for the online-loop rate.")
-flags.DEFINE_string("out", "benchmarks/results", "Output folder.")
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 OBS, ACT = 11, 3   # Hopper-v5
+ENV_ID = "Hopper-v5"
 
+
+# ----------------------------------------------------------------------------- what a row measures
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Sizes of the measured programs (the CLI flags; the test passes tiny ones)."""
+  hidden: int = 256                     # every network: hidden x hidden (value nets of PPO: x3)
+  batch_size: int = 256
+  rollout_length: int = 2048            # PPO / O2PPO: env steps per seed per update
+  ppo_minibatches: Optional[int] = None  # None: the agent's default (16)
+  ppo_epochs: Optional[int] = None      # None: the agent's / dataset preset's default (10)
+  utd: int = 1                          # O2SAC's lambda-step period and the online loop's UTD
+  dataset: str = "o2o/hopper/medium-v0"  # only picks the presets; the data are synthetic
+  dataset_size: int = 100_000           # synthetic offline transitions
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One phase step, duck-typed as an agent module for the package's loops:
+  `init(key, obs_dim, act_dim, config)` (so `loops.init_states(spec, ...)` builds the seeds),
+  `update(state, batch, key)` (the step measured), `act(state, obs, key, explore)`."""
+  init: Callable
+  update: Callable
+  act: Optional[Callable]
+  config: Any = None
+  batch: str = "transition"             # "transition" (sampled from a dataset) or "rollout" (PPO)
+  explore: Optional[Callable] = None    # rollout entries: (state, obs, key) -> (action, log-prob)
+  online: Optional[Dict[str, Any]] = None  # phases run by loops.run_online: its replay keywords
+  notes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  agent: str
+  phase: str
+  build: Callable[[str, Settings], Spec]   # (agent name, settings) -> Spec
+
+  @property
+  def name(self) -> str:
+    return f"{self.agent}/{self.phase}"
+
+
+def _dims(s: Settings):
+  return (s.hidden, s.hidden)
+
+
+# ----------------------------------------------------------------------------- builders
+# Each builder composes the package's own functions in the order the launchers call them.
+
+def offline_config(name: str, s: Settings):
+  """(module, Config) of an offline algorithm as `phases.pretrain` builds it (dataset preset)."""
+  import dataclasses as dc
+  from experiments import presets
+  from o2o_jax.agents import registry
+  agent = registry.get(name, registry.OFFLINE)
+  config = agent.Config(hidden_dims=_dims(s), **presets.offline_preset(name, s.dataset)["config"])
+  return agent, (dc.replace(config, max_steps=s.dataset_size)
+                 if "max_steps" in {f.name for f in dc.fields(config)} else config)
+
+
+def offline(name: str, s: Settings) -> Spec:
+  """`phases.pretrain`: the registry's offline algorithm, `loops.run_offline` chunks."""
+  agent, config = offline_config(name, s)
+  return Spec(agent.init, agent.update, agent.act, config)
+
+
+def online(name: str, s: Settings) -> Spec:
+  """`experiments.train_online`: an online agent from scratch, `loops.run_online`."""
+  from o2o_jax.agents import registry
+  agent = registry.get(name, registry.ONLINE)
+  return Spec(agent.init, agent.update, agent.act, agent.Config(hidden_dims=_dims(s)), online={})
+
+
+def _ppo_sizes(s: Settings) -> Dict[str, Any]:
+  out = {"rollout_length": s.rollout_length}
+  if s.ppo_minibatches is not None:
+    out["num_minibatches"] = s.ppo_minibatches
+  if s.ppo_epochs is not None:
+    out["epochs"] = s.ppo_epochs
+  return out
+
+
+def _ppo_note(config) -> str:
+  return (f"one update = {config.epochs} epochs x {config.num_minibatches} minibatches of "
+          f"{config.minibatch_size} on a {config.rollout_length}-step rollout")
+
+
+def ppo_online(name: str, s: Settings) -> Spec:
+  """PPO (`onpolicy.run_onpolicy`): one update per rollout."""
+  from o2o_jax.agents import registry
+  agent = registry.get(name, registry.ONLINE)
+  config = agent.Config(hidden_dims=_dims(s), value_hidden_dims=(s.hidden,) * 3, **_ppo_sizes(s))
+  agent.check_config(config)
+  return Spec(agent.init, agent.update, agent.act, config, batch="rollout", explore=agent.explore,
+              notes=_ppo_note(config))
+
+
+def _finetune_switches(config, s: Settings):
+  """`phases.finetune`: constrain on, O2SAC's `utd` field set, tau schedule checked."""
+  from experiments import phases
+  switches = {"constrain": True}
+  if "utd" in {f.name for f in dataclasses.fields(config)}:
+    switches["utd"] = s.utd
+  return phases.check_tau(dataclasses.replace(config, **switches))
+
+
+def lambda_step(agent_name: str):
+  """The lambda step of OCR-CFT fine-tuning on its own: the agent's `lambda_step` (o2td3 on
+  (pi_ref(s) - pi_on(s))^2; o2sac on the single-sample KL, with the first of `finetune_step`'s keys)."""
+  import jax
+  from o2o_jax.agents import registry
+  agent = registry.get(agent_name, registry.O2O)
+  if agent_name == "o2td3":
+    return lambda state, batch, key: agent.lambda_step(state, batch.observations)
+  if agent_name == "o2sac":
+    return lambda state, batch, key: agent.lambda_step(state, batch.observations,
+                                                       jax.random.split(key, 3)[0])
+  raise ValueError(f"no lambda step for {agent_name}")
+
+
+LAMBDA_NOTES = {
+    "o2td3": "o2td3.lambda_step (lagrange.update on f = (pi_ref(s) - pi_on(s))^2); finetune_step runs "
+             "it in its delayed branch (every policy_freq-th update)",
+    "o2sac": "o2sac.lambda_step (lagrange.update on the KL estimate); finetune_step runs it on the "
+             "first of each env step's utd updates (a lax.cond)"}
+
+
+def ocr(phase: str):
+  """OCR-CFT (o2td3, o2sac) phase `phase`, built as experiments/phases.py chains them:
+  pretrain (the source algorithm) -> reevaluate (`agent.init` around the offline actor) -> align
+  (same state) -> finetune (`finish_alignment`, config switches, `init_reference`)."""
+
+  def build(name: str, s: Settings) -> Spec:
+    import jax
+    import jax.numpy as jnp
+    from experiments import phases
+    from o2o_jax.agents import registry
+    agent = registry.get(name, registry.O2O)
+    source, source_config = offline_config(phases.SOURCE_ALGO[name], s)
+    config = phases.make_o2o_config(name, source_config, s.dataset, _dims(s), constrain=True)
+
+    def reevaluate_init(key, obs_dim, act_dim, c):   # phases.offline_actor_params + phases.reevaluate
+      k_source, k = jax.random.split(key)
+      actor = source.init(k_source, obs_dim, act_dim, source_config).actor.params
+      return agent.init(k, obs_dim, act_dim, c, actor)
+
+    if phase == "reevaluate":
+      return Spec(reevaluate_init, agent.reevaluate_step, agent.offline_act, config)
+    if phase == "align":
+      return Spec(reevaluate_init, agent.align_step, agent.act, config)
+    finetune_config = _finetune_switches(config, s)
+
+    def finetune_init(key, obs_dim, act_dim, c):      # phases.align's end + phases.finetune
+      state = agent.finish_alignment(reevaluate_init(key, obs_dim, act_dim, config))
+      score = jnp.zeros((), jnp.float32)
+      return agent.init_reference(state.replace(config=c), score, score)
+
+    step = agent.finetune_step if phase == "finetune" else lambda_step(name)
+    notes = "" if phase == "finetune" else LAMBDA_NOTES[name]
+    return Spec(finetune_init, step, agent.act, finetune_config,
+                online=phases.replay_mode("half", None) if phase == "finetune" else None,
+                notes=notes)
+
+  return build
+
+
+def aca_zfit(name: str, s: Settings) -> Spec:
+  """experiments/pipeline_aca.fit_baseline: Z fitted with another stochastic actor (CQL's) fixed."""
+  import jax
+  from experiments import pipeline_aca
+  from o2o_jax.agents.o2o import aca
+  source, source_config = offline_config("cql", s)
+  module = jax.eval_shape(lambda: source.init(jax.random.PRNGKey(0), OBS, ACT, source_config)
+                          ).actor.apply_fn.__self__
+  config = aca.Config(**pipeline_aca.actor_config_fields(module), critic_hidden_dims=_dims(s),
+                      init_alpha=1.0)
+
+  def init(key, obs_dim, act_dim, c):
+    k_source, k = jax.random.split(key)
+    return aca.init(k, obs_dim, act_dim, c, source.init(k_source, obs_dim, act_dim,
+                                                        source_config).actor.params)
+
+  return Spec(init, aca.fit_baseline_step, aca.act, config)
+
+
+def aca_online(name: str, s: Settings) -> Spec:
+  """experiments/pipeline_aca.finetune: the sacml state, `aca.start_online` with the dataset row."""
+  from experiments import presets
+  from o2o_jax.agents.o2o import aca
+  _, base = offline_config("sacml", s)
+  config = dataclasses.replace(base, **aca.dataset_preset(*presets.dataset_env_and_level(s.dataset)))
+
+  def init(key, obs_dim, act_dim, c):
+    return aca.start_online(aca.init(key, obs_dim, act_dim, base), act_dim, c)
+
+  return Spec(init, aca.online_update, aca.act, config, online={})
+
+
+def o3f_online(name: str, s: Settings) -> Spec:
+  """experiments/pipeline_o3f.finetune: the iql5 state, `o3f.start_online`, buffer = data + online."""
+  from experiments import presets
+  from o2o_jax.agents.o2o import o3f
+  _, base = offline_config("iql5", s)
+  env, _ = presets.dataset_env_and_level(s.dataset)
+  config = dataclasses.replace(base, sigma=o3f.sigma_for_env(env))   # the --o3f_ defaults
+
+  def init(key, obs_dim, act_dim, c):
+    return o3f.start_online(o3f.init(key, obs_dim, act_dim, base), c)
+
+  return Spec(init, o3f.update, o3f.act, config, online={"offline_union": True},
+              notes=f"acting: best of {config.num_candidates} candidates x {config.num_critics} critics")
+
+
+def _samg_config(s: Settings, base: str):
+  from o2o_jax.agents.o2o import samg
+  _, base_config = offline_config(base, s)
+  return samg.Config(base=base, base_config=base_config, cvae_hidden_dims=_dims(s)).resolved(ACT)
+
+
+def samg_cvae(name: str, s: Settings) -> Spec:
+  """experiments/pipeline_samg.train_cvae: the state-action C-VAE (shared by the three bases)."""
+  from o2o_jax.agents.o2o import samg
+  return Spec(samg.cvae_init, samg.cvae_update, None, _samg_config(s, "iql"))
+
+
+def samg_online(name: str, s: Settings) -> Spec:
+  """experiments/pipeline_samg.finetune: `samg.from_offline` around the base's state (samg.init)."""
+  from o2o_jax.agents import registry
+  agent = registry.get(name, registry.O2O)
+  return Spec(agent.init, agent.update, agent.act, _samg_config(s, name.split("_", 1)[1]), online={})
+
+
+def _o2ppo_configs(s: Settings):
+  """(IQL config, V-fit config, fine-tuning config) as experiments/pipeline_o2ppo builds them."""
+  from experiments import pipeline_o2ppo
+  from o2o_jax.agents.offline import iql
+  from o2o_jax.agents.o2o import o2ppo
+  actor_config = iql.Config(hidden_dims=_dims(s))            # --o2ppo_iql_preset=none: Gaussian
+  fit = pipeline_o2ppo._value_config(actor_config, "iql", (s.hidden,) * 3)
+  sizes = {"epochs": pipeline_o2ppo.dataset_preset(s.dataset)["epochs"], **_ppo_sizes(s)}
+  config = dataclasses.replace(fit, lr_decay_steps=100_000, beta_steps=100_000, **sizes)
+  o2ppo.check_config(config)
+  return actor_config, fit, config
+
+
+def o2ppo_phase(phase: str):
+  def build(name: str, s: Settings) -> Spec:
+    import jax
+    import jax.numpy as jnp
+    from o2o_jax.agents.o2o import o2ppo
+    from o2o_jax.agents.offline import iql
+    actor_config, fit_config, config = _o2ppo_configs(s)
+
+    def fit_init(key, obs_dim, act_dim, c):             # pipeline_o2ppo.reevaluate
+      k_source, k = jax.random.split(key)
+      actor = iql.init(k_source, obs_dim, act_dim, actor_config).actor.params
+      return o2ppo.init_value_fit(k, obs_dim, act_dim, c, actor)
+
+    if phase == "reevaluate":
+      return Spec(fit_init, o2ppo.value_fit_step, o2ppo.offline_act, fit_config)
+
+    def init(key, obs_dim, act_dim, c):                 # pipeline_o2ppo.finetune
+      k_fit, k = jax.random.split(key)
+      fitted = fit_init(k_fit, obs_dim, act_dim, fit_config)
+      state = o2ppo.init(k, obs_dim, act_dim, c, fitted.offline_actor_params, fitted.value.params)
+      score = jnp.zeros((), jnp.float32)
+      return o2ppo.init_reference(state, score, score)
+
+    return Spec(init, o2ppo.update, o2ppo.act, config, batch="rollout", explore=o2ppo.explore,
+                notes=_ppo_note(config))
+
+  return build
+
+
+# (agent, phase step) -> builder. Agent names are the registry's (plus "samg" for the shared C-VAE).
+ENTRIES = (
+    Entry("sac", "online", online),
+    Entry("td3", "online", online),
+    Entry("ppo", "online", ppo_online),
+    *(Entry(a, "pretrain", offline) for a in ("td3bc", "cql", "iql", "awac", "bc", "iql5", "sacml")),
+    *(Entry(a, p, ocr(p)) for a in ("o2td3", "o2sac")
+      for p in ("reevaluate", "align", "finetune", "lambda")),
+    Entry("o2ppo", "reevaluate", o2ppo_phase("reevaluate")),
+    Entry("o2ppo", "finetune", o2ppo_phase("finetune")),
+    Entry("aca", "zfit", aca_zfit),
+    Entry("aca", "finetune", aca_online),
+    Entry("o3f", "finetune", o3f_online),
+    Entry("samg", "cvae", samg_cvae),
+    *(Entry(f"samg_{b}", "finetune", samg_online) for b in ("cql", "awac", "iql")),
+)
+
+
+def select(agents: Optional[Sequence[str]] = None, phases: Optional[Sequence[str]] = None) -> List[Entry]:
+  """The entries whose agent is in `agents` and phase in `phases` (None or "all": every one)."""
+  def wanted(values, known, what):
+    if not values or list(values) == ["all"]:
+      return None
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+      raise ValueError(f"unknown {what} {', '.join(unknown)}: choose from {', '.join(sorted(set(known)))}")
+    return set(values)
+  a = wanted(agents, [e.agent for e in ENTRIES], "agent(s)")
+  p = wanted(phases, [e.phase for e in ENTRIES], "phase(s)")
+  out = [e for e in ENTRIES if (a is None or e.agent in a) and (p is None or e.phase in p)]
+  if not out:
+    raise ValueError(f"no (agent, phase) pair matches --agents={agents} --phases={phases}")
+  return out
+
+
+# ----------------------------------------------------------------------------- data and states
+
+def transitions(n: int, key):
+  """A synthetic dataset of n Hopper-sized transitions (normalised-looking observations)."""
+  import jax
+  from o2o_jax.types import Transition
+  k = jax.random.split(key, 5)
+  return Transition(jax.random.normal(k[0], (n, OBS)), jax.random.uniform(k[1], (n, ACT), minval=-1, maxval=1),
+                    jax.random.normal(k[2], (n,)), jax.random.normal(k[3], (n, OBS)),
+                    (jax.random.uniform(k[4], (n,)) < 0.01).astype("float32"))
+
+
+def rollouts(spec: Spec, states, length: int, key):
+  """One rollout per seed (leaves (S, T, ...)), actions and log-probs from the seeds' own policies
+  (`spec.explore`), so the PPO ratios start at 1 as in a real first update."""
+  import jax
+  import jax.numpy as jnp
+  from o2o_jax.agents.online.ppo import Rollout
+  num_seeds = jax.tree_util.tree_leaves(states)[0].shape[0]
+  k = jax.random.split(key, 5)
+  obs = jax.random.normal(k[0], (num_seeds, length, OBS))
+  actions, log_probs = jax.jit(jax.vmap(spec.explore))(states, obs, jax.random.split(k[1], num_seeds))
+  ends = lambda kk: (jax.random.uniform(kk, (num_seeds, length)) < 0.01).astype(jnp.float32)
+  return Rollout(observations=obs, actions=actions, log_probs=log_probs,
+                 rewards=jax.random.normal(k[2], (num_seeds, length)),
+                 next_observations=jax.random.normal(k[3], (num_seeds, length, OBS)),
+                 terminals=ends(k[4]), dones=ends(k[4]))
+
+
+def rollout_chunk(update: Callable, num_updates: int):
+  """chunk(state, key, rollout): `num_updates` updates on one rollout as a lax.scan (the on-policy
+  loop makes one call per rollout; this is the scan-chunk figure for comparison)."""
+  import jax
+
+  def chunk(state, key, rollout):
+    state, metrics = jax.lax.scan(lambda st, k: update(st, rollout, k), state,
+                                  jax.random.split(key, num_updates))
+    return state, jax.tree_util.tree_map(lambda m: m.mean(0), metrics)
+
+  return chunk
+
+
+def chunk_fn(spec: Spec, s: Settings, num_updates: int):
+  """The seed-vmapped, jitted scan chunk: `loops.vmap_offline_chunk` (the dataset shared, as
+  `loops.run_offline`), or for rollouts the same `loops.vmap_lockstep` with one rollout per seed."""
+  import jax
+  from o2o_jax import loops
+  if spec.batch == "rollout":
+    return jax.jit(loops.vmap_lockstep(rollout_chunk(spec.update, num_updates), in_axes=(0, 0, 0)),
+                   donate_argnums=(0,))
+  return loops.vmap_offline_chunk(loops.make_offline_chunk(spec.update, s.batch_size, num_updates))
+
+
+def init_states(spec: Spec, num_seeds: int, seed: int = 0):
+  from o2o_jax import loops
+  from o2o_jax.types import seed_keys
+  return loops.init_states(spec, seed_keys(seed, num_seeds), OBS, ACT, spec.config)
+
+
+def build(entry: Entry, s: Settings) -> Spec:
+  return entry.build(entry.agent, s)
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def jaxpr_cost(jaxpr) -> Dict[str, Any]:
+  """Matmul FLOPs (2 M N K per dot_general) of a jaxpr, scan bodies times their length, the larger
+  branch of a cond, a while body once; and which of cond / scan / while occur."""
+  flops, kinds = 0.0, set()
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      flops += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+      continue
+    subs = []
+    for value in eqn.params.values():
+      for v in (value if isinstance(value, (tuple, list)) else (value,)):
+        inner = getattr(v, "jaxpr", v)
+        if hasattr(inner, "eqns"):
+          subs.append(jaxpr_cost(inner))
+    for sub in subs:
+      kinds |= sub["kinds"]
+    if name == "cond":
+      kinds.add("cond")
+      flops += max((sub["flops"] for sub in subs), default=0.0)
+    elif name == "scan":
+      kinds.add("scan")
+      flops += eqn.params["length"] * sum(sub["flops"] for sub in subs)
+    else:
+      if name == "while":
+        kinds.add("while")
+      flops += sum(sub["flops"] for sub in subs)
+  return {"flops": flops, "kinds": kinds}
+
+
+def xla_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
+# ----------------------------------------------------------------------------- measuring
 
 def _timeit(fn, seconds):
   """Calls fn() (which must block) until `seconds` pass; returns calls per second."""
   fn()
   n, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
+  while time.perf_counter() - t0 < seconds or n == 0:
     fn()
     n += 1
   return n / (time.perf_counter() - t0)
 
 
 def matmul_roofline(n=256, seconds=3.0):
-  import jax, jax.numpy as jnp
+  import jax
+  import jax.numpy as jnp
   x, w = jnp.ones((n, n)), jnp.ones((n, n)) / n
   f = jax.jit(lambda x, w: jax.lax.fori_loop(0, 100, lambda i, x: x @ w, x))
   rate = _timeit(lambda: f(x, w).block_until_ready(), seconds)
   return rate * 100 * 2 * n ** 3 / 1e9
 
 
-def measure_agent(name, seeds_list, roofline):
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(entry: Entry, s: Settings, seeds_list: Sequence[int], *, seconds: float, chunk: int,
+            rollout_chunk_size: int, roofline: float, online_steps: int, log=print) -> Dict[str, Any]:
   import jax
   from o2o_jax import loops
-  from o2o_jax.agents import registry
-  from o2o_jax.types import Transition, seed_keys
-  agent = registry.get(name)
-  cfg = agent.Config(hidden_dims=(FLAGS.hidden, FLAGS.hidden))
-  n = 100_000
-  k = jax.random.split(jax.random.PRNGKey(0), 5)
-  data = Transition(jax.random.normal(k[0], (n, OBS)), jax.random.uniform(k[1], (n, ACT), minval=-1, maxval=1),
-                    jax.random.normal(k[2], (n,)), jax.random.normal(k[3], (n, OBS)),
-                    (jax.random.uniform(k[4], (n,)) < 0.01).astype("float32"))
-  state = agent.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
-  batch = jax.tree_util.tree_map(lambda x: x[:FLAGS.batch_size], data)
-  out = {"agent": name}
+  from o2o_jax.types import seed_keys, take_index
+  tag = f"  {entry.name}:"
+  spec = build(entry, s)
+  out = {"agent": entry.agent, "phase": entry.phase, "batch": spec.batch, "notes": spec.notes}
+  t0 = time.perf_counter()
+  states = init_states(spec, max(seeds_list))
+  jax.block_until_ready(states)
+  out["init_s"] = time.perf_counter() - t0
+  key = jax.random.PRNGKey(1)
+  if spec.batch == "rollout":
+    data = rollouts(spec, states, s.rollout_length, jax.random.PRNGKey(2))
+    batch = take_index(data, 0)
+    n_chunk = rollout_chunk_size
+  else:
+    data = transitions(s.dataset_size, jax.random.PRNGKey(2))
+    batch = jax.tree_util.tree_map(lambda x: x[:s.batch_size], data)
+    n_chunk = chunk
+  state = take_index(states, 0)
 
   # One jit call per update.
-  single = jax.jit(agent.update)
+  single = jax.jit(spec.update)
   t0 = time.perf_counter()
-  compiled = single.lower(state, batch, jax.random.PRNGKey(0)).compile()
+  compiled = single.lower(state, batch, key).compile()
   out["compile_s"] = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  out["gflop_per_update"] = float(cost.get("flops", float("nan"))) / 1e9
+  out["gflop_per_update_xla"] = xla_flops(compiled) / 1e9
+  cost = jaxpr_cost(jax.make_jaxpr(spec.update)(state, batch, key).jaxpr)
+  out["gflop_per_update_matmul"] = cost["flops"] / 1e9
+  out["control_flow"] = sorted(cost["kinds"])
+  log(f"{tag} init {out['init_s']:.1f}s, compile {out['compile_s']:.1f}s, "
+      f"{out['gflop_per_update_xla']:.4f} GFLOP/update (XLA), {out['gflop_per_update_matmul']:.4f} (matmul)")
   holder = [state]
-  key = jax.random.PRNGKey(1)
 
   def one():
-    holder[0], info = single(holder[0], batch, key)
+    holder[0], info = compiled(holder[0], batch, key)
     jax.block_until_ready(info)
-  out["updates_per_s_single_call"] = _timeit(one, FLAGS.seconds)
+  out["updates_per_s_single_call"] = _timeit(one, seconds)
 
-  # Scan chunks, vmapped over seeds; the dataset shared (in_axes=None).
-  chunk = loops.make_offline_chunk(agent.update, FLAGS.batch_size, FLAGS.chunk)
-  out["seed_updates_per_s"] = {}
-  for s in seeds_list:
-    states = jax.vmap(lambda kk: agent.init(kk, OBS, ACT, cfg))(seed_keys(0, s))
-    fn = loops.vmap_offline_chunk(chunk)
-    keys = seed_keys(1, s)
-    h = [loops.unalias(states)]
+  # Scan chunks, vmapped over seeds (loops.vmap_lockstep).
+  fn = chunk_fn(spec, s, n_chunk)
+  out["chunk"] = n_chunk
+  out["seed_updates_per_s"], out["chunk_compile_s"] = {}, {}
+  for n in seeds_list:
+    h = [loops.unalias(jax.tree_util.tree_map(lambda x: x[:n], states))]
+    d = jax.tree_util.tree_map(lambda x: x[:n], data) if spec.batch == "rollout" else data
+    keys = seed_keys(1, n)
+    t0 = time.perf_counter()
+    h[0], m = fn(h[0], keys, d)
+    jax.block_until_ready(m)
+    out["chunk_compile_s"][n] = time.perf_counter() - t0
 
     def run():
-      h[0], m = fn(h[0], keys, data)
+      h[0], m = fn(h[0], keys, d)
       jax.block_until_ready(m)
-    rate = _timeit(run, FLAGS.seconds) * FLAGS.chunk * s
-    out["seed_updates_per_s"][s] = rate
+    out["seed_updates_per_s"][n] = _timeit(run, seconds) * n_chunk * n
+    log(f"{tag} {n} seed(s): {out['seed_updates_per_s'][n]:.0f} seed-updates/s")
   one_seed = out["seed_updates_per_s"][seeds_list[0]]
   out["updates_per_s_scan"] = one_seed
-  out["vmap_ratio"] = {s: r / one_seed for s, r in out["seed_updates_per_s"].items()}
-  out["gflops_achieved"] = out["gflop_per_update"] * max(out["seed_updates_per_s"].values())
+  out["vmap_ratio"] = {n: r / one_seed for n, r in out["seed_updates_per_s"].items()}
+  # XLA's cost analysis counts a loop body once: for steps with loops the jaxpr count is used.
+  has_loop = bool({"scan", "while"} & cost["kinds"])
+  out["flops_source"] = "matmul" if has_loop else "xla"
+  per_update = out["gflop_per_update_matmul"] if has_loop else out["gflop_per_update_xla"]
+  out["gflops_achieved"] = per_update * max(out["seed_updates_per_s"].values())
   out["roofline_fraction"] = out["gflops_achieved"] / roofline
-  out["online"] = measure_online(agent, cfg)
-  out["online"]["overhead_vs_update_only"] = 1 - out["online"]["env_steps_per_s"] / out["updates_per_s_single_call"]
+  log(f"{tag} 1 call {out['updates_per_s_single_call']:.0f} upd/s, scan {one_seed:.0f} upd/s, "
+      f"{out['gflops_achieved']:.1f} GFLOP/s ({100 * out['roofline_fraction']:.0f}% of roofline)")
+  if spec.online is not None and online_steps > 0:
+    out["online"] = measure_online(spec, take_index_range(states, 1), data, s, online_steps)
+    out["online"]["overhead_vs_update_only"] = (
+        1 - out["online"]["env_steps_per_s"] / out["updates_per_s_single_call"])
+    log(f"{tag} online loop {out['online']['env_steps_per_s']:.0f} env-steps/s at UTD {s.utd}")
+  out["peak_rss_mb"] = peak_rss_mb()
   return out
 
 
-def measure_online(agent, cfg):
+def take_index_range(tree, n):
   import jax
+  return jax.tree_util.tree_map(lambda x: x[:n], tree)
+
+
+def measure_online(spec: Spec, states, data, s: Settings, steps: int):
+  """env-steps/s of `loops.run_online` (1 seed, UTD `s.utd`) with the phase's replay mixing; the
+  clock runs from step 200 (updates compiled and under way) to the last step, before the final
+  evaluation."""
   from o2o_jax import envs, loops
-  steps = FLAGS.online_steps
-  mk = lambda: envs.make_env("Hopper-v5")
-  states = jax.vmap(lambda k: agent.init(k, OBS, ACT, cfg))(jax.random.split(jax.random.PRNGKey(0), 1))
-  conf = lambda total: loops.OnlineConfig(total_steps=total, start_steps=100, eval_every=10 ** 9,
-                                          eval_episodes=1, buffer_size=10_000)
-  # Warm-up run compiles; the measured run reuses the cached executables (same buffer size). The
-  # clock runs from step 200 (updates under way) to the last step, before the final evaluation.
-  loops.run_online(agent, states, make_env=mk, num_seeds=1, seed=0, config=conf(300), progress=False)
+  replay = dict(spec.online)
+  offline = data if replay.get("offline_fraction", 0) > 0 or replay.get("offline_union") else None
+  config = loops.OnlineConfig(total_steps=steps + 200, start_steps=100, eval_every=10 ** 9,
+                              eval_episodes=1, buffer_size=10_000, utd=s.utd,
+                              batch_size=s.batch_size, **replay)
   marks = {}
 
   def on_step(t, *_):
     if t in (200, steps + 200):
       marks[t] = time.perf_counter()
 
-  loops.run_online(agent, states, make_env=mk, num_seeds=1, seed=0, config=conf(steps + 200),
+  loops.run_online(loops.Learner(spec.update, spec.act), states, make_env=lambda: envs.make_env(ENV_ID),
+                   num_seeds=1, seed=0, config=config, offline=offline,
                    callbacks=loops.OnlineCallbacks(on_step=on_step), progress=False)
-  return {"env_steps_per_s": steps / (marks[steps + 200] - marks[200]), "utd": 1}
+  return {"env_steps_per_s": steps / (marks[steps + 200] - marks[200]), "utd": s.utd,
+          "replay": replay}
+
+
+# ----------------------------------------------------------------------------- report
+
+def markdown(results: Dict[str, Any], seeds_list: Sequence[int]) -> str:
+  roofline = results["matmul_gflops"]
+  lines = [f"# Throughput on {results['device']} ({results['host']}), jax {results['jax']}", "",
+           f"Matmul roofline (256x256 @ 256x256 chain): **{roofline:.1f} GFLOP/s**. "
+           f"Networks {results['hidden']}x{results['hidden']}, batch {results['batch_size']}, scan chunk "
+           f"{results['chunk']} ({results['rollout_chunk']} for rollout updates), "
+           f"{'one process per row' if results['isolate'] else 'one process'}.", "",
+           "| agent | phase | compile s | GFLOP/update XLA (matmul) | upd/s (1 call each) | upd/s (scan) | "
+           + " | ".join(f"seed-upd/s x{s} (ratio)" for s in seeds_list)
+           + " | GFLOP/s (% roofline) | online env-steps/s UTD1 (overhead) | peak RSS MB |",
+           "|" + "---|" * (9 + len(seeds_list))]
+  notes = []
+  for r in results["rows"]:
+    if "error" in r:
+      lines.append(f"| {r['agent']} | {r['phase']} | failed: {r['error'].splitlines()[-1][:80]} |"
+                   + " |" * (7 + len(seeds_list)))
+      continue
+    mark = ("*" if "cond" in r["control_flow"] else "") + ("†" if r["flops_source"] == "matmul" else "")
+    online = r.get("online")
+    online_cell = (f"{online['env_steps_per_s']:.0f} ({100 * online['overhead_vs_update_only']:.0f}%)"
+                   if online else "—")
+    seeds_cells = " | ".join(f"{r['seed_updates_per_s'][s]:.0f} ({r['vmap_ratio'][s]:.2f})"
+                             for s in seeds_list)
+    lines.append(
+        f"| {r['agent']} | {r['phase']} | {r['compile_s']:.1f} | "
+        f"{r['gflop_per_update_xla']:.3f} ({r['gflop_per_update_matmul']:.3f}){mark} | "
+        f"{r['updates_per_s_single_call']:.0f} | {r['updates_per_s_scan']:.0f} | {seeds_cells} | "
+        f"{r['gflops_achieved']:.1f} ({100 * r['roofline_fraction']:.0f}%){mark} | {online_cell} | "
+        f"{r['peak_rss_mb']:.0f} |")
+    if r.get("notes"):
+      notes.append(f"- {r['agent']}/{r['phase']}: {r['notes']}.")
+  measured = [r for r in results["rows"] if "error" not in r]
+  lines.append("")
+  if any("cond" in r["control_flow"] for r in measured):
+    lines.append("\\* The step has a `lax.cond` (e.g. TD3's delayed actor update every `policy_freq` "
+                 "updates): XLA's cost analysis adds both branches and the matmul count takes the "
+                 "larger, so the FLOPs and GFLOP/s overstate the average update.")
+  if any(r["flops_source"] == "matmul" for r in measured):
+    lines.append("† The step has a `lax.scan` (PPO's epochs x minibatches): XLA counts a loop body "
+                 "once, so the achieved GFLOP/s uses the matmul count (scan bodies times their length).")
+  lines += ["Matmul count: 2MNK per dot_general of the step's jaxpr (elementwise work not counted). "
+            "Online rate: `loops.run_online`, 1 seed, Hopper-v5, with the phase's replay mixing; "
+            "the overhead is 1 - env-steps/s / single-call upd/s. Peak RSS: ru_maxrss of the "
+            "row's process" + (" (each row its own process)." if results["isolate"] else
+                               " so far (rows share one process, so it only grows)."), ""]
+  if notes:
+    lines += ["Notes:"] + notes
+  return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+PASSED_FLAGS = ("seeds", "hidden", "batch_size", "chunk", "rollout_chunk", "rollout_length", "seconds",
+                "online_steps", "utd", "dataset")
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_list("agents", ["all"], "Agents to measure (see --list; 'all' = every one).")
+  flags.DEFINE_list("phases", ["all"], "Phase steps to measure (see --list; 'all' = every one).")
+  flags.DEFINE_bool("list", False, "Print the available (agent, phase) pairs and exit.")
+  flags.DEFINE_list("seeds", ["1", "5", "16"], "Seed counts to vmap.")
+  flags.DEFINE_integer("hidden", 256, "Hidden width (two layers; PPO value nets three).")
+  flags.DEFINE_integer("batch_size", 256, "Batch size.")
+  flags.DEFINE_integer("chunk", 50, "Updates per lax.scan chunk.")
+  flags.DEFINE_integer("rollout_chunk", 2, "PPO/O2PPO updates (whole rollouts) per lax.scan chunk.")
+  flags.DEFINE_integer("rollout_length", 2048, "PPO/O2PPO rollout length (env steps per update).")
+  flags.DEFINE_float("seconds", 5.0, "Measuring time per configuration.")
+  flags.DEFINE_integer("online_steps", 1500, "Env steps (after warm-up) for the online-loop rate; 0: skip.")
+  flags.DEFINE_integer("utd", 1, "Updates per env step of the online loop (and O2SAC's lambda period).")
+  flags.DEFINE_string("dataset", Settings.dataset, "Dataset id whose presets configure the agents "
+                      "(no data is read).")
+  flags.DEFINE_bool("isolate", True, "Run every row in its own process (cold compile caches, the row's "
+                    "own peak memory).")
+  flags.DEFINE_string("out", "benchmarks/results", "Output folder.")
+  flags.DEFINE_float("roofline_gflops", None, "Internal (--isolate): the parent's roofline.")
+  flags.DEFINE_string("row_json", None, "Internal (--isolate): write the measured rows here.")
+
+
+def _seed_keys_to_int(row: Dict[str, Any]) -> Dict[str, Any]:
+  """JSON turns the seed-count keys into strings; back to ints."""
+  return {k: ({int(n): x for n, x in v.items()} if k in SEED_KEYED else v) for k, v in row.items()}
+
+
+SEED_KEYED = ("seed_updates_per_s", "vmap_ratio", "chunk_compile_s")
+
+
+def _run_isolated(entry: Entry, roofline: float, log=print) -> List[Dict[str, Any]]:
+  from absl import flags
+  FLAGS = flags.FLAGS
+  root = Path(__file__).resolve().parents[1]
+  with tempfile.TemporaryDirectory() as tmp:
+    row_json = Path(tmp) / "rows.json"
+    cmd = [sys.executable, "-m", "benchmarks.throughput", f"--agents={entry.agent}",
+           f"--phases={entry.phase}", "--isolate=false", f"--roofline_gflops={roofline!r}",
+           f"--row_json={row_json}", f"--out={tmp}", *(FLAGS[name].serialize() for name in PASSED_FLAGS)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, cwd=root, env=env)
+    if row_json.exists():
+      return [_seed_keys_to_int(r) for r in json.loads(row_json.read_text())]
+    return [{"agent": entry.agent, "phase": entry.phase,
+             "error": f"the row's process exited with status {proc.returncode}"}]
 
 
 def main(argv):
   del argv
+  from absl import flags
+  FLAGS = flags.FLAGS
+  if FLAGS.list:
+    for e in ENTRIES:
+      print(f"{e.agent:<10s} {e.phase}")
+    return 0
+  entries = select(FLAGS.agents, FLAGS.phases)
   import jax
-  seeds_list = [int(s) for s in FLAGS.seeds]
+  seeds_list = [int(x) for x in FLAGS.seeds]
+  s = Settings(hidden=FLAGS.hidden, batch_size=FLAGS.batch_size, rollout_length=FLAGS.rollout_length,
+               utd=FLAGS.utd, dataset=FLAGS.dataset)
   device = jax.devices()[0]
-  roofline = matmul_roofline()
+  child = FLAGS.row_json is not None
+  roofline = FLAGS.roofline_gflops or matmul_roofline()
+  if not child:
+    print(f"matmul roofline {roofline:.1f} GFLOP/s; {len(entries)} row(s)", flush=True)
+  rows, t_start = [], time.time()
+  for i, entry in enumerate(entries, 1):
+    if not child:
+      print(f"[{i}/{len(entries)}] {entry.name} ({time.time() - t_start:.0f}s elapsed)", flush=True)
+    if FLAGS.isolate and not child and len(entries) > 1:
+      rows += _run_isolated(entry, roofline)
+      continue
+    try:
+      rows.append(measure(entry, s, seeds_list, seconds=FLAGS.seconds, chunk=FLAGS.chunk,
+                          rollout_chunk_size=FLAGS.rollout_chunk, roofline=roofline,
+                          online_steps=FLAGS.online_steps,
+                          log=lambda m: print(m, flush=True)))
+    except Exception:   # one failing row must not lose the others' numbers
+      traceback.print_exc()
+      rows.append({"agent": entry.agent, "phase": entry.phase, "error": traceback.format_exc()})
+  if child:
+    Path(FLAGS.row_json).write_text(json.dumps(rows))
+    return 0
   results = {"device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
              "host": platform.processor() or platform.machine(), "jax": jax.__version__,
              "matmul_gflops": roofline, "hidden": FLAGS.hidden, "batch_size": FLAGS.batch_size,
-             "chunk": FLAGS.chunk, "agents": []}
-  for name in FLAGS.agents:
-    r = measure_agent(name, seeds_list, roofline)
-    results["agents"].append(r)
-    print(json.dumps(r, indent=1))
-  results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+             "chunk": FLAGS.chunk, "rollout_chunk": FLAGS.rollout_chunk,
+             "rollout_length": FLAGS.rollout_length, "seconds": FLAGS.seconds, "utd": FLAGS.utd,
+             "dataset_presets": FLAGS.dataset, "isolate": bool(FLAGS.isolate and len(entries) > 1),
+             "wall_s": time.time() - t_start, "rows": rows, "peak_rss_mb": peak_rss_mb()}
   out = Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   tag = device.platform
   (out / f"throughput_{tag}.json").write_text(json.dumps(results, indent=1))
-  lines = [f"# Throughput on {results['device']} ({results['host']}), jax {results['jax']}", "",
-           f"Matmul roofline (256x256 @ 256x256 chain): **{roofline:.1f} GFLOP/s**. "
-           f"Networks {FLAGS.hidden}x{FLAGS.hidden}, batch {FLAGS.batch_size}, scan chunk {FLAGS.chunk}.", "",
-           "| agent | compile s | GFLOP/update | upd/s (1 call each) | upd/s (scan) | "
-           + " | ".join(f"seed-upd/s x{s} (ratio)" for s in seeds_list)
-           + " | GFLOP/s (% roofline) | online env-steps/s UTD1 (overhead) |",
-           "|" + "---|" * (7 + len(seeds_list))]
-  for r in results["agents"]:
-    lines.append(
-        f"| {r['agent']} | {r['compile_s']:.1f} | {r['gflop_per_update']:.3f} | "
-        f"{r['updates_per_s_single_call']:.0f} | {r['updates_per_s_scan']:.0f} | "
-        + " | ".join(f"{r['seed_updates_per_s'][s]:.0f} ({r['vmap_ratio'][s]:.2f})" for s in seeds_list)
-        + f" | {r['gflops_achieved']:.1f} ({100 * r['roofline_fraction']:.0f}%) | "
-          f"{r['online']['env_steps_per_s']:.0f} ({100 * r['online']['overhead_vs_update_only']:.0f}%) |")
-  lines.append(f"\nPeak host memory: {results['peak_rss_mb']:.0f} MB.")
-  (out / f"throughput_{tag}.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  text = markdown(results, seeds_list)
+  (out / f"throughput_{tag}.md").write_text(text)
+  print(text)
+  failed = [f"{r['agent']}/{r['phase']}" for r in rows if "error" in r]
+  if failed:
+    print(f"failed rows: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":
+  from absl import app
+  define_flags()
   app.run(main)

@@ -30,6 +30,24 @@ def define_checkpoint_flag():
                        "0 disables them.", lower_bound=0)
 
 
+def define_distributed_flags():
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process runs (`jax.distributed`): host:port of process 0, the same in "
+                      "every process. Each process trains --seeds/--num_processes of the seeds.")
+  flags.DEFINE_integer("num_processes", 1, "Processes (hosts) sharing the run's seeds.",
+                       lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (e.g. "
+                       "$SLURM_PROCID); process 0 writes the metrics, checkpoints and plots.")
+
+
+def initialize_distributed(flag_values) -> int:
+  """Joins the multi-process run the flags describe; returns this process's number of seeds."""
+  from o2o_jax import distributed
+  distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
+                         flag_values.process_id)
+  return distributed.local_seed_count(flag_values.seeds)
+
+
 def enable_compilation_cache():
   """Persistent XLA compilation cache (under $O2O_JAX_CACHE, default ~/.cache/o2o_jax), so a rerun or
   a later phase of the same run does not recompile the same programs. O2O_JAX_XLA_CACHE=off disables."""

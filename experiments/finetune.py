@@ -71,16 +71,22 @@ flags.DEFINE_string("run_name", None, "Run name (default: seed<seed>x<seeds> plu
 flags.DEFINE_bool("restart", False, "Rerun the phases of this run even if they finished.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 common.define_checkpoint_flag()
+common.define_distributed_flags()
 
 
 def main(argv):
   del argv
+  from o2o_jax.errors import O2OError
+  if FLAGS.num_processes > 1 and FLAGS.agent not in OCR_CFT_OFF_POLICY:
+    raise O2OError(f"--num_processes > 1 is supported for {', '.join(OCR_CFT_OFF_POLICY)} (and the "
+                   f"pretrain and train_online launchers), not yet for {FLAGS.agent}: run it in one "
+                   "process, or one job per seed range with different --seed")
+  common.initialize_distributed(FLAGS)
   if FLAGS.agent in OTHER_PIPELINES:
     importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
     return   # (absl would turn a returned value into the exit status)
   from experiments import phases
   from o2o_jax import runs
-  from o2o_jax.errors import O2OError
   d = common.finetune_budget(phases.BUDGETS, FLAGS, nonnegative=(
       "pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"))
   tau_overrides = {k: getattr(FLAGS, k) for k in ("tau_start", "tau_end") if getattr(FLAGS, k) is not None}

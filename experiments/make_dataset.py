@@ -5,6 +5,11 @@
 
 Trains one SAC behaviour policy per env (saved under --policy_dir/<env>/), then writes each level with
 Minari's own API into $MINARI_DATASETS_PATH (or ~/.minari/datasets, or --out).
+
+The SAC run is resumable: every --checkpoint_every env steps it snapshots its whole state (agent,
+replay buffer, keys, the transition record for medium-replay, the actor checkpoints) under
+--policy_dir/<env>/progress; rerunning the same command after a crash, SIGKILL or Ctrl-C continues
+it from there. The snapshots are deleted once the behaviour policies are saved.
 """
 from __future__ import annotations
 
@@ -38,13 +43,14 @@ flags.DEFINE_bool("overwrite", False, "Replace datasets (and, when training, beh
                   "that already exist.")
 flags.DEFINE_integer("ref_episodes", 100, "Episodes for the reference (random/expert) scores.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+common.define_checkpoint_flag()
 
 
 def main(argv):
   del argv
   if FLAGS.out:
     os.environ["MINARI_DATASETS_PATH"] = str(Path(FLAGS.out).absolute())
-  from o2o_jax import generate
+  from o2o_jax import generate, resume
   from o2o_jax import logging as log_lib
   from o2o_jax.errors import O2OError
   for flag in ("size", "sac_steps", "eval_every"):
@@ -67,13 +73,15 @@ def main(argv):
                        "--from_policies to reuse them, --policy_dir=<other folder> to train new ones "
                        "elsewhere, or --overwrite to retrain and replace them")
       policy_dir.mkdir(parents=True, exist_ok=True)
-      writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)
+      writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)   # truncated on resume
+      snapshots = resume.Snapshots(policy_dir / "progress", FLAGS.checkpoint_every)
       policies = generate.train_behaviour_policy(
           env_name, FLAGS.sac_steps, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
           hidden_dims=[int(h) for h in FLAGS.hidden_dims], start_steps=FLAGS.start_steps,
-          metrics_writer=writer, progress=FLAGS.progress)
+          metrics_writer=writer, progress=FLAGS.progress, snapshots=snapshots)
       writer.close()
       policies.save(policy_dir)
+      snapshots.discard()     # only once the policies (and the replay record) are on disk
       log_lib.plot_curves(policy_dir / "metrics.csv", policy_dir / "curves.png",
                           ["eval/return", "eval/stochastic_return"], title=f"SAC on {policies.env_id}")
       print(f"[{env_name}] SAC behaviour policy: {FLAGS.sac_steps} steps in {time.time() - t0:.0f}s; "

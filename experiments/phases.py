@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import presets
-from o2o_jax import envs, loops, resume, runs
+from o2o_jax import distributed, envs, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
@@ -96,9 +96,26 @@ def finished(run_dir: Path, steps: int) -> bool:
   return (run_dir / "config.json").exists() and Checkpointer(run_dir / "checkpoints").latest_step() == steps
 
 
+# Checkpoint metadata holding one value per seed (sliced like the states in a multi-process run).
+PER_SEED_META = ("eval_score", "offline_score", "online_score", "final_score")
+
+
 def restore(run_dir: Path, template):
+  """(state, metadata) of a phase's result checkpoint; `template` holds every seed of the run. In a
+  multi-process run (`o2o_jax.distributed`) both come back as this process's seed slice."""
   state, meta, step = Checkpointer(run_dir / "checkpoints").restore(template)
+  if distributed.process_count() > 1:
+    local = distributed.local_seed_count(jax.tree_util.tree_leaves(template)[0].shape[0])
+    state = distributed.local_slice(state, local)
+    meta = {k: distributed.local_slice(np.asarray(v), local) if k in PER_SEED_META else v
+            for k, v in meta.items()}
   return state, meta
+
+
+def _plot(run_dir: Path, keys: Sequence[str], title: str) -> None:
+  """curves.png from the run's metrics.csv (by the primary process, which wrote it)."""
+  if distributed.is_primary():
+    log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", list(keys), title=title)
 
 
 def _summary_line(name: str, scores) -> str:
@@ -107,21 +124,26 @@ def _summary_line(name: str, scores) -> str:
           + f"   mean {scores.mean():6.1f} +- {scores.std():5.1f}")
 
 
-def _writer_and_ckpt(run_dir: Path, keep_rows: bool = False):
+def _writer_and_ckpt(run_dir: Path, local_seeds: int, keep_rows: bool = False):
   """The metrics writer and the result checkpointer of a phase. `keep_rows`: the loop resumes and
-  truncates metrics.csv itself (to the snapshot's step); otherwise the phase starts from scratch."""
-  writer = log_lib.MetricsWriter(run_dir)
-  if not keep_rows:
+  truncates metrics.csv itself (to the snapshot's step); otherwise the phase starts from scratch.
+  Both take this process's `local_seeds` and, in a multi-process run, gather every process's seeds
+  into the primary's files."""
+  writer = log_lib.MetricsWriter(run_dir) if distributed.is_primary() else None
+  if writer is not None and not keep_rows:
     writer.truncate_after(0)
-  return writer, Checkpointer(run_dir / "checkpoints")
+  return (distributed.GatheredWriter(writer, local_seeds),
+          distributed.GatheredCheckpointer(Checkpointer(run_dir / "checkpoints"), local_seeds))
 
 
 # Steps (offline updates or online env steps) between resumable snapshots of a running phase.
 CHECKPOINT_EVERY = 10_000
 
 
-def _snapshots(run_dir: Path, checkpoint_every: int) -> resume.Snapshots:
-  return resume.Snapshots(run_dir / "progress", checkpoint_every)
+def _snapshots(run_dir: Path, checkpoint_every: Optional[int]) -> resume.Snapshots:
+  """The resumable snapshots of a phase (`checkpoint_every` None: the default interval)."""
+  return resume.Snapshots(run_dir / "progress",
+                          CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every)
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -156,14 +178,15 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
   log(f"[pretrain] {algo} on {dataset_id} ({ds.size} transitions, {len(ds.episode_returns)} episodes, "
       f"dataset mean normalised return {float(np.mean(ds.normalized_score(ds.episode_returns))):.1f}) "
       f"-> {run_dir}")
-  states = loops.init_states(agent, seed_keys(seed, seeds), ds.observation_dim, ds.action_dim,
+  local = distributed.local_seed_count(seeds)     # this process's seeds (all of them with one)
+  states = loops.init_states(agent, seed_keys(seed, local), ds.observation_dim, ds.action_dim,
                              agent_config)
   metadata = {"config": config, "phase": "pretrain", "algo": algo, "dataset_id": dataset_id,
               "env_id": data.env_id, "obs_dim": ds.observation_dim, "act_dim": ds.action_dim,
               "obs_mean": data.obs_mean, "obs_std": data.obs_std,
               "reward_transform": {"scale": scale, "shift": 0.0},
               "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
-  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
+  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
   t0 = time.time()
 
@@ -172,17 +195,17 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
                         "eval_score": data.normalized_score(returns).mean(1)})
 
   states, history = loops.run_offline(
-      agent, states, data.device, make_env=data.make_env, num_seeds=seeds, seed=seed,
+      agent, states, data.device, make_env=data.make_env, num_seeds=local, seed=seed,
       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
       normalized_score=data.normalized_score, on_eval=on_eval, snapshots=snapshots,
-      phase="pretrain", progress=progress, desc=f"pretrain {algo}", log=log)
+      phase="pretrain", progress=progress and distributed.is_primary(), desc=f"pretrain {algo}",
+      log=log)
   writer.close()
   ckpt.close()
   snapshots.discard()
-  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                      ["eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"],
-                      title=f"{algo} on {dataset_id}")
-  final = data.normalized_score(history[-1]["returns"]).mean(1)
+  _plot(run_dir, ["eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"],
+        f"{algo} on {dataset_id}")
+  final = distributed.gather_seeds(data.normalized_score(history[-1]["returns"]).mean(1))
   log(f"[pretrain] done in {time.time() - t0:.0f}s; final normalised score per seed: "
       + ", ".join(f"{x:.1f}" for x in final))
   return run_dir
@@ -288,11 +311,12 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
   data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                    meta["reward_transform"]["scale"], batch_size=batch_size)
   check_actor_fits(agent_name, agent, o2o_config, prev["algo"], meta, actor_params)
+  local = distributed.local_seed_count(prev["seeds"])
   states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config, p)))(
-      seed_keys(prev["seed"] + 1, prev["seeds"]), actor_params)
+      seed_keys(prev["seed"] + 1, local), actor_params)
   log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
       f"steps -> {run_dir}")
-  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=steps > 0)
+  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=steps > 0)
   snapshots = _snapshots(run_dir, checkpoint_every)
   out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                       "obs_std", "reward_transform")}, "phase": "reevaluate",
@@ -300,11 +324,12 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
   scores = {}
 
   def on_eval(step, s, returns):
-    scores["offline"] = data.normalized_score(returns).mean(1)
-    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": scores["offline"]})
+    score = data.normalized_score(returns).mean(1)
+    scores["offline"] = distributed.gather_seeds(score)
+    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": score})
 
   if steps == 0:   # ablation --reevaluate=false: a fresh critic, pi_off evaluated once
-    evaluator = envs.Evaluator(data.make_env, prev["seeds"], eval_episodes)
+    evaluator = envs.Evaluator(data.make_env, local, eval_episodes)
     on_eval(0, states, evaluator.run(lambda o: loops.make_eval_policy(
         agent.offline_act, data.obs_mean, data.obs_std)(states, o)))
     evaluator.close()
@@ -312,10 +337,11 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
     loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
                                       eval_every=steps, eval_episodes=eval_episodes)
     loops.run_offline(loops.Learner(agent.reevaluate_step, agent.offline_act), states, data.device,
-                      make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
+                      make_env=data.make_env, num_seeds=local, seed=prev["seed"],
                       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
                       metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                      snapshots=snapshots, phase="reevaluate", progress=progress,
+                      snapshots=snapshots, phase="reevaluate",
+                      progress=progress and distributed.is_primary(),
                       desc="re-evaluate", log=log)
   writer.close()
   ckpt.close()
@@ -349,32 +375,34 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
   data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                    meta["reward_transform"]["scale"], batch_size=batch_size)
   log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
-  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
+  local = distributed.local_seed_count(cfg["seeds"])
+  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
   out_meta = {**meta, "phase": "align"}
   scores = {}
 
   def on_eval(step, s, returns):
-    scores["online"] = data.normalized_score(returns).mean(1)
+    score = data.normalized_score(returns).mean(1)
+    scores["online"] = distributed.gather_seeds(score)
     if step >= steps:
       s = jax.jit(jax.vmap(agent.finish_alignment))(s)
-    ckpt.save(step, s, {**out_meta, "step": step, "online_score": scores["online"]})
+    ckpt.save(step, s, {**out_meta, "step": step, "online_score": score})
     return s
 
   loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size,
                                     chunk=min(eval_every, 5_000), eval_every=eval_every,
                                     eval_episodes=eval_episodes)
   loops.run_offline(loops.Learner(agent.align_step, agent.act), states, data.device,
-                    make_env=data.make_env, num_seeds=cfg["seeds"], seed=cfg["seed"],
+                    make_env=data.make_env, num_seeds=local, seed=cfg["seed"],
                     config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
                     metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                    snapshots=snapshots, phase="align", progress=progress, desc="align", log=log)
+                    snapshots=snapshots, phase="align", progress=progress and distributed.is_primary(),
+                    desc="align", log=log)
   writer.close()
   ckpt.close()
   snapshots.discard()
-  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                      ["eval/normalized_score", "train/align_loss", "train/q_anchor"],
-                      title=f"{cfg['agent']} alignment")
+  _plot(run_dir, ["eval/normalized_score", "train/align_loss", "train/q_anchor"],
+        f"{cfg['agent']} alignment")
   log(_summary_line("[align] pi_on score", scores["online"]))
   return run_dir
 
@@ -391,7 +419,8 @@ def skip_phase(from_dir: Path, phase: str, out_dir: str, run_name: Optional[str]
   if phase == "align":
     states = jax.jit(jax.vmap(agent.finish_alignment))(states)
     meta = {**meta, "online_score": meta.get("offline_score")}
-  ckpt = Checkpointer(run_dir / "checkpoints")
+  ckpt = distributed.GatheredCheckpointer(Checkpointer(run_dir / "checkpoints"),
+                                          distributed.local_seed_count(cfg["seeds"]))
   ckpt.save(0, states, {**meta, "phase": phase, "step": 0})
   ckpt.close()
   log(f"[{phase}] skipped (ablation) -> {run_dir}")
@@ -509,7 +538,7 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
                  offline_union: bool = False,
                  on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
                  random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
-                 progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY,
+                 progress: bool = True, checkpoint_every: Optional[int] = CHECKPOINT_EVERY,
                  buffer_size: Optional[int] = None, log=print) -> Dict[str, Any]:
   """The online phase every off-policy O2O agent shares: `loops.run_online` on the dataset's env with
   a replay buffer that draws `offline_fraction` of each batch from the offline data, evaluation
@@ -519,7 +548,8 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
   the offline data's reward transform (`data.reward_scale`); `prefill` must carry scaled rewards.
   `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
   `checkpoint_every` env steps under <run_dir>/progress (see loops.run_online)."""
-  writer, ckpt = _writer_and_ckpt(run_dir, keep_rows=True)
+  local = distributed.local_seed_count(seeds)
+  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
 
   def on_eval_(step, s, returns):
@@ -541,20 +571,23 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
     # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
     writer.write(0, {"eval/normalized_score": list(start_scores.values())[-1],
                      **{f"eval/{k}_score": v for k, v in start_scores.items()}})
-  _, _, history = loops.run_online(learner, states, make_env=data.make_env, num_seeds=seeds, seed=seed,
+  _, _, history = loops.run_online(learner, states, make_env=data.make_env, num_seeds=local, seed=seed,
                    config=loop_config,
                    offline=data.device if offline_fraction > 0 or offline_union else None,
                    obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
                    callbacks=loops.OnlineCallbacks(on_eval=on_eval_),
-                   normalized_score=data.normalized_score, progress=progress,
+                   normalized_score=data.normalized_score,
+                   progress=progress and distributed.is_primary(),
                    desc=f"finetune {agent_name}", prefill=prefill, snapshots=snapshots,
                    phase="finetune", reward_scale=data.reward_scale, log=log)
   writer.close()
   ckpt.close()
   snapshots.discard()
-  scores = [(h["step"], data.normalized_score(h["returns"]).mean(1)) for h in history]
-  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", list(plot_keys),
-                      title=f"{agent_name} fine-tuning on {dataset_id}")
+  # Every process's seeds (collectives, in the same order everywhere); the primary writes the files.
+  scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
+            for h in history]
+  start_scores = {k: distributed.gather_seeds(np.asarray(v)) for k, v in start_scores.items()}
+  _plot(run_dir, plot_keys, f"{agent_name} fine-tuning on {dataset_id}")
   return write_summary(run_dir, dataset_id=dataset_id, agent_name=agent_name, seeds=seeds,
                        start_scores=start_scores, scores=scores, wall_time_s=time.time() - t0)
 
@@ -568,11 +601,13 @@ def write_summary(run_dir: Path, *, dataset_id: str, agent_name: str, seeds: int
              "best": all_scores.max(0).tolist(), "final": all_scores[-1].tolist(),
              "curve_steps": [int(st) for st, _ in scores],
              "curve_mean": [float(np.mean(sc)) for _, sc in scores], "wall_time_s": wall_time_s}
-  (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+  if distributed.is_primary():
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
   lines = [f"normalised scores on {dataset_id} ({seeds} seeds; per seed, mean +- std)"]
   lines += [_summary_line(START_LABELS.get(k, k), v) for k, v in start_scores.items()]
   lines += [_summary_line("best fine-tuned", summary["best"]),
             _summary_line("final fine-tuned", summary["final"])]
-  (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+  if distributed.is_primary():
+    (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
   return summary

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Optional
 
 import jax
 import numpy as np
 from absl import flags
 
 from experiments import common, phases, presets
-from o2o_jax import logging as log_lib
 from o2o_jax import loops, networks, runs
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import aca
@@ -85,16 +85,23 @@ def _restore_pretrain(pretrain_dir: Path):
   module = registry.get(cfg["algo"], registry.OFFLINE)
   base_config = phases.config_from_dict(module.Config, cfg["agent_config"])
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
-  template = loops.init_states(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
+  template = loops.init_shapes(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], base_config)
   states, meta = phases.restore(pretrain_dir, template)
   return cfg, states, meta
 
 
+@functools.lru_cache(maxsize=None)
+def _zfit_init(config: aca.Config, obs_dim: int, act_dim: int):
+  """The jitted, seed-vmapped Z-fit start around pi0's parameters, compiled once per process."""
+  return jax.jit(jax.vmap(lambda k, p: aca.init(k, obs_dim, act_dim, config, p)))
+
+
 def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: float, batch_size: int,
                  eval_episodes: int, out_dir: str, run_name: str, restart: bool, progress: bool,
-                 log=print) -> Path:
-  """Z fitted with another offline actor held fixed as pi0: its own run directory."""
+                 checkpoint_every: Optional[int] = None, log=print) -> Path:
+  """Z fitted with another offline actor held fixed as pi0: its own run directory. Resumable
+  (snapshots every `checkpoint_every` steps under <run_dir>/progress, see loops.run_offline)."""
   cfg, base_states, meta = _restore_pretrain(pretrain_dir)
   fields = actor_config_fields(base_states.actor.apply_fn.__self__)
   config = aca.Config(**fields, critic_hidden_dims=tuple(critic_hidden), init_alpha=zfit_alpha)
@@ -114,16 +121,14 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
                                  base_states.actor.params)
   if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(given):
     raise O2OError(f"the {cfg['algo']} actor does not fit ACA's actor (different network layout)")
-  states = jax.jit(jax.vmap(lambda k, p: aca.init(k, obs_dim, act_dim, config, p)))(
-      seed_keys(seed + 1, seeds), base_states.actor.params)
+  states = _zfit_init(config, obs_dim, act_dim)(seed_keys(seed + 1, seeds), base_states.actor.params)
   # Z serves the online critic, which sees raw env rewards: no reward transform here.
   data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
                           batch_size=batch_size)
   log(f"[zfit] aca: fitting Z to the frozen {cfg['algo']} actor for {steps} steps (alpha "
       f"{zfit_alpha}) -> {run_dir}")
-  writer = log_lib.MetricsWriter(run_dir)
-  writer.truncate_after(0)
-  ckpt = Checkpointer(run_dir / "checkpoints")
+  writer, ckpt = phases._writer_and_ckpt(run_dir, seeds, keep_rows=True)
+  snapshots = phases._snapshots(run_dir, checkpoint_every)
   out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                       "obs_std")},
               "reward_transform": {"scale": 1.0, "shift": 0.0}, "phase": "zfit", "agent": "aca",
@@ -138,16 +143,18 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
   loops.run_offline(loops.Learner(aca.fit_baseline_step, aca.act), states, data.device,
                     make_env=data.make_env, num_seeds=seeds, seed=seed, config=loop_config,
                     obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
-                    normalized_score=data.normalized_score, on_eval=on_eval, progress=progress,
-                    desc="aca z-fit")
+                    normalized_score=data.normalized_score, on_eval=on_eval, snapshots=snapshots,
+                    phase="zfit", progress=progress, desc="aca z-fit", log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
   return run_dir
 
 
 def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: int, eval_every: int,
              eval_episodes: int, utd: int, batch_size: int, out_dir: str, run_name: str,
-             restart: bool, progress: bool, log=print) -> Path:
+             restart: bool, progress: bool, checkpoint_every: Optional[int] = None,
+             log=print) -> Path:
   """The switch and online SAC on the re-parameterised critic, from a sacml pretrain or a zfit run."""
   cfg = runs.read_config(offline_dir)
   base = phases.config_from_dict(aca.Config, cfg["agent_config"])
@@ -171,7 +178,7 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
       out_dir=out_dir, run_name=run_name, restart=restart, log=log)
   if done:
     return run_dir
-  template = loops.init_states(aca, seed_keys(seed, seeds), obs_dim, act_dim, base)
+  template = loops.init_shapes(aca, seed_keys(seed, seeds), obs_dim, act_dim, base)
   states, meta = phases.restore(offline_dir, template)
   states = jax.jit(jax.vmap(functools.partial(aca.start_online, act_dim=act_dim, config=config)))(states)
   data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
@@ -189,7 +196,7 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
       dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
       eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
       offline_fraction=0.0, start_scores={"offline": np.asarray(meta["eval_score"], np.float32)},
-      prefill=prefill, random_warmup=False, progress=progress,
+      prefill=prefill, random_warmup=False, progress=progress, checkpoint_every=checkpoint_every,
       plot_keys=["eval/normalized_score", "train/w", "train/alpha", "train/critic_loss"])
   return run_dir
 
@@ -201,7 +208,8 @@ def run(FLAGS):
   if FLAGS.aca_top_n is not None and FLAGS.aca_top_n < 0:
     raise O2OError(f"--aca_top_n must not be negative (got {FLAGS.aca_top_n})")
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
-  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress)
+  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
+                     checkpoint_every=FLAGS.checkpoint_every)
 
   if getattr(FLAGS, "from"):
     offline_dir = Path(getattr(FLAGS, "from"))

@@ -125,7 +125,7 @@ def _check_actor(algo, actor_config, o2ppo_config, meta, actor_params):
 
 def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], batch_size: int,
                eval_episodes: int, reward_scaling: str, out_dir: str, run_name: str, restart: bool,
-               progress: bool, log=print) -> Path:
+               progress: bool, checkpoint_every: Optional[int] = None, log=print) -> Path:
   """Policy re-evaluation for O2PPO: V fitted to the offline Monte-Carlo returns (its own run dir)."""
   import jax
   import numpy as np
@@ -174,7 +174,8 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
       seed_keys(prev["seed"] + 1, prev["seeds"]), actor_params)
   log(f"[reevaluate] o2ppo: fitting V to the Monte-Carlo returns of {len(ds.episode_starts)} episodes "
       f"(mean return-to-go {float(returns.mean()):.1f}) for {steps} steps -> {run_dir}")
-  writer, ckpt = phases._writer_and_ckpt(run_dir)
+  writer, ckpt = phases._writer_and_ckpt(run_dir, prev["seeds"], keep_rows=steps > 0)
+  snapshots = phases._snapshots(run_dir, checkpoint_every)
   out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                       "obs_std")},
               "reward_transform": {"scale": 1.0, "shift": 0.0, "dynamic": reward_scaling == "dynamic"},
@@ -198,9 +199,11 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
                       make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
                       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
                       metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                      progress=progress, desc="fit V")
+                      snapshots=snapshots, phase="reevaluate", progress=progress, desc="fit V",
+                      log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
   log(phases._summary_line("[reevaluate] pi_off score", scores["offline"]))
   return run_dir
 
@@ -208,8 +211,10 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
 def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, eval_every: int,
              eval_episodes: int, overrides: Dict[str, Any], beta_steps: Optional[int],
              reference: str, out_dir: str, run_name: str, restart: bool, progress: bool,
-             log=print) -> Path:
-  """PPO fine-tuning with the auxiliary advantage (or without: direct PPO); summary per seed."""
+             checkpoint_every: Optional[int] = None, log=print) -> Path:
+  """PPO fine-tuning with the auxiliary advantage (or without: direct PPO); summary per seed.
+  Resumable: snapshots every `checkpoint_every` env steps (at rollout boundaries) under
+  <run_dir>/progress, see onpolicy.run_onpolicy."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -278,14 +283,14 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   log(f"[finetune] {what}: {online_steps} online steps, rollouts of {rollout_length}, "
       f"{config.epochs} epochs, beta over {config.beta_steps} steps, reference {reference} -> {run_dir}")
 
-  writer, ckpt = phases._writer_and_ckpt(run_dir)
-  writer.write(0, {"eval/normalized_score": np.asarray(offline_score),
-                   "eval/offline_score": np.asarray(offline_score)})
-  scores = []
+  writer, ckpt = phases._writer_and_ckpt(run_dir, prev["seeds"], keep_rows=True)
+  snapshots = phases._snapshots(run_dir, checkpoint_every)
+  if snapshots.latest_step() is None:
+    writer.write(0, {"eval/normalized_score": np.asarray(offline_score),
+                     "eval/offline_score": np.asarray(offline_score)})
 
   def on_eval(step, s, returns):
     score = data.normalized_score(returns).mean(1)
-    scores.append((step, score))
     if interval is None:
       s = refresh(s, jnp.asarray(score, jnp.float32))
     elif step % interval == 0 or (step // interval) > ((step - eval_every) // interval):
@@ -297,13 +302,16 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   loop_config = onpolicy.OnPolicyConfig(total_steps=online_steps, rollout_length=rollout_length,
                                         eval_every=eval_every, eval_episodes=eval_episodes)
   t0 = time.time()
-  onpolicy.run_onpolicy(o2ppo, states, make_env=data.make_env, num_seeds=prev["seeds"],
-                        seed=prev["seed"], config=loop_config, obs_mean=data.obs_mean,
-                        obs_std=data.obs_std, metrics_writer=writer, on_eval=on_eval,
-                        normalized_score=data.normalized_score, reward_fn=reward_fn,
-                        progress=progress, desc="finetune o2ppo" if config.aux else "finetune ppo")
+  _, history = onpolicy.run_onpolicy(
+      o2ppo, states, make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
+      config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
+      on_eval=on_eval, normalized_score=data.normalized_score, reward_fn=reward_fn,
+      progress=progress, desc="finetune o2ppo" if config.aux else "finetune ppo",
+      snapshots=snapshots, phase="finetune", log=log)
   writer.close()
   ckpt.close()
+  snapshots.discard()
+  scores = [(h["step"], data.normalized_score(h["returns"]).mean(1)) for h in history]
   log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
                       ["eval/normalized_score", "train/beta", "train/approx_kl", "train/value_loss"],
                       title=f"{'O2PPO' if config.aux else 'direct PPO'} fine-tuning on {dataset_id}")
@@ -344,7 +352,8 @@ def run(FLAGS):
   if FLAGS.o2ppo_epochs is not None:
     overrides["epochs"] = FLAGS.o2ppo_epochs
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
-  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress)
+  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
+                     checkpoint_every=FLAGS.checkpoint_every)
 
   start, from_dir = "pretrain", None
   if getattr(FLAGS, "from"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Optional
 
 import jax
 import numpy as np
@@ -64,7 +65,8 @@ def restore_iql(pretrain_dir: Path):
 
 def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: int, eval_every: int,
              eval_episodes: int, utd: int, batch_size: int, out_dir: str, run_name: str,
-             restart: bool, progress: bool, log=print) -> Path:
+             restart: bool, progress: bool, checkpoint_every: Optional[int] = None,
+             log=print) -> Path:
   cfg, base_config, states, meta = restore_iql(pretrain_dir)
   names = {f.name for f in dataclasses.fields(o3f.Config)}
   values = {k: v for k, v in dataclasses.asdict(base_config).items() if k in names}
@@ -97,7 +99,7 @@ def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: 
       eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
       offline_fraction=0.0, offline_union=True,   # the buffer "starts as the whole dataset"
       start_scores={"offline": np.asarray(meta["eval_score"], np.float32)}, random_warmup=False,
-      progress=progress,
+      progress=progress, checkpoint_every=checkpoint_every,
       plot_keys=["eval/normalized_score", "train/critic_loss", "train/value_loss", "train/actor_loss"])
   return run_dir
 
@@ -111,7 +113,8 @@ def run(FLAGS):
   if FLAGS.o3f_sigma is not None and FLAGS.o3f_sigma < 0:
     raise O2OError(f"--o3f_sigma must not be negative (got {FLAGS.o3f_sigma})")
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
-  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress)
+  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
+                     checkpoint_every=FLAGS.checkpoint_every)
 
   if getattr(FLAGS, "from"):
     pretrain_dir = Path(getattr(FLAGS, "from"))

@@ -17,9 +17,10 @@ agents. Agent-specific flags are defined here at import (prefix --samg_); the sh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common, phases, presets
-from o2o_jax import envs, loops, runs
+from o2o_jax import distributed, envs, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import samg
@@ -82,25 +83,39 @@ def cvae_config_fields(config: samg.Config) -> Dict[str, Any]:
   return {k: getattr(config, k) for k in names}
 
 
+@functools.lru_cache(maxsize=None)
+def _cvae_init(config: samg.Config, obs_dim: int, act_dim: int):
+  """The jitted, seed-vmapped C-VAE init (compiled once per process: its compilation is slow)."""
+  return jax.jit(jax.vmap(lambda k: samg.cvae_init(k, obs_dim, act_dim, config)))
+
+
 def _cvae_template(config: samg.Config, seeds: int, seed: int, obs_dim: int, act_dim: int):
-  states = jax.jit(jax.vmap(lambda k: samg.cvae_init(k, obs_dim, act_dim, config)))(
-      seed_keys(seed + 2, seeds))
+  """The shapes of a cvae run's checkpoint, to restore it (eval_shape compiles nothing)."""
+  states = jax.eval_shape(_cvae_init(config, obs_dim, act_dim), seed_keys(seed + 2, seeds))
   d = config.latent_dim
-  return {"cvae": states, "latent_mean": jnp.zeros((seeds, d)), "latent_std": jnp.ones((seeds, d))}
+  return {"cvae": states, "latent_mean": jax.ShapeDtypeStruct((seeds, d), jnp.float32),
+          "latent_std": jax.ShapeDtypeStruct((seeds, d), jnp.float32)}
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder_means_fn(config: samg.Config):
+  return jax.jit(jax.vmap(lambda p, o, a: samg.encoder_means(p, config, o, a), in_axes=(0, None, None)))
 
 
 def _encode_all(params, config: samg.Config, observations, actions, chunk: int = 50_000):
   """Encoder means of every row, per seed: (S, N, d_z), computed in chunks."""
-  fn = jax.jit(jax.vmap(lambda p, o, a: samg.encoder_means(p, config, o, a), in_axes=(0, None, None)))
+  fn = _encoder_means_fn(config)
   return jnp.concatenate([fn(params, observations[i:i + chunk], actions[i:i + chunk])
                           for i in range(0, observations.shape[0], chunk)], axis=1)
 
 
 def train_cvae(*, dataset_id: str, config: samg.Config, seeds: int, seed: int, steps: int,
                batch_size: int, out_dir: str, run_name: str, restart: bool, progress: bool,
-               log=print) -> Path:
+               checkpoint_every: Optional[int] = None, log=print) -> Path:
   """Trains one C-VAE per seed (vmapped) on the dataset, fits N(m_j, s_j^2) to its latent means and
-  checkpoints both; reused when a finished run of the same settings exists."""
+  checkpoints both; reused when a finished run of the same settings exists. Resumable: chunks end
+  at multiples of `checkpoint_every`, where the C-VAE states and the PRNG key are snapshotted under
+  <run_dir>/progress (and on SIGINT/SIGTERM, see resume.Session)."""
   run_config = {"phase": "cvae", "agent": "samg", "dataset": dataset_id, "seeds": seeds, "seed": seed,
                 "steps": steps, "batch_size": batch_size, "cvae_config": cvae_config_fields(config)}
   run_dir = runs.run_dir_for(out_dir, "cvae", "samg", dataset_id, run_name)
@@ -111,24 +126,34 @@ def train_cvae(*, dataset_id: str, config: samg.Config, seeds: int, seed: int, s
   data = phases.load_data(dataset_id, normalize_states=not config.cvae_raw_states, batch_size=batch_size)
   ds = data.device
   obs_dim, act_dim = ds.observations.shape[-1], ds.actions.shape[-1]
-  states = _cvae_template(config, seeds, seed, obs_dim, act_dim)["cvae"]
+  states = _cvae_init(config, obs_dim, act_dim)(seed_keys(seed + 2, seeds))
   log(f"[cvae] state-action C-VAE on {dataset_id} ({'raw' if config.cvae_raw_states else 'normalised'} "
       f"states, latent {config.latent_dim}, hidden {config.cvae_hidden_dims}) for {steps} steps "
       f"-> {run_dir}")
   writer = log_lib.MetricsWriter(run_dir)
-  writer.truncate_after(0)
-  bar = log_lib.progress(steps, "cvae", disable=not progress)
   key, t0, step, metrics = jax.random.PRNGKey(seed + 3), time.time(), 0, {}
-  states = loops.unalias(states)
-  while step < steps:
-    n = min(5_000, steps - step)
-    key, k = jax.random.split(key)
-    states, metrics = loops.offline_chunk_fn(samg.cvae_update, batch_size, n)(
-        states, jax.random.split(k, seeds), ds)
-    step += n
-    bar.update(n)
-    metrics = jax.device_get(metrics)
-    writer.write(step, {f"train/{k_}": v for k_, v in metrics.items()})
+  snapshots = phases._snapshots(run_dir, checkpoint_every)
+  session = resume.Session(snapshots, "cvae", log=log)
+  restored, _, step = session.restore({"cvae": loops.unalias(states), "key": key})
+  states, key = restored["cvae"], restored["key"]
+  writer.truncate_after(step)
+  bar = log_lib.progress(steps, "cvae", initial=step, disable=not progress)
+  with session:
+    while step < steps:
+      n = int(min(5_000, steps - step, session.next_due(step) - step))
+      key, k = jax.random.split(key)
+      states, metrics = loops.offline_chunk_fn(samg.cvae_update, batch_size, n)(
+          states, distributed.split_seeds(k, seeds), ds)
+      step += n
+      bar.update(n)
+      session.fault.at(step)
+      metrics = jax.device_get(metrics)
+      session.check_finite(metrics[loops.GUARD_KEY], step=step, states=states, metrics=metrics)
+      writer.write(step, {f"train/{k_}": v for k_, v in metrics.items() if k_ != loops.GUARD_KEY})
+      if session.due(step, steps):
+        writer.flush()
+        session.save(step, {"cvae": states, "key": key})
+      session.stop_if_requested(step, (bar.close, writer.close))
   bar.close()
   # Normal fit of the encoder means over the whole dataset (per seed, per latent dimension).
   means = _encode_all(states.vae.params, config, ds.observations, ds.actions)
@@ -150,6 +175,7 @@ def train_cvae(*, dataset_id: str, config: samg.Config, seeds: int, seed: int, s
             {"phase": "cvae", "dataset_id": dataset_id, "obs_dim": obs_dim, "act_dim": act_dim,
              "threshold_at_fit": config.threshold, **diag})
   ckpt.close()
+  snapshots.discard()
   log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
                       ["train/recon_loss", "train/kl", "train/kl_weight"], title=f"SAMG C-VAE on {dataset_id}")
   fmt = lambda v: ", ".join(f"{x:.3f}" for x in np.atleast_1d(v))
@@ -179,7 +205,7 @@ def collect_prefill(act, states, make_env, num_seeds: int, seed: int, steps: int
   policy = jax.jit(lambda s, o, keys, t: jax.vmap(lambda s_, o_, k: act(s_, o_, jax.random.fold_in(k, t),
                                                                         True))(s, o, keys))
   norm = lambda o: ((o - obs_mean) / obs_std).astype(np.float32)
-  keys = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  keys = seed_keys(seed, num_seeds)
   rows = []
   for t in range(steps):
     obs = train_envs.obs
@@ -205,7 +231,7 @@ def _offline_run(pretrain_dir: Path, base: str, extra_steps: int):
     # offline run's schedule ended at its own length (lr 0), so the horizon is extended here.
     base_config = dataclasses.replace(base_config, max_steps=base_config.max_steps + extra_steps)
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
-  template = loops.init_states(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
+  template = loops.init_shapes(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], base_config)
   states, meta = phases.restore(pretrain_dir, template)
   return cfg, base_config, states, meta
@@ -214,7 +240,8 @@ def _offline_run(pretrain_dir: Path, base: str, extra_steps: int):
 def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: samg.Config,
              online_steps: int, warmup_steps: int, eval_every: int, eval_episodes: int, utd: int,
              batch_size: int, prefill_steps: int, buffer_size: int, out_dir: str, run_name: str,
-             restart: bool, progress: bool, log=print) -> Path:
+             restart: bool, progress: bool, checkpoint_every: Optional[int] = None,
+             log=print) -> Path:
   base = agent_name.split("_", 1)[1]
   cfg, base_config, base_states, meta = _offline_run(pretrain_dir, base, online_steps * utd)
   seeds, seed = cfg["seeds"], cfg["seed"]
@@ -249,7 +276,7 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
       agent_name=agent_name, dataset_id=cfg["dataset"], online_steps=online_steps,
       warmup_steps=warmup_steps, eval_every=eval_every, eval_episodes=eval_episodes, utd=utd,
       batch_size=batch_size, offline_fraction=0.0, start_scores={"offline": offline_score},
-      prefill=prefill, progress=progress,
+      prefill=prefill, progress=progress, checkpoint_every=checkpoint_every,
       plot_keys=["eval/normalized_score", "train/samg_weight", "train/samg_weight_nonzero",
                  "train/critic_loss"], buffer_size=buffer_size)
   return run_dir
@@ -276,7 +303,8 @@ def run(FLAGS):
   if not 0.0 <= FLAGS.samg_threshold <= 1.0:
     raise O2OError(f"--samg_threshold must lie in [0, 1] (got {FLAGS.samg_threshold})")
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
-  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress)
+  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
+                     checkpoint_every=FLAGS.checkpoint_every)
 
   if getattr(FLAGS, "from"):
     pretrain_dir = Path(getattr(FLAGS, "from"))

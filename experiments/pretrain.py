@@ -33,6 +33,7 @@ flags.DEFINE_string("run_name", None, "Run directory name (default: seed<seed>x<
 flags.DEFINE_bool("restart", False, "Delete an existing run directory of this name first.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 common.define_checkpoint_flag()
+common.define_distributed_flags()
 
 _DEFAULTS = {"paper": dict(num_steps=1_000_000, eval_every=10_000, eval_episodes=10, hidden_dims=(256, 256)),
              "quick": dict(num_steps=5_000, eval_every=1_000, eval_episodes=3, hidden_dims=(64, 64))}
@@ -40,6 +41,7 @@ _DEFAULTS = {"paper": dict(num_steps=1_000_000, eval_every=10_000, eval_episodes
 
 def main(argv):
   del argv
+  common.initialize_distributed(FLAGS)
   from experiments import phases
   d = common.budget_values(_DEFAULTS, FLAGS, positive=("num_steps", "eval_every", "eval_episodes",
                                                        "batch_size"))

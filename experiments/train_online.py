@@ -32,6 +32,7 @@ flags.DEFINE_string("run_name", None, "Run directory name (default: seed<seed>x<
 flags.DEFINE_bool("restart", False, "Delete an existing run directory of this name first.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 common.define_checkpoint_flag()
+common.define_distributed_flags()
 
 _DEFAULTS = {"paper": dict(total_steps=300_000, start_steps=5_000, eval_every=10_000, eval_episodes=10,
                            hidden_dims=(256, 256)),
@@ -41,7 +42,8 @@ _DEFAULTS = {"paper": dict(total_steps=300_000, start_steps=5_000, eval_every=10
 
 def main(argv):
   del argv
-  from o2o_jax import envs, loops, resume, runs
+  seeds = common.initialize_distributed(FLAGS)    # this process's seeds (all of them with one)
+  from o2o_jax import distributed, envs, loops, resume, runs
   from o2o_jax import logging as log_lib
   from o2o_jax.agents import registry
   from o2o_jax.checkpoints import Checkpointer
@@ -60,6 +62,7 @@ def main(argv):
   config = {"agent": FLAGS.agent, "env": env_id, "seeds": FLAGS.seeds, "seed": FLAGS.seed,
             "budget": FLAGS.budget, "agent_config": dataclasses.asdict(agent_config),
             "loop_config": dataclasses.asdict(loop_config)}
+  primary = distributed.is_primary()
   resumed = runs.prepare_run_dir(run_dir, config, restart=FLAGS.restart)
   ckpt = Checkpointer(run_dir / "checkpoints")
   if resumed and ckpt.latest_step() == loop_config.total_steps:
@@ -71,22 +74,25 @@ def main(argv):
   obs_dim, act_dim = envs.env_dims(probe)
   probe.close()
   t0 = time.time()
-  states = loops.init_states(agent, seed_keys(FLAGS.seed, FLAGS.seeds), obs_dim, act_dim,
-                             agent_config)
-  writer = log_lib.MetricsWriter(run_dir)      # run_online truncates it to the resumed step
+  states = loops.init_states(agent, seed_keys(FLAGS.seed, seeds), obs_dim, act_dim, agent_config)
+  # run_online truncates metrics.csv to the resumed step; with several processes the primary writes
+  # every process's seeds.
+  writer = distributed.GatheredWriter(log_lib.MetricsWriter(run_dir) if primary else None, seeds)
   snapshots = resume.Snapshots(run_dir / "progress", FLAGS.checkpoint_every)
-  states, _, history = loops.run_online(agent, states, make_env=make_env, num_seeds=FLAGS.seeds,
+  states, _, history = loops.run_online(agent, states, make_env=make_env, num_seeds=seeds,
                                         seed=FLAGS.seed, config=loop_config, metrics_writer=writer,
-                                        progress=FLAGS.progress, desc=f"{FLAGS.agent} {env_id}",
-                                        snapshots=snapshots)
+                                        progress=FLAGS.progress and primary,
+                                        desc=f"{FLAGS.agent} {env_id}", snapshots=snapshots)
   writer.close()
   snapshots.discard()
-  ckpt.save(loop_config.total_steps, states, {"config": config, "env_id": env_id,
-                                              "obs_dim": obs_dim, "act_dim": act_dim})
+  states = distributed.gather_seeds(states)     # every seed, for the primary's checkpoint
+  if primary:
+    ckpt.save(loop_config.total_steps, states, {"config": config, "env_id": env_id,
+                                                "obs_dim": obs_dim, "act_dim": act_dim})
+    log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                        ["eval/return", "train/critic_loss"], title=f"{FLAGS.agent} on {env_id}")
   ckpt.close()
-  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                      ["eval/return", "train/critic_loss"], title=f"{FLAGS.agent} on {env_id}")
-  final = history[-1]["returns"].mean(1)
+  final = distributed.gather_seeds(history[-1]["returns"]).mean(1)
   print(f"done in {time.time() - t0:.0f}s; final eval return per seed: "
         + ", ".join(f"{r:.1f}" for r in final) + f"; outputs in {run_dir}")
 

@@ -44,12 +44,21 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
     ocp = _ocp()
     self.directory = Path(directory).absolute()
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=("state", "meta"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    if jax.process_count() > 1:
+      # Process-local in a multi-process run (`distributed`): each process reads whole checkpoints
+      # on its own and only the primary writes the shared ones, so no cross-process barrier.
+      local = jax.process_index()
+      self.directory.mkdir(parents=True, exist_ok=True)   # orbax: no `create` with active_processes
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=local, active_processes={local}))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
   def save(self, step: int, state: Any, metadata: Optional[Dict[str, Any]] = None) -> None:
     ocp = _ocp()
+    if jax.process_count() > 1:   # orbax refuses process-local jax.Arrays in a multi-process run
+      state = jax.device_get(state)
     if step in self._manager.all_steps():   # a resumed run reaching a step it had saved before
       self._manager.delete(step)
     self._manager.save(step, args=ocp.args.Composite(

@@ -79,15 +79,18 @@ class SeedEnvs:
   to act on next (the reset observation where an episode ended)."""
 
   def __init__(self, make: Callable[[], object], num_seeds: int, seed: int):
+    from o2o_jax import distributed
     self.envs = [make() for _ in range(num_seeds)]
     self.seed = seed
-    self.obs = np.stack([e.reset(seed=seed * 1000 + i)[0] for i, e in enumerate(self.envs)]
+    # Env seeds follow the global seed index (`distributed`: a process's slice of a larger run).
+    self.index = distributed.seed_offset(num_seeds) + np.arange(num_seeds)
+    self.obs = np.stack([e.reset(seed=seed * 1000 + int(i))[0] for i, e in zip(self.index, self.envs)]
                         ).astype(np.float32)
     self.episode_return = np.zeros(num_seeds)
     self.episode_length = np.zeros(num_seeds, np.int64)
     self.completed: List[List[float]] = [[] for _ in range(num_seeds)]
-    for i, e in enumerate(self.envs):
-      e.action_space.seed(seed * 1000 + i)
+    for i, e in zip(self.index, self.envs):
+      e.action_space.seed(seed * 1000 + int(i))
 
   def random_actions(self) -> np.ndarray:
     return np.stack([e.action_space.sample() for e in self.envs]).astype(np.float32)
@@ -117,9 +120,9 @@ class SeedEnvs:
     """Ends every seed's episode here (a time-limit cut: the stored transitions bootstrap) and
     resets the envs and action spaces with seeds derived from (seed, epoch). The online loop does
     this at each snapshot, so a run resumed from a snapshot sees the very same env streams."""
-    for i, env in enumerate(self.envs):
-      reset_seed = (self.seed * 1000 + i) * 7919 + epoch
-      self.obs[i] = env.reset(seed=reset_seed)[0]
+    for j, env in enumerate(self.envs):
+      reset_seed = (self.seed * 1000 + int(self.index[j])) * 7919 + epoch
+      self.obs[j] = env.reset(seed=reset_seed)[0]
       env.action_space.seed(reset_seed)
     self.episode_return[:] = 0.0
     self.episode_length[:] = 0

@@ -18,6 +18,7 @@ steps) instead of the original buffer, which is not kept.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o_jax import envs as envs_lib
-from o2o_jax import loops
+from o2o_jax import loops, resume
 from o2o_jax.agents.online import sac
 from o2o_jax.errors import O2OError
 from o2o_jax.types import Transition
@@ -124,7 +125,11 @@ class BehaviourPolicies:
     return template
 
 
-def _stochastic_policy(actor):
+@functools.lru_cache(maxsize=None)
+def _stochastic_policy(hidden_dims: tuple, act_dim: int):
+  """jit((actor params, obs, key) -> sampled actions) of the behaviour actor (compiled once)."""
+  actor = sac.make_networks(sac.Config(hidden_dims=tuple(hidden_dims)), act_dim)[0]
+
   @jax.jit
   def act(params, obs, key):
     return actor.apply(params, obs).sample(seed=key)
@@ -142,8 +147,15 @@ def evaluate_policy(make_env, policy_fn, episodes: int, seed: int = 0) -> np.nda
 
 def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_every: int = 10_000,
                            eval_episodes: int = 10, hidden_dims=(256, 256), start_steps: int = 5_000,
-                           metrics_writer=None, progress: bool = True) -> BehaviourPolicies:
-  """One SAC run (UTD 1); keeps every checkpoint's actor, its stochastic return and all transitions."""
+                           metrics_writer=None, progress: bool = True,
+                           snapshots: Optional[resume.Snapshots] = None,
+                           log=print) -> BehaviourPolicies:
+  """One SAC run (UTD 1); keeps every checkpoint's actor, its stochastic return and all transitions.
+
+  With `snapshots`, the run is resumable like `loops.run_online`: each snapshot also holds the
+  transition record so far, the actor checkpoints, their returns and the evaluation key, so a
+  rerun continues the same run exactly. The training env's episode is cut at each snapshot step
+  (recorded as a truncation). The caller discards the snapshots once the policies are saved."""
   env_id = envs_lib.resolve_env_id(env_name)
   make_env = lambda: envs_lib.make_env(env_id)
   probe = make_env()
@@ -160,8 +172,37 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
   policies = BehaviourPolicies(env_name, env_id, tuple(hidden_dims), obs_dim, act_dim, [], [], {},
                                seed=seed, sac_steps=sac_steps, start_steps=start_steps,
                                eval_every=eval_every, replay=record)
-  stochastic = _stochastic_policy(policies.actor())
+  stochastic = _stochastic_policy(policies.hidden_dims, act_dim)
   key_holder = [jax.random.PRNGKey(seed + 17)]
+  run = {"env_id": env_id, "seed": seed, "sac_steps": sac_steps, "start_steps": start_steps,
+         "eval_every": eval_every, "eval_episodes": eval_episodes, "hidden_dims": list(hidden_dims)}
+  # Every evaluation step, in order: the snapshot holds one actor slot per step (zeros until then).
+  eval_steps = [t for t in range(1, sac_steps + 1) if t % eval_every == 0 or t == sac_steps]
+  no_params = jax.tree_util.tree_map(lambda x: np.zeros(x.shape[1:], x.dtype),
+                                     jax.device_get(states.actor.params))
+
+  def get_state():
+    actors = [policies.params.get(t, no_params) for t in eval_steps]
+    tree = {"record": record, "eval_key": key_holder[0],
+            "actors": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *actors)}
+    return tree, {"run": run, "steps": policies.steps, "returns": policies.returns}
+
+  def set_state(tree, meta):
+    if meta["run"] != run:
+      raise O2OError(f"the snapshots in {snapshots.directory} belong to another behaviour run "
+                     f"({meta['run']}, this one is {run}): rerun with the same flags, or delete "
+                     "that folder to start over")
+    for k, v in tree["record"].items():
+      record[k][:] = np.asarray(v)
+    key_holder[0] = tree["eval_key"]
+    policies.steps[:], policies.returns[:] = list(meta["steps"]), list(meta["returns"])
+    for t in policies.steps:
+      j = eval_steps.index(t)
+      policies.params[t] = jax.tree_util.tree_map(lambda x: np.array(x[j]), tree["actors"])
+
+  def on_restart(t):   # the env's episode is cut at a snapshot: a time-limit-like boundary
+    if not record["terminations"][t - 1]:
+      record["truncations"][t - 1] = True
 
   def on_step(t, tr: Transition, truncated):
     i = t - 1
@@ -188,8 +229,11 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
                                              eval_every=eval_every, eval_episodes=eval_episodes,
                                              buffer_size=sac_steps),
                    metrics_writer=metrics_writer,
-                   callbacks=loops.OnlineCallbacks(on_step=on_step, on_eval=on_eval),
-                   progress=progress, desc=f"SAC behaviour policy ({env_id})")
+                   callbacks=loops.OnlineCallbacks(on_step=on_step, on_eval=on_eval,
+                                                   get_state=get_state, set_state=set_state,
+                                                   on_restart=on_restart),
+                   progress=progress, desc=f"SAC behaviour policy ({env_id})",
+                   snapshots=snapshots, phase="behaviour", log=log)
   return policies
 
 
@@ -267,7 +311,7 @@ def collect(make_env, size: int, policy_fn=None, seed_base: int = 0, num_envs: i
 
 def _make_policy_fn(policies: BehaviourPolicies, step_of_t=None, seed: int = 0):
   """Stochastic actions of checkpoint `step` (or of `step_of_t(t)` when the checkpoint changes)."""
-  act = _stochastic_policy(policies.actor())
+  act = _stochastic_policy(policies.hidden_dims, policies.act_dim)
   key = [jax.random.PRNGKey(seed)]
 
   def policy_fn(obs, t, step=None):

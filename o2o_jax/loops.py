@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o_jax import resume, sharding
+from o2o_jax import distributed, resume, sharding
 from o2o_jax.data import replay
-from o2o_jax.types import Transition
+from o2o_jax.types import Transition, seed_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +32,25 @@ class Learner:
 
 def init_states(agent, keys, obs_dim: int, act_dim: int, config):
   """One agent state per key (seed axis first), initialised in one jitted program (eager init would
-  compile every primitive separately)."""
-  return jax.jit(jax.vmap(lambda k: agent.init(k, obs_dim, act_dim, config)))(keys)
+  compile every primitive separately). The program is cached per (agent, sizes, config): runs in one
+  process compile it once, and their states share the static fields (networks, config), so the
+  jitted loop functions compiled for one run serve the next."""
+  try:
+    init = _init_fn(agent, obs_dim, act_dim, config)
+  except TypeError:     # an unhashable config (e.g. list fields): not cached
+    init = _init_fn.__wrapped__(agent, obs_dim, act_dim, config)
+  return init(keys)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(agent, obs_dim: int, act_dim: int, config):
+  return jax.jit(jax.vmap(lambda k: agent.init(k, obs_dim, act_dim, config)))
+
+
+def init_shapes(agent, keys, obs_dim: int, act_dim: int, config):
+  """The shapes and dtypes of `init_states(...)`, e.g. a template to restore a checkpoint into:
+  jax.eval_shape traces the init and compiles nothing."""
+  return jax.eval_shape(lambda: init_states(agent, keys, obs_dim, act_dim, config))
 
 
 def unalias(tree):
@@ -199,6 +216,11 @@ def online_functions(update: Callable, act: Callable, batch_size: int, utd: int,
 class OnlineCallbacks:
   on_step: Optional[Callable[..., None]] = None         # (step, transitions_np, truncated_np)
   on_eval: Optional[Callable[..., Any]] = None          # (step, states, returns (S, E)) -> states|None
+  # Host state of the callbacks that the snapshots carry: get_state() -> (pytree of arrays, JSON
+  # dict), its value at the start being the restore template; set_state(tree, dict) on resume.
+  get_state: Optional[Callable[[], tuple]] = None
+  set_state: Optional[Callable[[Any, Dict[str, Any]], None]] = None
+  on_restart: Optional[Callable[[int], None]] = None    # (step): the envs cut their episodes here
 
 
 def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
@@ -244,16 +266,23 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   eval_policy = make_eval_policy(agent.act, mean, std)
 
   states = unalias(states)
-  keys = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
-  history, start = [], 0
-  found = (snapshots.restore({"agent": states, "buffer": buffer, "keys": keys})
-           if snapshots is not None else None)
-  if found is not None:
-    payload, meta, start = found
+  keys = seed_keys(seed, num_seeds)
+
+  def payload_and_meta():
+    payload, meta = {"agent": states, "buffer": buffer, "keys": keys}, {"history": history}
+    if callbacks.get_state is not None:
+      payload["callbacks"], meta["callbacks"] = callbacks.get_state()
+    return payload, meta
+
+  history = []
+  session = resume.Session(snapshots, phase, unit="env step", log=log)
+  payload, meta, start = session.restore(payload_and_meta()[0])
+  if start:
     states, buffer, keys = payload["agent"], payload["buffer"], payload["keys"]
-    history = [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta["history"]]
+    history = resume.decode_history(meta)
+    if callbacks.set_state is not None:
+      callbacks.set_state(payload["callbacks"], meta.get("callbacks", {}))
     train_envs.restart(start)
-    log(f"[{phase}] resuming from the snapshot at env step {start} ({snapshots.directory})")
   mesh = sharding.seed_mesh(num_seeds)     # seeds split over the local devices (identity on one)
   states, buffer, keys = sharding.place_seeds((states, buffer, keys), mesh)
   offline = sharding.place_shared(offline, mesh)
@@ -262,10 +291,9 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   bar = log_lib.progress(config.total_steps, desc, initial=start, disable=not progress)
   last_metrics, action, t0 = None, None, time.time()
   latest_eval = None
-  fault = resume.FaultInjection(phase)
-  with resume.StopSignals() as stop:
+  with session:
     for t in range(start + 1, config.total_steps + 1):
-      fault.at(t)
+      session.fault.at(t)
       obs = train_envs.obs
       if t <= config.start_steps and config.random_warmup:
         actions = train_envs.random_actions()
@@ -303,13 +331,10 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
           states = states if new_states is None else new_states
         if metrics_writer is not None:
           metrics_writer.write(t, row)
-      snapshot = snapshots is not None and t < config.total_steps and (
-          snapshots.due(t) or stop.requested)
+      snapshot = session.due(t, config.total_steps)
       if last_metrics is not None and (t % config.log_every == 0 or snapshot):
         host_metrics = jax.device_get(last_metrics)
-        resume.check_finite(host_metrics[GUARD_KEY], phase=phase, step=t, states=states,
-                            metrics=host_metrics,
-                            last_good=snapshots.latest_step() if snapshots is not None else None)
+        session.check_finite(host_metrics[GUARD_KEY], step=t, states=states, metrics=host_metrics)
         if metrics_writer is not None and t % config.log_every == 0:
           train = {f"train/{k}": v for k, v in host_metrics.items() if k != GUARD_KEY}
           episodes = [r[-1] for r in train_envs.completed if r]
@@ -321,14 +346,11 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
         if metrics_writer is not None:
           metrics_writer.flush()
         train_envs.restart(t)
+        if callbacks.on_restart is not None:
+          callbacks.on_restart(t)
         action = None
-        snapshots.save(t, {"agent": states, "buffer": buffer, "keys": keys},
-                       {"phase": phase, "history": history})
-      if stop.requested:
-        bar.close()
-        train_envs.close()
-        evaluator.close()
-        raise resume.interrupted(phase, stop.requested, f"env step {t}", snapshots)
+        session.save(t, *payload_and_meta())
+      session.stop_if_requested(t, (bar.close, train_envs.close, evaluator.close))
   bar.close()
   train_envs.close()
   evaluator.close()
@@ -367,13 +389,9 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   from o2o_jax import envs as envs_lib
   from o2o_jax import logging as log_lib
 
-  states = unalias(states)
-  step, history = 0, []
-  found = snapshots.restore(states) if snapshots is not None else None
-  if found is not None:
-    states, meta, step = found
-    history = [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta["history"]]
-    log(f"[{phase}] resuming from the snapshot at step {step} ({snapshots.directory})")
+  session = resume.Session(snapshots, phase, log=log)
+  states, meta, step = session.restore(unalias(states))
+  history = resume.decode_history(meta)
   mesh = sharding.seed_mesh(num_seeds)     # seeds split over the local devices (identity on one)
   states, data = sharding.place_seeds(states, mesh), sharding.place_shared(data, mesh)
   if metrics_writer is not None:
@@ -383,22 +401,20 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   base_key = jax.random.PRNGKey(seed)
   bar = log_lib.progress(config.num_steps, desc, initial=step, disable=not progress)
   t0, start = time.time(), step
-  fault = resume.FaultInjection(phase)
-  with resume.StopSignals() as stop:
+  with session:
     while step < config.num_steps:
       # A chunk never crosses an evaluation point, a snapshot point or the end (at most a few
       # distinct chunk sizes, each compiled once).
       next_eval = (step // config.eval_every + 1) * config.eval_every
-      next_snapshot = snapshots.next_due(step) if snapshots is not None else float("inf")
-      n = int(min(config.chunk, next_eval - step, next_snapshot - step, config.num_steps - step))
+      n = int(min(config.chunk, next_eval - step, session.next_due(step) - step,
+                  config.num_steps - step))
       states, metrics = offline_chunk_fn(agent.update, config.batch_size, n)(
-          states, jax.random.split(jax.random.fold_in(base_key, step), num_seeds), data)
+          states, distributed.split_seeds(jax.random.fold_in(base_key, step), num_seeds), data)
       step += n
       bar.update(n)
-      fault.at(step)
-      resume.check_finite(metrics[GUARD_KEY], phase=phase, step=step, states=states,
-                          metrics=jax.device_get(metrics),
-                          last_good=snapshots.latest_step() if snapshots is not None else None)
+      session.fault.at(step)
+      session.check_finite(metrics[GUARD_KEY], step=step, states=states,
+                           metrics=jax.device_get(metrics))
       if step % config.eval_every == 0 or step >= config.num_steps:
         returns = evaluator.run(lambda o: eval_policy(states, o))
         row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items() if k_ != GUARD_KEY}
@@ -415,15 +431,11 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
         if on_eval is not None:
           new_states = on_eval(step, states, returns)
           states = states if new_states is None else new_states
-      if snapshots is not None and step < config.num_steps and (
-          snapshots.due(step) or stop.requested):
+      if session.due(step, config.num_steps):
         if metrics_writer is not None:
           metrics_writer.flush()
-        snapshots.save(step, states, {"phase": phase, "history": history})
-      if stop.requested:
-        bar.close()
-        evaluator.close()
-        raise resume.interrupted(phase, stop.requested, f"step {step}", snapshots)
+        session.save(step, states, {"history": history})
+      session.stop_if_requested(step, (bar.close, evaluator.close))
   bar.close()
   evaluator.close()
   return states, history

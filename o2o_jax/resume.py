@@ -7,6 +7,8 @@ on SIGINT/SIGTERM, and the divergence guard.
   step, the evaluation history). The phase's *result* checkpoint stays in `<run>/checkpoints/`.
 - `StopSignals`: while active, SIGINT/SIGTERM only set a flag; the loop saves a snapshot at the next
   step and raises `Interrupted`, which the launchers turn into a clean exit (code 130).
+- `Session`: the boilerplate a resumable loop shares (restore + log line, fault injection, the
+  snapshot decision, the stop after a signal).
 - `nonfinite_count` / `check_finite`: a cheap per-seed count of non-finite values in the agent
   state, computed inside the jitted chunk; a non-zero count stops the run with a message naming the
   phase, step, seed and the offending parameters/metrics, before any checkpoint of the bad state.
@@ -24,15 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2o_jax.errors import DivergenceError, Interrupted
+from o2o_jax.errors import DivergenceError, Interrupted, O2OError
 
 
 class Snapshots:
-  """Resumable snapshots of a running loop, every `every` steps (0: never)."""
+  """Resumable snapshots of a running loop, every `every` steps (0: never). In a multi-process run
+  each process keeps its own seeds' snapshots in `<directory>/process<index>/`."""
 
   def __init__(self, directory: str | Path, every: int, max_to_keep: int = 2):
     from o2o_jax.checkpoints import Checkpointer
-    self.directory = Path(directory)
+    self.directory = self._root = Path(directory)
+    if jax.process_count() > 1:
+      self.directory = self._root / f"process{jax.process_index()}"
     self.every = int(every)
     self._ckpt = Checkpointer(self.directory, max_to_keep=max_to_keep)
 
@@ -58,6 +63,11 @@ class Snapshots:
     """The phase finished: its result is in checkpoints/, the snapshots (replay buffers) can go."""
     self._ckpt.close()
     shutil.rmtree(self.directory, ignore_errors=True)
+    if self._root != self.directory:      # the last process out removes the shared progress/
+      try:
+        self._root.rmdir()
+      except OSError:                     # not empty yet (or already gone)
+        pass
 
   def close(self) -> None:
     self._ckpt.close()
@@ -153,3 +163,85 @@ class FaultInjection:
     if self.signum is not None and step >= self.step:
       signum, self.signum = self.signum, None     # once
       os.kill(os.getpid(), signum)
+
+
+def decode_history(meta: Dict[str, Any]):
+  """The evaluation history [{"step", "returns" (S, E)}] of a snapshot's metadata."""
+  return [{"step": h["step"], "returns": np.asarray(h["returns"])} for h in meta.get("history", [])]
+
+
+class Session:
+  """What every resumable loop does around its own steps, as a context manager (SIGINT/SIGTERM only
+  set a flag inside it):
+
+    session = Session(snapshots, "cvae", log=log)           # snapshots None: not resumable
+    payload, meta, step = session.restore(template)         # the template itself when none exists
+    with session:
+      while step < end:
+        ...one step or chunk (ending at session.next_due(step))...
+        session.fault.at(step)
+        if session.due(step, end):
+          session.save(step, payload, metadata)
+        session.stop_if_requested(step, cleanup)            # raises errors.Interrupted
+  """
+
+  def __init__(self, snapshots: Optional[Snapshots], phase: str, unit: str = "step", log=print):
+    self.snapshots, self.phase, self.unit, self.log = snapshots, phase, unit, log
+    self.fault = FaultInjection(phase)
+    self.signals = StopSignals()
+
+  def restore(self, template: Any) -> Tuple[Any, Dict[str, Any], int]:
+    """(payload, metadata, step) of the latest snapshot, or (template, {}, 0) if there is none."""
+    found = self.snapshots.restore(template) if self.snapshots is not None else None
+    payload, meta, step = found if found is not None else (template, {}, 0)
+    if jax.process_count() > 1:    # every process must resume at the same step (`distributed`)
+      from o2o_jax import distributed
+      steps = distributed.gather_seeds(np.array([step]))
+      if len(set(steps.tolist())) > 1:
+        raise O2OError(f"[{self.phase}] the processes' latest snapshots are at different steps "
+                       f"({', '.join(f'process {i}: {s}' for i, s in enumerate(steps))}), e.g. after a "
+                       "crash during a save: delete the newer ones under <run>/progress/process<i>/ "
+                       "so that every process has the same latest step, then rerun")
+    if found is None:
+      return template, {}, 0
+    self.log(f"[{self.phase}] resuming from the snapshot at {self.unit} {step} "
+             f"({self.snapshots.directory})")
+    return payload, meta, step
+
+  def next_due(self, step: int) -> float:
+    """The next periodic snapshot step after `step` (chunks of a loop end there)."""
+    return self.snapshots.next_due(step) if self.snapshots is not None else float("inf")
+
+  def due(self, step: int, end: int, since: Optional[int] = None) -> bool:
+    """Whether to snapshot at `step`: a signal arrived, or a multiple of `every` lies in
+    (since, step] (default: `step` is one). Never at `end`, where the loop's result is saved."""
+    if self.snapshots is None or step >= end:
+      return False
+    if self.signals.requested is not None:
+      return True
+    since = step - 1 if since is None else since
+    return self.snapshots.every > 0 and self.snapshots.next_due(since) <= step
+
+  def save(self, step: int, payload: Any, metadata: Optional[Dict[str, Any]] = None) -> None:
+    self.snapshots.save(step, payload, {"phase": self.phase, **(metadata or {})})
+
+  def last_good(self) -> Optional[int]:
+    return self.snapshots.latest_step() if self.snapshots is not None else None
+
+  def check_finite(self, counts, *, step: int, states, metrics=None) -> None:
+    check_finite(counts, phase=self.phase, step=step, states=states, metrics=metrics,
+                 last_good=self.last_good())
+
+  def stop_if_requested(self, step: int, cleanup=()) -> None:
+    """After a signal (and the snapshot `due` asked for): runs `cleanup` and raises Interrupted."""
+    if self.signals.requested is not None:
+      for close in cleanup:
+        close()
+      raise interrupted(self.phase, self.signals.requested, f"{self.unit} {step}", self.snapshots)
+
+  def __enter__(self):
+    self.signals.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self.signals.__exit__(*exc)

@@ -21,8 +21,19 @@ def run_dir_for(root: str, phase: str, agent: str, dataset: str, run_name: str) 
 def prepare_run_dir(run_dir: str | Path, config: Dict[str, Any], restart: bool = False,
                     tolerant: Iterable[str] = RESUME_TOLERANT_KEYS) -> bool:
   """Creates the run dir and writes config.json. Returns True if an existing run of the same config
-  is there to resume. Raises RunDirError if the directory holds a different run."""
-  run_dir = Path(run_dir)
+  is there to resume. Raises RunDirError if the directory holds a different run. In a multi-process
+  run (`distributed`) the primary process does this and the others wait for it."""
+  from o2o_jax import distributed
+  if distributed.process_count() == 1:
+    return _prepare_run_dir(Path(run_dir), config, restart, tolerant)
+  resumed = (_prepare_run_dir(Path(run_dir), config, restart, tolerant)
+             if distributed.is_primary() else True)
+  distributed.barrier(f"prepared {run_dir}")
+  return resumed
+
+
+def _prepare_run_dir(run_dir: Path, config: Dict[str, Any], restart: bool,
+                     tolerant: Iterable[str]) -> bool:
   cfg_path = run_dir / "config.json"
   config = json.loads(json.dumps(config, default=str))
   if run_dir.exists() and restart:

@@ -46,8 +46,10 @@ def empty_transitions(size: int, obs_dim: int, act_dim: int, leading=()) -> Tran
 
 
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:
-  """One independent PRNG key per seed of a vmapped run (seed axis first)."""
-  return jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  """One independent PRNG key per seed of a vmapped run (seed axis first; in a multi-process run,
+  this process's slice, see `distributed.split_seeds`)."""
+  from o2o_jax import distributed
+  return distributed.split_seeds(jax.random.PRNGKey(seed), num_seeds)
 
 
 def take_index(tree, index):

@@ -159,3 +159,57 @@ def make_dataset(isolated_stores) -> Callable[..., TinyDataset]:
 def halfcheetah_dataset(make_dataset) -> TinyDataset:
   """A dataset of a different env (obs 17 / act 6) to check against Hopper-v5 (obs 11 / act 3)."""
   return make_dataset("halfcheetah-random", env_id="HalfCheetah-v5", seeds=(0,), max_steps=8)
+
+
+class Crash(Exception):
+  """What `crash_at` raises: a stand-in for SIGKILL inside the test process."""
+
+
+@pytest.fixture
+def crash_at(monkeypatch):
+  """`crash_at(phase, step)`: the next loop of `phase` dies when it reaches `step`, by the real
+  fault-injection hook (O2O_JAX_FAULT, `resume.FaultInjection`) sending SIGUSR1, whose handler here
+  raises `Crash` (no snapshot is taken, as after a SIGKILL). `crash_at(None)` disarms it."""
+  import signal
+
+  def handler(signum, frame):
+    raise Crash(f"crashed by the fault injection ({signal.Signals(signum).name})")
+
+  saved = signal.signal(signal.SIGUSR1, handler)
+
+  def arm(phase, step=0):
+    if phase is None:
+      monkeypatch.delenv("O2O_JAX_FAULT", raising=False)
+    else:
+      monkeypatch.setenv("O2O_JAX_FAULT", f"SIGUSR1:{phase}:{step}")
+
+  yield arm
+  signal.signal(signal.SIGUSR1, saved)
+
+
+@pytest.fixture(scope="session")
+def same_outputs():
+  """`same_outputs(run_dir, ref_dir)` asserts that two runs of a phase wrote the same metrics.csv rows
+  (without the wall-clock perf/* columns) and the same latest result checkpoint, bit for bit."""
+  import csv
+
+  import jax
+  import orbax.checkpoint as ocp
+
+  def metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+      return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in csv.DictReader(f)]
+
+  def checkpoint(run_dir):
+    ckpt = run_dir / "checkpoints"
+    step = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    return step, jax.tree_util.tree_leaves(ocp.PyTreeCheckpointer().restore(str(ckpt / str(step) / "state")))
+
+  def check(run_dir, ref_dir):
+    assert metrics(run_dir) == metrics(ref_dir), run_dir
+    (step, leaves), (ref_step, ref_leaves) = checkpoint(run_dir), checkpoint(ref_dir)
+    assert step == ref_step and len(leaves) == len(ref_leaves), run_dir
+    for a, b in zip(leaves, ref_leaves):
+      np.testing.assert_array_equal(a, b)
+
+  return check

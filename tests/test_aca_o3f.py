@@ -167,6 +167,36 @@ def test_o3f_vmapped_update_equals_per_seed_updates(o3f_state):
     chex.assert_trees_all_close(take(metrics), m, rtol=1e-5, atol=1e-6)
 
 
+def test_aca_zfit_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_path, crash_at,
+                                                     same_outputs):
+  """The Z-fit stage (from a BC actor) with snapshots every 10 steps: killed at step 30 (after the
+  snapshot at 20) and rerun, it writes the very metrics and checkpoint of the uninterrupted run."""
+  from experiments import phases, pipeline_aca
+  quiet = lambda *_: None
+  pretrain_dir = phases.pretrain(algo="bc", dataset_id=tiny_hopper_dataset.dataset_id, seeds=2, seed=0,
+                                 num_steps=10, eval_every=10, eval_episodes=1, hidden_dims=(8, 8),
+                                 batch_size=16, out_dir=str(tmp_path), progress=False, log=quiet)
+
+  def fit(name, log=quiet):
+    return pipeline_aca.fit_baseline(
+        pretrain_dir=pretrain_dir, steps=30, critic_hidden=(8, 8), zfit_alpha=1.0, batch_size=16,
+        eval_episodes=1, out_dir=str(tmp_path), run_name=name, restart=False, progress=False,
+        checkpoint_every=10, log=log)
+
+  ref = fit("reference")
+  crash_at("zfit", 25)
+  with pytest.raises(Exception, match="crashed by the fault injection"):
+    fit("crashed")
+  run = ref.parent / "crashed"
+  assert (run / "progress" / "20").exists() and not (run / "checkpoints" / "30").exists()
+  crash_at(None)
+  logs = []
+  assert fit("crashed", log=logs.append) == run
+  assert f"[zfit] resuming from the snapshot at step 20 ({run / 'progress'})" in logs
+  assert not (run / "progress").exists()
+  same_outputs(run, ref)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 TINY = ["--seeds=2", "--budget=quick", "--pretrain_steps=30", "--online_steps=40", "--warmup_steps=10",

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import minari
 import numpy as np
 import pytest
@@ -21,9 +22,11 @@ def generated(tmp_path_factory):
   env = dict(os.environ, MINARI_DATASETS_PATH=str(root), JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "experiments.make_dataset", "--env=hopper", f"--levels={','.join(LEVELS)}",
          "--size=600", "--sac_steps=900", "--eval_every=300", "--start_steps=300",
-         "--hidden_dims=16,16", "--ref_episodes=3", f"--policy_dir={policy_dir}", "--progress=false"]
+         "--hidden_dims=16,16", "--ref_episodes=3", f"--policy_dir={policy_dir}", "--progress=false",
+         "--checkpoint_every=400"]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert not (policy_dir / "hopper" / "progress").exists()   # snapshots (400, 800) dropped at the end
   return root, policy_dir, out.stdout
 
 
@@ -88,3 +91,33 @@ def test_existing_behaviour_policies_are_not_overwritten(generated, tmp_path):
                         "--sac_steps=300", "--eval_every=300", "--size=10"],
                        env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 2 and "already exist" in out.stderr and "--from_policies" in out.stderr
+
+
+def test_behaviour_run_resumes_exactly_after_a_crash(tmp_path, crash_at):
+  """The SAC behaviour run with snapshots every 20 env steps: killed at step 50 (after the snapshot at
+  40) and rerun, it ends with the checkpoints, returns and transition record (the medium-replay
+  source) of the uninterrupted run; each snapshot step ends an episode in the record."""
+  from o2o_jax import resume
+
+  def train(name, log=print):
+    return generate.train_behaviour_policy(
+        "hopper", 60, seed=0, eval_every=30, eval_episodes=1, hidden_dims=(8, 8), start_steps=20,
+        progress=False, snapshots=resume.Snapshots(tmp_path / name, 20), log=log)
+
+  ref = train("reference")
+  crash_at("behaviour", 50)
+  with pytest.raises(Exception, match="crashed by the fault injection"):
+    train("crashed")
+  crash_at(None)
+  logs = []
+  got = train("crashed", log=logs.append)
+  assert logs == [f"[behaviour] resuming from the snapshot at env step 40 ({tmp_path / 'crashed'})"]
+  assert got.steps == ref.steps == [30, 60] and got.returns == ref.returns
+  for step in ref.steps:
+    for a, b in zip(jax.tree_util.tree_leaves(got.params[step]), jax.tree_util.tree_leaves(ref.params[step])):
+      np.testing.assert_array_equal(a, b)
+  assert got.replay.keys() == ref.replay.keys()
+  for k in ref.replay:
+    np.testing.assert_array_equal(got.replay[k], ref.replay[k], err_msg=k)
+  ends = ref.replay["terminations"] | ref.replay["truncations"]
+  assert ends[19] and ends[39]

@@ -205,7 +205,8 @@ def test_without_aux_the_update_is_plain_ppo():
 TINY = ["--agent=o2ppo", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--reevaluate_steps=20",
         "--online_steps=128", "--ppo_rollout_length=64", "--ppo_minibatches=4", "--o2ppo_epochs=2",
         "--eval_every=64", "--eval_episodes=1", "--hidden_dims=8,8", "--o2ppo_value_hidden=8,8",
-        "--batch_size=16", "--o2ppo_value_batch_size=16", "--progress=false"]
+        "--batch_size=16", "--o2ppo_value_batch_size=16", "--progress=false",
+        "--checkpoint_every=64"]   # a snapshot of the real O2PPO state at the rollout boundary 64
 
 
 def finetune(*args, timeout=600):
@@ -223,6 +224,7 @@ def test_launcher_end_to_end(tiny_hopper_dataset, tmp_path):
                              ("finetune", "o2ppo", "seed0x2")):
     assert (tmp_path / phase / agent / ds / name / "checkpoints").exists(), phase
   run = tmp_path / "finetune" / "o2ppo" / ds / "seed0x2"
+  assert not (run / "progress").exists()     # the snapshots are dropped once the phase finished
   summary = json.loads((run / "summary.json").read_text())
   assert len(summary["offline"]) == 2 and len(summary["final"]) == 2
   for line in ("pi_off (offline)", "best fine-tuned", "final fine-tuned"):

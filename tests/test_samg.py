@@ -196,6 +196,35 @@ def test_act_explores_around_a_deterministic_iql_actor():
   assert float(jnp.abs(noisy - greedy).max()) > 1e-3 and float(jnp.abs(noisy).max()) <= 1.0
 
 
+def test_cvae_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_path, crash_at,
+                                                  same_outputs):
+  """train_cvae with snapshots every 10 steps: killed at step 30 (after the snapshot at 20) and rerun,
+  it writes the very checkpoint and metrics of the uninterrupted run and drops its snapshots."""
+  from experiments import pipeline_samg
+  config = samg.Config(cvae_hidden_dims=(8,)).resolved(3)
+
+  def train(name, log=print):
+    return pipeline_samg.train_cvae(
+        dataset_id=tiny_hopper_dataset.dataset_id, config=config, seeds=2, seed=0, steps=30,
+        batch_size=16, out_dir=str(tmp_path), run_name=name, restart=False, progress=False,
+        checkpoint_every=10, log=log)
+
+  ref = train("reference", log=lambda *_: None)
+  crash_at("cvae", 25)
+  with pytest.raises(Exception, match="crashed by the fault injection"):
+    train("crashed")
+  run = ref.parent / "crashed"
+  assert sorted(p.name for p in (run / "progress").iterdir() if p.name.isdigit()) == ["10", "20"]
+  crash_at(None)
+  logs = []
+  assert train("crashed", log=logs.append) == run
+  assert f"[cvae] resuming from the snapshot at step 20 ({run / 'progress'})" in logs
+  assert not (run / "progress").exists()
+  same_outputs(run, ref)
+  restored = pipeline_samg.restore_cvae(run, config, 2, 0, 11, 3)   # the fine-tuning's view of it
+  assert restored["latent_mean"].shape == (2, 6) and int(restored["cvae"].vae.step[0]) == 30
+
+
 # ----------------------------------------------------------------------------- launcher
 
 TINY = ["--agent=samg_iql", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--samg_cvae_steps=40",

@@ -204,7 +204,7 @@ def load_dataset(dataset_id: str, use_cache: bool = True) -> OfflineDataset:
                          "for it to finish, otherwise delete and regenerate it") from None
     if use_cache:
       cache.parent.mkdir(parents=True, exist_ok=True)
-      tmp = cache.with_suffix(".tmp.npz")
+      tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")    # processes may race to write it
       np.savez(tmp, **arrays)
       os.replace(tmp, cache)
   _validate(dataset_id, arrays)

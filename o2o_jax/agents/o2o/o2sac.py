@@ -154,11 +154,18 @@ def align_critic_loss(critic_params, state: State, observations, key):
                           "q_policy": q_align.mean()}
 
 
+def sample_with_kl(actor_params, state: State, observations, key):
+  """a ~ pi (reparameterised), log pi(a|s) and the single-sample KL estimate f(s, a) = log pi(a|s) -
+  log pi_ref(a|s) (pi_ref's log-density floored at LOG_REF_MIN)."""
+  a, logp = dist(state, actor_params, observations).sample_and_log_prob(seed=key)
+  f = logp - jnp.maximum(dist(state, state.reference_actor_params, observations).log_prob(a), LOG_REF_MIN)
+  return a, logp, f
+
+
 def sac_actor_loss(actor_params, state: State, observations, key, lam=0.0):
   """E[alpha log pi(a|s) - min_i Q_i(s, a) + lambda f(s, a)], a ~ pi reparameterised (eq. 2 / 37)."""
-  a, logp = dist(state, actor_params, observations).sample_and_log_prob(seed=key)
+  a, logp, f = sample_with_kl(actor_params, state, observations, key)
   q = state.critic.apply_fn(state.critic.params, observations, a).min(0)
-  f = logp - jnp.maximum(dist(state, state.reference_actor_params, observations).log_prob(a), LOG_REF_MIN)
   loss = jnp.mean(alpha(state) * logp - q + lam * f)
   return loss, {"actor_loss": loss, "entropy": -logp.mean(), "log_probs": logp, "kl": f}
 
@@ -190,6 +197,17 @@ def lambda_value(state: State):
   return lagrange.value(state.lagrange) if state.config.constrain else jnp.zeros(())
 
 
+def lambda_step(state: State, observations, key: PRNGKey) -> tuple:
+  """The multiplier's step (eq. 39 with eq. 49's weights) on the KL estimate f of actions sampled
+  with `key`; lambda stays at 0 without the constraint. Returns (state, {lambda, constraint, tau})."""
+  c, tau = state.config, finetune_tau(state)
+  _, _, f = sample_with_kl(state.actor.params, state, observations, key)
+  if not c.constrain:
+    return state, {"lambda": jnp.zeros(()), "constraint": f.mean(), "tau": tau}
+  lag, info = lagrange.update(state.lagrange, f, tau, c.omega)
+  return state.replace(lagrange=lag), info
+
+
 def finetune_step(state: State, batch: Transition, key: PRNGKey):
   c = state.config
   k_lambda, k_actor, k_next = jax.random.split(key, 3)
@@ -197,21 +215,17 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
   alpha_now = alpha(state)
   obs = batch.observations
 
-  # lambda step (eq. 39 with eq. 49's weights), once per env step.
-  _, lam_info = sac_actor_loss(state.actor.params, state, obs, k_lambda)
-  f = lam_info["kl"]
-  tau = finetune_tau(state)
+  # lambda step, once per env step: on the first of its `utd` updates (a branch under the loops'
+  # lockstep vmap, so the other updates skip its forward pass).
   if c.constrain:
-    new_lag, lag_info = lagrange.update(state.lagrange, f, tau, c.omega)
-    first_of_env_step = state.step % c.utd == 0
-    state = state.replace(lagrange=jax.tree_util.tree_map(
-        lambda n, o: jnp.where(first_of_env_step, n, o), new_lag, state.lagrange))
-  lag_info = {"lambda": lambda_value(state), "constraint": f.mean(), "tau": tau}
+    state = jax.lax.cond(state.step % c.utd == 0, lambda s: lambda_step(s, obs, k_lambda)[0],
+                         lambda s: s, state)
 
   # alpha and actor steps (eq. 37): the actor gradient flows through a into log pi and log pi_ref.
   grads, actor_info = jax.grad(sac_actor_loss, has_aux=True)(state.actor.params, state, obs, k_actor, lam)
   logp = actor_info.pop("log_probs")
-  actor_info.pop("kl")
+  f = actor_info.pop("kl")       # logged: the constraint at the pre-step actor (its own sample)
+  lag_info = {"lambda": lambda_value(state), "constraint": f.mean(), "tau": finetune_tau(state)}
   target_entropy = (c.target_entropy if c.target_entropy is not None
                     else -float(batch.actions.shape[-1]))                              # -|A|
   temp_grads = jax.grad(lambda p: losses.temperature_loss(p["log_alpha"], logp, target_entropy))(

@@ -193,6 +193,18 @@ def finetune_actor_loss(actor_params, state: State, observations, lam):
   return loss, {"actor_loss": loss, "actor_constraint": constraint}
 
 
+def lambda_step(state: State, observations) -> tuple:
+  """The multiplier's step (eq. 47) on f = (pi_ref(s) - pi_on(s))^2 per action dimension; lambda
+  stays at 0 without the constraint. Returns (state, {lambda, constraint, tau})."""
+  c, tau = state.config, finetune_tau(state)
+  f = jnp.square(pi(state, state.reference_actor_params, observations)
+                 - pi(state, state.actor.params, observations))
+  if not c.constrain:
+    return state, {"lambda": jnp.zeros(()), "constraint": f.mean(), "tau": tau}
+  lag, info = lagrange.update(state.lagrange, f, tau, c.omega)
+  return state.replace(lagrange=lag), info
+
+
 def finetune_step(state: State, batch: Transition, key: PRNGKey):
   c = state.config
   lam = jax.lax.stop_gradient(lambda_value(state))
@@ -206,14 +218,7 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
   state = state.replace(critic=state.critic.apply_gradients(grads=grads))
 
   def delayed(s):
-    tau = finetune_tau(s)
-    f = jnp.square(pi(s, s.reference_actor_params, batch.observations)
-                   - pi(s, s.actor.params, batch.observations))                          # per dim
-    if c.constrain:
-      lag, lag_info = lagrange.update(s.lagrange, f, tau, c.omega)                       # eq. 47
-      s = s.replace(lagrange=lag)
-    else:
-      lag_info = {"lambda": jnp.zeros(()), "constraint": f.mean(), "tau": tau}
+    s, lag_info = lambda_step(s, batch.observations)                                     # eq. 47
     grads, info = jax.grad(finetune_actor_loss, has_aux=True)(s.actor.params, s, batch.observations, lam)
     actor = s.actor.apply_gradients(grads=grads)
     s = s.replace(actor=actor,
