@@ -219,7 +219,7 @@ def offline_actor_params(pretrain_dir: Path):
   agent = registry.get(cfg["algo"], registry.OFFLINE)
   agent_config = config_from_dict(agent.Config, cfg["agent_config"])
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
-  template = loops.init_states(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
+  template = loops.init_shapes(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], agent_config)
   states, meta = restore(pretrain_dir, template)
   return states.actor.params, agent_config, meta
@@ -275,8 +275,10 @@ def check_actor_fits(agent_name, agent, o2o_config, algo, meta, actor_params):
 
 
 def _o2o_template(agent, cfg: Dict[str, Any], meta: Dict[str, Any], agent_config):
-  return jax.jit(jax.vmap(lambda k: agent.init(k, meta["obs_dim"], meta["act_dim"], agent_config)))(
-      seed_keys(cfg["seed"], cfg["seeds"]))
+  """Shapes of an O2O run's checkpoint, to restore it. `jax.eval_shape` runs nothing: executing this
+  init (5 seeds, o2sac 64x64) deadlocked XLA's CPU runtime in jax 0.10.2 (see BUILD_NOTES)."""
+  return jax.eval_shape(jax.vmap(lambda k: agent.init(k, meta["obs_dim"], meta["act_dim"], agent_config)),
+                        seed_keys(cfg["seed"], cfg["seeds"]))
 
 
 def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: Optional[str],
