@@ -9,10 +9,13 @@ One row per (agent, phase step) of `ENTRIES` (the table at the end of the builde
 compile time of one update; updates/s with one jit call per update and with lax.scan chunks;
 seed-updates/s with S seeds vmapped (scan chunks, `loops.vmap_lockstep` as the loops use it);
 FLOPs of one update (XLA's cost analysis, and a matmul count from the jaxpr) and the achieved GFLOP/s
-against a 256x256 @ 256x256 matmul chain measured in the same run (the practical roofline); for the
-phases that run in `loops.run_online`, the online loop's env-steps/s at UTD 1 next to the update-only
-rate; the peak host memory (ru_maxrss) of the row. With --isolate (default) every row runs in its own
+against a 256x256 @ 256x256 matmul chain (the practical roofline); for the phases that run in
+`loops.run_online`, the online loop's env-steps/s at UTD 1 next to the update-only rate; the peak host memory (ru_maxrss) of the row. With --isolate (default) every row runs in its own
 process, so its compile time starts from cold caches and its peak memory is its own.
+
+A shared machine drifts by 2x over minutes, so a row times its configurations (one call, each seed
+count, the matmul) interleaved, --rounds times over: rates are medians over rounds, and the vmap
+ratios and the roofline fraction are taken within a round (`timed_rounds`).
 
 The state of each row is built as the package builds it (agent `init`, `loops.init_states`, the OCR-CFT
 phase helpers of `experiments.phases`, the pipelines' switch functions), from freshly initialised
@@ -38,6 +41,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
 
 OBS, ACT = 11, 3   # Hopper-v5
 ENV_ID = "Hopper-v5"
@@ -466,13 +471,30 @@ def _timeit(fn, seconds):
   return n / (time.perf_counter() - t0)
 
 
-def matmul_roofline(n=256, seconds=3.0):
+def timed_rounds(fns: Dict[str, Callable], seconds: float, rounds: int) -> Dict[str, List[float]]:
+  """Calls/s of every fn, measured in turn, `rounds` times over.
+
+  On a shared machine the speed drifts by 2x over minutes (other tenants, frequency scaling): rates
+  taken minutes apart cannot be compared. Interleaving puts every configuration in every slow or fast
+  spell alike, and ratios are then taken within a round (see `median_ratio`)."""
+  rates = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      rates[name].append(_timeit(fn, seconds))
+  return rates
+
+
+def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+  return float(np.median(np.asarray(num) / np.asarray(den)))
+
+
+def matmul_chain(n=256, length=100):
+  """A blocking call of `length` chained n x n @ n x n matmuls, and its FLOPs."""
   import jax
   import jax.numpy as jnp
   x, w = jnp.ones((n, n)), jnp.ones((n, n)) / n
-  f = jax.jit(lambda x, w: jax.lax.fori_loop(0, 100, lambda i, x: x @ w, x))
-  rate = _timeit(lambda: f(x, w).block_until_ready(), seconds)
-  return rate * 100 * 2 * n ** 3 / 1e9
+  f = jax.jit(lambda x, w: jax.lax.fori_loop(0, length, lambda i, x: x @ w, x))
+  return (lambda: f(x, w).block_until_ready()), length * 2 * n ** 3
 
 
 def peak_rss_mb() -> float:
@@ -480,7 +502,7 @@ def peak_rss_mb() -> float:
 
 
 def measure(entry: Entry, s: Settings, seeds_list: Sequence[int], *, seconds: float, chunk: int,
-            rollout_chunk_size: int, roofline: float, online_steps: int, log=print) -> Dict[str, Any]:
+            rollout_chunk_size: int, online_steps: int, rounds: int = 3, log=print) -> Dict[str, Any]:
   import jax
   from o2o_jax import loops
   from o2o_jax.types import seed_keys, take_index
@@ -518,12 +540,12 @@ def measure(entry: Entry, s: Settings, seeds_list: Sequence[int], *, seconds: fl
   def one():
     holder[0], info = compiled(holder[0], batch, key)
     jax.block_until_ready(info)
-  out["updates_per_s_single_call"] = _timeit(one, seconds)
 
-  # Scan chunks, vmapped over seeds (loops.vmap_lockstep).
+  # Scan chunks, vmapped over seeds (loops.vmap_lockstep), one program per seed count.
   fn = chunk_fn(spec, s, n_chunk)
   out["chunk"] = n_chunk
-  out["seed_updates_per_s"], out["chunk_compile_s"] = {}, {}
+  out["chunk_compile_s"] = {}
+  calls = {"single": one}
   for n in seeds_list:
     h = [loops.unalias(jax.tree_util.tree_map(lambda x: x[:n], states))]
     d = jax.tree_util.tree_map(lambda x: x[:n], data) if spec.batch == "rollout" else data
@@ -533,27 +555,45 @@ def measure(entry: Entry, s: Settings, seeds_list: Sequence[int], *, seconds: fl
     jax.block_until_ready(m)
     out["chunk_compile_s"][n] = time.perf_counter() - t0
 
-    def run():
+    def run(h=h, keys=keys, d=d):
       h[0], m = fn(h[0], keys, d)
       jax.block_until_ready(m)
-    out["seed_updates_per_s"][n] = _timeit(run, seconds) * n_chunk * n
-    log(f"{tag} {n} seed(s): {out['seed_updates_per_s'][n]:.0f} seed-updates/s")
-  one_seed = out["seed_updates_per_s"][seeds_list[0]]
-  out["updates_per_s_scan"] = one_seed
-  out["vmap_ratio"] = {n: r / one_seed for n, r in out["seed_updates_per_s"].items()}
+    calls[n] = run
+  calls["matmul"], matmul_flops = matmul_chain()
+  rates = timed_rounds(calls, seconds / rounds, rounds)
+  seed_rates = {n: np.asarray(rates[n]) * n_chunk * n for n in seeds_list}   # seed-updates/s
+  roofline_rounds = np.asarray(rates["matmul"]) * matmul_flops / 1e9
+  out["rounds"] = rounds
+  out["matmul_gflops"] = float(np.median(roofline_rounds))
+  out["updates_per_s_single_call"] = float(np.median(rates["single"]))
+  out["seed_updates_per_s"] = {n: float(np.median(r)) for n, r in seed_rates.items()}
+  for n in seeds_list:
+    log(f"{tag} {n} seed(s): {out['seed_updates_per_s'][n]:.0f} seed-updates/s "
+        f"(rounds: {', '.join(f'{x:.0f}' for x in seed_rates[n])})")
+  one_seed = seed_rates[seeds_list[0]]
+  out["updates_per_s_scan"] = out["seed_updates_per_s"][seeds_list[0]]
+  out["vmap_ratio"] = {n: median_ratio(r, one_seed) for n, r in seed_rates.items()}
   # XLA's cost analysis counts a loop body once: for steps with loops the jaxpr count is used.
   has_loop = bool({"scan", "while"} & cost["kinds"])
   out["flops_source"] = "matmul" if has_loop else "xla"
   per_update = out["gflop_per_update_matmul"] if has_loop else out["gflop_per_update_xla"]
-  out["gflops_achieved"] = per_update * max(out["seed_updates_per_s"].values())
-  out["roofline_fraction"] = out["gflops_achieved"] / roofline
-  log(f"{tag} 1 call {out['updates_per_s_single_call']:.0f} upd/s, scan {one_seed:.0f} upd/s, "
-      f"{out['gflops_achieved']:.1f} GFLOP/s ({100 * out['roofline_fraction']:.0f}% of roofline)")
+  best = np.max(np.stack(list(seed_rates.values())), axis=0)    # the best seed count, per round
+  out["gflops_achieved"] = per_update * float(np.median(best))
+  out["roofline_fraction"] = median_ratio(per_update * best, roofline_rounds)
+  log(f"{tag} 1 call {out['updates_per_s_single_call']:.0f} upd/s, scan "
+      f"{out['updates_per_s_scan']:.0f} upd/s, {out['gflops_achieved']:.1f} GFLOP/s "
+      f"({100 * out['roofline_fraction']:.0f}% of the matmul rate {out['matmul_gflops']:.1f} "
+      f"measured in the same rounds)")
   if spec.online is not None and online_steps > 0:
     out["online"] = measure_online(spec, take_index_range(states, 1), data, s, online_steps)
-    out["online"]["overhead_vs_update_only"] = (
-        1 - out["online"]["env_steps_per_s"] / out["updates_per_s_single_call"])
-    log(f"{tag} online loop {out['online']['env_steps_per_s']:.0f} env-steps/s at UTD {s.utd}")
+    # The update-only rate right after the online run (and the rounds' last), so both sides of the
+    # overhead are taken in the same minute.
+    single_now = _timeit(one, seconds / rounds)
+    reference = (single_now + rates["single"][-1]) / 2
+    out["online"]["single_call_rate_around"] = reference
+    out["online"]["overhead_vs_update_only"] = 1 - out["online"]["env_steps_per_s"] / reference
+    log(f"{tag} online loop {out['online']['env_steps_per_s']:.0f} env-steps/s at UTD {s.utd} "
+        f"(update-only {reference:.0f} upd/s in the same minute)")
   out["peak_rss_mb"] = peak_rss_mb()
   return out
 
@@ -591,7 +631,10 @@ def measure_online(spec: Spec, states, data, s: Settings, steps: int):
 def markdown(results: Dict[str, Any], seeds_list: Sequence[int]) -> str:
   roofline = results["matmul_gflops"]
   lines = [f"# Throughput on {results['device']} ({results['host']}), jax {results['jax']}", "",
-           f"Matmul roofline (256x256 @ 256x256 chain): **{roofline:.1f} GFLOP/s**. "
+           f"Matmul roofline (256x256 @ 256x256 chain): **{roofline:.1f} GFLOP/s** (median over rows; "
+           f"each row's % is against the matmul timed in its own rounds). "
+           f"{results.get('rounds', 1)} interleaved rounds, {results['seconds']:g} s per configuration "
+           f"in all; rates are medians over rounds, ratios taken within a round. "
            f"Networks {results['hidden']}x{results['hidden']}, batch {results['batch_size']}, scan chunk "
            f"{results['chunk']} ({results['rollout_chunk']} for rollout updates), "
            f"{'one process per row' if results['isolate'] else 'one process'}.", "",
@@ -615,7 +658,8 @@ def markdown(results: Dict[str, Any], seeds_list: Sequence[int]) -> str:
         f"| {r['agent']} | {r['phase']} | {r['compile_s']:.1f} | "
         f"{r['gflop_per_update_xla']:.3f} ({r['gflop_per_update_matmul']:.3f}){mark} | "
         f"{r['updates_per_s_single_call']:.0f} | {r['updates_per_s_scan']:.0f} | {seeds_cells} | "
-        f"{r['gflops_achieved']:.1f} ({100 * r['roofline_fraction']:.0f}%){mark} | {online_cell} | "
+        f"{r['gflops_achieved']:.1f} ({100 * r['roofline_fraction']:.0f}% of "
+        f"{r.get('matmul_gflops', roofline):.0f}){mark} | {online_cell} | "
         f"{r['peak_rss_mb']:.0f} |")
     if r.get("notes"):
       notes.append(f"- {r['agent']}/{r['phase']}: {r['notes']}.")
@@ -630,7 +674,8 @@ def markdown(results: Dict[str, Any], seeds_list: Sequence[int]) -> str:
                  "once, so the achieved GFLOP/s uses the matmul count (scan bodies times their length).")
   lines += ["Matmul count: 2MNK per dot_general of the step's jaxpr (elementwise work not counted). "
             "Online rate: `loops.run_online`, 1 seed, Hopper-v5, with the phase's replay mixing; "
-            "the overhead is 1 - env-steps/s / single-call upd/s. Peak RSS: ru_maxrss of the "
+            "the overhead is 1 - env-steps/s / single-call upd/s, the latter re-timed right after the "
+            "online run. Peak RSS: ru_maxrss of the "
             "row's process" + (" (each row its own process)." if results["isolate"] else
                                " so far (rows share one process, so it only grows)."), ""]
   if notes:
@@ -640,7 +685,7 @@ def markdown(results: Dict[str, Any], seeds_list: Sequence[int]) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 
-PASSED_FLAGS = ("seeds", "hidden", "batch_size", "chunk", "rollout_chunk", "rollout_length", "seconds",
+PASSED_FLAGS = ("seeds", "hidden", "batch_size", "chunk", "rollout_chunk", "rollout_length", "seconds", "rounds",
                 "online_steps", "utd", "dataset")
 
 
@@ -655,7 +700,9 @@ def define_flags():
   flags.DEFINE_integer("chunk", 50, "Updates per lax.scan chunk.")
   flags.DEFINE_integer("rollout_chunk", 2, "PPO/O2PPO updates (whole rollouts) per lax.scan chunk.")
   flags.DEFINE_integer("rollout_length", 2048, "PPO/O2PPO rollout length (env steps per update).")
-  flags.DEFINE_float("seconds", 5.0, "Measuring time per configuration.")
+  flags.DEFINE_float("seconds", 6.0, "Measuring time per configuration (split over --rounds).")
+  flags.DEFINE_integer("rounds", 3, "Rounds of interleaved timing (every configuration and the matmul "
+                       "once per round); rates are medians over rounds, ratios taken within a round.")
   flags.DEFINE_integer("online_steps", 1500, "Env steps (after warm-up) for the online-loop rate; 0: skip.")
   flags.DEFINE_integer("utd", 1, "Updates per env step of the online loop (and O2SAC's lambda period).")
   flags.DEFINE_string("dataset", Settings.dataset, "Dataset id whose presets configure the agents "
@@ -663,7 +710,6 @@ def define_flags():
   flags.DEFINE_bool("isolate", True, "Run every row in its own process (cold compile caches, the row's "
                     "own peak memory).")
   flags.DEFINE_string("out", "benchmarks/results", "Output folder.")
-  flags.DEFINE_float("roofline_gflops", None, "Internal (--isolate): the parent's roofline.")
   flags.DEFINE_string("row_json", None, "Internal (--isolate): write the measured rows here.")
 
 
@@ -675,14 +721,19 @@ def _seed_keys_to_int(row: Dict[str, Any]) -> Dict[str, Any]:
 SEED_KEYED = ("seed_updates_per_s", "vmap_ratio", "chunk_compile_s")
 
 
-def _run_isolated(entry: Entry, roofline: float, log=print) -> List[Dict[str, Any]]:
+def _median_roofline(rows) -> float:
+  measured = [r["matmul_gflops"] for r in rows if "matmul_gflops" in r]
+  return float(np.median(measured)) if measured else float("nan")
+
+
+def _run_isolated(entry: Entry, log=print) -> List[Dict[str, Any]]:
   from absl import flags
   FLAGS = flags.FLAGS
   root = Path(__file__).resolve().parents[1]
   with tempfile.TemporaryDirectory() as tmp:
     row_json = Path(tmp) / "rows.json"
     cmd = [sys.executable, "-m", "benchmarks.throughput", f"--agents={entry.agent}",
-           f"--phases={entry.phase}", "--isolate=false", f"--roofline_gflops={roofline!r}",
+           f"--phases={entry.phase}", "--isolate=false",
            f"--row_json={row_json}", f"--out={tmp}", *(FLAGS[name].serialize() for name in PASSED_FLAGS)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, cwd=root, env=env)
@@ -707,19 +758,18 @@ def main(argv):
                utd=FLAGS.utd, dataset=FLAGS.dataset)
   device = jax.devices()[0]
   child = FLAGS.row_json is not None
-  roofline = FLAGS.roofline_gflops or matmul_roofline()
   if not child:
-    print(f"matmul roofline {roofline:.1f} GFLOP/s; {len(entries)} row(s)", flush=True)
+    print(f"{len(entries)} row(s)", flush=True)
   rows, t_start = [], time.time()
   for i, entry in enumerate(entries, 1):
     if not child:
       print(f"[{i}/{len(entries)}] {entry.name} ({time.time() - t_start:.0f}s elapsed)", flush=True)
     if FLAGS.isolate and not child and len(entries) > 1:
-      rows += _run_isolated(entry, roofline)
+      rows += _run_isolated(entry)
       continue
     try:
       rows.append(measure(entry, s, seeds_list, seconds=FLAGS.seconds, chunk=FLAGS.chunk,
-                          rollout_chunk_size=FLAGS.rollout_chunk, roofline=roofline,
+                          rollout_chunk_size=FLAGS.rollout_chunk, rounds=FLAGS.rounds,
                           online_steps=FLAGS.online_steps,
                           log=lambda m: print(m, flush=True)))
     except Exception:   # one failing row must not lose the others' numbers
@@ -730,9 +780,9 @@ def main(argv):
     return 0
   results = {"device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
              "host": platform.processor() or platform.machine(), "jax": jax.__version__,
-             "matmul_gflops": roofline, "hidden": FLAGS.hidden, "batch_size": FLAGS.batch_size,
+             "matmul_gflops": _median_roofline(rows), "hidden": FLAGS.hidden, "batch_size": FLAGS.batch_size,
              "chunk": FLAGS.chunk, "rollout_chunk": FLAGS.rollout_chunk,
-             "rollout_length": FLAGS.rollout_length, "seconds": FLAGS.seconds, "utd": FLAGS.utd,
+             "rollout_length": FLAGS.rollout_length, "seconds": FLAGS.seconds, "rounds": FLAGS.rounds, "utd": FLAGS.utd,
              "dataset_presets": FLAGS.dataset, "isolate": bool(FLAGS.isolate and len(entries) > 1),
              "wall_s": time.time() - t_start, "rows": rows, "peak_rss_mb": peak_rss_mb()}
   out = Path(FLAGS.out)

@@ -120,3 +120,14 @@ def test_lambda_step_matches_finetune_step():
     before, a, b = jax.jit(both).lower(*args).compile(FAST_COMPILE)(*args)
     assert float(jnp.abs(a["log_lambda"] - before)) > 0
     np.testing.assert_allclose(a["log_lambda"], b["log_lambda"], rtol=1e-6)
+
+
+def test_timed_rounds_interleave_and_ratios_are_taken_within_a_round():
+  order = []
+  rates = tp.timed_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                          seconds=0.0, rounds=3)
+  assert [len(v) for v in rates.values()] == [3, 3]
+  # One warm-up call and (at least) one timed call per fn per round, a's before b's in each round.
+  assert order == ["a", "a", "b", "b"] * 3
+  # Per-round ratios 2, 2, 3 -> median 2; the ratio of the medians (3 / 1) would be 3.
+  assert tp.median_ratio([2.0, 8.0, 3.0], [1.0, 4.0, 1.0]) == 2.0
