@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-
+import time
 import warnings
+from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from o2o_jax import compile_time
 from o2o_jax.errors import O2OError, Interrupted
 
 BUDGETS = ("paper", "quick")
@@ -70,8 +72,14 @@ def run(main):
       logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="minari")
     enable_compilation_cache()
+    compile_time.install()
+    t0 = time.time()
     try:
-      return main(argv)
+      status = main(argv)
+      # Every launcher's last line: how much of its wall time went to compilation.
+      print(f"[{Path(sys.argv[0]).stem}] {time.time() - t0:.0f}s wall, "
+            f"{compile_time.snapshot().describe()}", flush=True)
+      return status
     except Interrupted as e:
       print(f"interrupted: {e}", file=sys.stderr)
       sys.exit(130)

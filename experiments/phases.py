@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import presets
-from o2o_jax import distributed, envs, loops, resume, runs
+from o2o_jax import compile_time, distributed, envs, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
@@ -188,7 +188,7 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
               "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
   writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
-  t0 = time.time()
+  t0, c0 = time.time(), compile_time.snapshot()
 
   def on_eval(step, s, returns):
     ckpt.save(step, s, {**metadata, "step": step,
@@ -206,7 +206,8 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
   _plot(run_dir, ["eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"],
         f"{algo} on {dataset_id}")
   final = distributed.gather_seeds(data.normalized_score(history[-1]["returns"]).mean(1))
-  log(f"[pretrain] done in {time.time() - t0:.0f}s; final normalised score per seed: "
+  log(f"[pretrain] done in {time.time() - t0:.0f}s ({(compile_time.snapshot() - c0).describe()}); "
+      "final normalised score per seed: "
       + ", ".join(f"{x:.1f}" for x in final))
   return run_dir
 

@@ -1,6 +1,7 @@
 """End-to-end launcher runs on tiny budgets, and their one-line errors."""
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,10 @@ def test_train_online_writes_a_complete_run_dir(online_run):
   assert [int(r["step"]) for r in evals] == [200, 400]
   assert evals[-1]["eval/return/seed0"] and evals[-1]["eval/return/seed1"]   # per-seed columns
   assert "final eval return per seed" in res.stdout
+  # Every launcher ends with its wall time and the part of it spent compiling.
+  last = res.stdout.strip().splitlines()[-1]
+  assert re.fullmatch(r"\[train_online\] \d+s wall, \d+\.\ds compiling \((\d+) programs?.*\)", last), last
+  assert int(re.search(r"\((\d+) program", last).group(1)) > 0
 
 
 def test_rerun_of_a_finished_run_is_not_retrained(online_run):
