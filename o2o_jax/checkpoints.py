@@ -48,10 +48,14 @@ class Checkpointer:
     if jax.process_count() > 1:
       # Process-local in a multi-process run (`distributed`): each process reads whole checkpoints
       # on its own and only the primary writes the shared ones, so no cross-process barrier.
+      # Synchronous saves: orbax's background commit threads raced with the next save's temporary
+      # directory in this mode (ENOENT on `<step>.orbax-checkpoint-tmp`, then a hung shutdown
+      # barrier), and `save` waits for the commit anyway.
       local = jax.process_index()
       self.directory.mkdir(parents=True, exist_ok=True)   # orbax: no `create` with active_processes
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+          max_to_keep=max_to_keep, create=False, enable_async_checkpointing=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
               primary_host=local, active_processes={local}))
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 

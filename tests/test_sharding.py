@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_eight_seeds_sharded_over_four_devices_equal_one_device():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4")
   res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                        timeout=600)
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
