@@ -10,8 +10,9 @@ compile time of one update; updates/s with one jit call per update and with lax.
 seed-updates/s with S seeds vmapped (scan chunks, `loops.vmap_lockstep` as the loops use it);
 FLOPs of one update (XLA's cost analysis, and a matmul count from the jaxpr) and the achieved GFLOP/s
 against a 256x256 @ 256x256 matmul chain (the practical roofline); for the phases that run in
-`loops.run_online`, the online loop's env-steps/s at UTD 1 next to the update-only rate; the peak host memory (ru_maxrss) of the row. With --isolate (default) every row runs in its own
-process, so its compile time starts from cold caches and its peak memory is its own.
+`loops.run_online`, the online loop's env-steps/s at UTD 1 next to the update-only rate; the peak
+host memory (ru_maxrss) of the row. With --isolate (default) every row runs in its own process, so
+its compile time starts from cold caches and its peak memory is its own.
 
 A shared machine drifts by 2x over minutes, so a row times its configurations (one call, each seed
 count, the matmul) interleaved, --rounds times over: rates are medians over rounds, and the vmap
@@ -685,8 +686,8 @@ def markdown(results: Dict[str, Any], seeds_list: Sequence[int]) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 
-PASSED_FLAGS = ("seeds", "hidden", "batch_size", "chunk", "rollout_chunk", "rollout_length", "seconds", "rounds",
-                "online_steps", "utd", "dataset")
+PASSED_FLAGS = ("seeds", "hidden", "batch_size", "chunk", "rollout_chunk", "rollout_length", "seconds",
+                "rounds", "online_steps", "utd", "dataset")
 
 
 def define_flags():
@@ -780,9 +781,10 @@ def main(argv):
     return 0
   results = {"device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
              "host": platform.processor() or platform.machine(), "jax": jax.__version__,
-             "matmul_gflops": _median_roofline(rows), "hidden": FLAGS.hidden, "batch_size": FLAGS.batch_size,
-             "chunk": FLAGS.chunk, "rollout_chunk": FLAGS.rollout_chunk,
-             "rollout_length": FLAGS.rollout_length, "seconds": FLAGS.seconds, "rounds": FLAGS.rounds, "utd": FLAGS.utd,
+             "matmul_gflops": _median_roofline(rows), "hidden": FLAGS.hidden,
+             "batch_size": FLAGS.batch_size, "chunk": FLAGS.chunk, "rollout_chunk": FLAGS.rollout_chunk,
+             "rollout_length": FLAGS.rollout_length, "seconds": FLAGS.seconds, "rounds": FLAGS.rounds,
+             "utd": FLAGS.utd,
              "dataset_presets": FLAGS.dataset, "isolate": bool(FLAGS.isolate and len(entries) > 1),
              "wall_s": time.time() - t_start, "rows": rows, "peak_rss_mb": peak_rss_mb()}
   out = Path(FLAGS.out)
