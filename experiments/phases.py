@@ -276,10 +276,10 @@ def check_actor_fits(agent_name, agent, o2o_config, algo, meta, actor_params):
 
 
 def _o2o_template(agent, cfg: Dict[str, Any], meta: Dict[str, Any], agent_config):
-  """Shapes of an O2O run's checkpoint, to restore it. `jax.eval_shape` runs nothing: executing this
-  init (5 seeds, o2sac 64x64) deadlocked XLA's CPU runtime in jax 0.10.2 (see BUILD_NOTES)."""
-  return jax.eval_shape(jax.vmap(lambda k: agent.init(k, meta["obs_dim"], meta["act_dim"], agent_config)),
-                        seed_keys(cfg["seed"], cfg["seeds"]))
+  """Shapes of an O2O run's checkpoint, to restore it. `loops.init_shapes` runs nothing: executing
+  this init (5 seeds, o2sac 64x64) deadlocked XLA's CPU runtime in jax 0.10.2 (see BUILD_NOTES)."""
+  return loops.init_shapes(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
+                           meta["act_dim"], agent_config)
 
 
 def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: Optional[str],
