@@ -16,8 +16,9 @@ import pytest
 # The suite's CPU time is mostly XLA compiling many small programs (tiny networks, a fresh process per
 # launcher test), not running them. LLVM's expensive optimisations buy nothing at these sizes: without
 # them the suite needs ~40% less CPU (measured on tests/test_o2ppo.py: 119 s -> 71 s). Set here, before
-# JAX starts, so the launcher subprocesses inherit it; semantics are unchanged (the same HLO, less
-# optimised machine code). O2O_JAX_TEST_FULL_XLA=1 keeps XLA's defaults.
+# JAX starts, so the launcher subprocesses inherit it. The HLO is the same; elementwise approximations
+# may differ in the last bits (tanh inside a fusion never rounds to exactly 1.0 at -O0, see
+# test_networks). O2O_JAX_TEST_FULL_XLA=1 keeps XLA's defaults.
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if not os.environ.get("O2O_JAX_TEST_FULL_XLA"):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
