@@ -24,9 +24,39 @@ import numpy as np
 TANH_CLIP_EPS = 1e-4
 
 
-def default_init(orthogonal: bool = False, scale: float = np.sqrt(2.0)):
-  if orthogonal:
-    return nn.initializers.orthogonal(scale)
+def orthogonal(scale: float = 1.0):
+  """Flax's `nn.initializers.orthogonal(scale)` (same key use, same matrix up to float rounding),
+  computed by Gram-Schmidt instead of LAPACK's QR. Why: under a seed `vmap` the QR becomes one
+  batched LAPACK custom call, and jaxlib runs its batch on XLA's intra-op thread pool while blocking
+  a thread of that same pool; with as many QRs in flight as the pool has threads (2 here), every
+  thread waits forever (BUILD_NOTES, "A deadlock in XLA's CPU runtime")."""
+  def init(key, shape, dtype=jnp.float32):
+    n_rows, n_cols = int(np.prod(shape[:-1])), shape[-1]
+    a = jax.random.normal(key, (n_cols, n_rows) if n_rows < n_cols else (n_rows, n_cols), dtype)
+    q = gram_schmidt(a)
+    return scale * (q.T if n_rows < n_cols else q).reshape(shape)
+  return init
+
+
+def gram_schmidt(a):
+  """Q of a = QR with diag(R) > 0 (the sign convention flax applies to LAPACK's Q), for a tall a:
+  classical Gram-Schmidt with every column orthogonalised twice ("twice is enough", Giraud et al.
+  2005), which keeps Q^T Q = I to float precision."""
+  def column(k, q):
+    # Masks instead of q[:, k] and q.at[:, k].set: under vmap those become gathers and scatters,
+    # which XLA:CPU compiles several times slower.
+    done = (jnp.arange(q.shape[1]) < k).astype(q.dtype)    # columns 0..k-1 are finished
+    this = (jnp.arange(q.shape[1]) == k).astype(q.dtype)
+    v = q @ this
+    for _ in range(2):
+      v = v - q @ (done * (q.T @ v))
+    return q * (1 - this) + jnp.outer(v / jnp.sqrt(jnp.sum(v * v)), this)
+  return jax.lax.fori_loop(0, a.shape[1], column, a)
+
+
+def default_init(orthogonal_init: bool = False, scale: float = np.sqrt(2.0)):
+  if orthogonal_init:
+    return orthogonal(scale)
   # PyTorch nn.Linear's default (U(+-1/sqrt(fan_in))), as the CORL and official OCR-CFT code use.
   return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -49,8 +79,8 @@ class MLP(nn.Module):
     return x
 
 
-def _head_init(orthogonal: bool, scale: float):
-  return default_init(orthogonal, scale)
+def _head_init(orthogonal_init: bool, scale: float):
+  return default_init(orthogonal_init, scale)
 
 
 class Critic(nn.Module):

@@ -5,6 +5,8 @@ hidden (8, 8)) so eagerly dispatched ops are compiled once for the whole module.
 """
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ import pytest
 
 from o2o_jax.networks import (MLP, TANH_CLIP_EPS, Critic, CriticEnsemble, DeterministicActor,
                               GaussianActor, TanhGaussian, TanhGaussianActor, ValueNet,
-                              count_params, tanh_gaussian_log_prob_reference)
+                              count_params, orthogonal, tanh_gaussian_log_prob_reference)
 
 BATCH, OBS_DIM, ACT_DIM, HIDDEN = 4, 5, 3, (8, 8)
 KEY = jax.random.PRNGKey(0)
@@ -273,6 +275,18 @@ def test_orthogonal_init_kernels():
   # The critic head uses scale 1: its (width, 1) kernel is a unit vector.
   head = np.asarray(params["Dense_0"]["kernel"], np.float64)
   np.testing.assert_allclose(head.T @ head, [[1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (8, 8), (8, 3), (8, 1), (2, 4, 8)])
+def test_orthogonal_equals_flax_initializer_without_a_qr(shape):
+  """Same matrix as flax's QR-based initializer (same key), but no LAPACK call: batched under a
+  seed vmap, jaxlib's QR deadlocked XLA's 2-thread CPU pool (BUILD_NOTES)."""
+  import flax.linen as nn
+  ours = orthogonal(1.5)(KEY, shape)
+  np.testing.assert_allclose(ours, nn.initializers.orthogonal(1.5)(KEY, shape), atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(jax.vmap(lambda k: orthogonal()(k, shape)))(jax.random.split(KEY, 3)))
+  for primitive in (r"\bqr\b", "householder_product", "custom_call"):
+    assert not re.search(primitive, jaxpr), primitive
 
 
 def test_default_init_is_pytorch_linear_uniform():

@@ -1,5 +1,9 @@
 """OCR-CFT pieces: the lambda step and tau schedule, O2TD3's alignment and constraint properties,
 refresh_reference under vmap, and a user-written jit(vmap(scan(finetune_step)))."""
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -180,6 +184,21 @@ def test_o2sac_align_target_keeps_the_anchor_and_never_exceeds_q():
   at_anchor, _, _ = o2sac.align_target(state, obs, anchor_a)
   np.testing.assert_allclose(at_anchor, q_anchor, rtol=1e-5, atol=1e-5)                # = Q(s, a.)
   assert float(jnp.abs(anchor_a).max()) <= o2sac.ANCHOR_CLIP
+
+
+def test_o2sac_init_of_5_seeds_finishes():
+  """Regression: with flax's QR-based orthogonal init, `init_states(o2sac, 5 seeds)` hung forever
+  on 2 CPU threads (always at the suite's -O0). A subprocess, so a hang fails instead of stalling."""
+  code = ("import jax; from o2o_jax import loops; from o2o_jax.agents.o2o import o2sac; "
+          "from o2o_jax.types import seed_keys; jax.block_until_ready(loops.init_states(o2sac, "
+          "seed_keys(0, 5), 11, 3, o2sac.Config(hidden_dims=(64, 64)))); print('ok')")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  try:
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=240)
+  except subprocess.TimeoutExpired:
+    pytest.fail("the 5-seed O2SAC init hung (XLA CPU thread-pool deadlock is back)")
+  assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
 def test_o2sac_kl_is_zero_at_the_reference_and_lambda_steps_once_per_env_step():
