@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("agent", "o2td3", ["o2td3", "o2sac"], "O2O agent whose critic is fitted.")
 flags.DEFINE_string("from", None, "A finished pretrain run directory (required).")
 common.define_budget_flag()
-flags.DEFINE_integer("steps", None, "Re-evaluation steps (paper 500k, quick 5k).")
+flags.DEFINE_integer("steps", None, "Re-evaluation steps (paper 500k, quick 50k).")
 flags.DEFINE_integer("eval_episodes", None, "Episodes to score pi_off (paper 10, quick 5).")
 flags.DEFINE_list("critic_hidden", None, "Hidden sizes of the fresh critic (paper 256,256).")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
