@@ -44,7 +44,8 @@ flags.DEFINE_integer("pretrain_steps", None, "Offline gradient steps (paper 1M, 
 flags.DEFINE_integer("reevaluate_steps", None, "Re-evaluation steps (paper 500k, quick 50k; "
                      "O2PPO's V fit: paper 1M, quick 5k).")
 flags.DEFINE_integer("align_steps", None, "Alignment steps (paper 500k, quick 5k).")
-flags.DEFINE_integer("online_steps", None, "Online env steps per seed (paper 100k, quick 10k).")
+flags.DEFINE_integer("online_steps", None, "Online env steps per seed (paper 100k, quick 10k; O2PPO: "
+                     "paper 250k, quick 51,200).")
 flags.DEFINE_integer("warmup_steps", None, "Online steps before the first update, acting with the "
                      "policy (paper 1k).")
 flags.DEFINE_integer("eval_every", None, "Online steps between evaluations (paper 1k, quick 2k).")

@@ -23,13 +23,15 @@ from experiments import common, presets
 
 AGENT = "o2ppo"
 # --budget: 'paper' = 250k online env steps (paper §5 / H.5), evaluated every 2.5k steps with 10
-# episodes, V fitted for 1M steps (released code), IQL for 1M; 'quick' = minutes on a laptop CPU.
+# episodes, V fitted for 1M steps (released code), IQL for 1M; 'quick' = minutes on a laptop CPU:
+# 51,200 online steps = 100 rollouts of 512 (~3 min for 5 seeds here). 12 rollouts (session 5)
+# were too few for PPO to move off pi_off (BUILD_NOTES, "OCR-CFT quick benchmarks").
 BUDGETS = {
     "paper": dict(pretrain_steps=1_000_000, pretrain_eval_every=10_000, reevaluate_steps=1_000_000,
                   online_steps=250_000, eval_every=2_500, eval_episodes=10, hidden_dims=(256, 256),
                   value_hidden=(256, 256, 256), rollout_length=2048),
     "quick": dict(pretrain_steps=10_000, pretrain_eval_every=5_000, reevaluate_steps=5_000,
-                  online_steps=6_144, eval_every=2_048, eval_episodes=5, hidden_dims=(64, 64),
+                  online_steps=51_200, eval_every=2_048, eval_episodes=5, hidden_dims=(64, 64),
                   value_hidden=(64, 64, 64), rollout_length=512),
 }
 
