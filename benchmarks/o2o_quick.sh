@@ -26,6 +26,6 @@ for spec in $agents; do
   echo "== $spec on $dataset ($(date +%T))"
   ${PYTHON:-python} -m experiments.finetune --agent="$agent" --dataset="$dataset" --seeds=5 --budget=quick \
     --out_dir="$out/runs" --progress=false $extra > "$out/logs/$name.log" 2>&1
-  echo "   exit $? ($(date +%T)); $(tail -n 2 "$out/logs/$name.log" | head -c 300)"
+  echo "   exit $? ($(date +%T)); $( (grep -E "^(best|final) fine-tuned" "$out/logs/$name.log" || tail -n 2 "$out/logs/$name.log") | head -c 400)"
 done
 ${PYTHON:-python} -m benchmarks.o2o_table --runs="$out/runs" --early="${EARLY:-0.2}" --out="$out/table.md"
