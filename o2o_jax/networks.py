@@ -43,14 +43,11 @@ def gram_schmidt(a):
   classical Gram-Schmidt with every column orthogonalised twice ("twice is enough", Giraud et al.
   2005), which keeps Q^T Q = I to float precision."""
   def column(k, q):
-    # Masks instead of q[:, k] and q.at[:, k].set: under vmap those become gathers and scatters,
-    # which XLA:CPU compiles several times slower.
     done = (jnp.arange(q.shape[1]) < k).astype(q.dtype)    # columns 0..k-1 are finished
-    this = (jnp.arange(q.shape[1]) == k).astype(q.dtype)
-    v = q @ this
+    v = q[:, k]
     for _ in range(2):
       v = v - q @ (done * (q.T @ v))
-    return q * (1 - this) + jnp.outer(v / jnp.sqrt(jnp.sum(v * v)), this)
+    return q.at[:, k].set(v / jnp.sqrt(jnp.sum(v * v)))
   return jax.lax.fori_loop(0, a.shape[1], column, a)
 
 
