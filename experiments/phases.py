@@ -406,8 +406,8 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
   writer.close()
   ckpt.close()
   snapshots.discard()
-  _plot(run_dir, ["eval/normalized_score", "train/align_loss", "train/q_anchor"],
-        f"{cfg['agent']} alignment")
+  _plot(run_dir, ["eval/normalized_score", "train/align_loss", "train/q_anchor",
+                  "train/actor_drift"], f"{cfg['agent']} alignment")
   log(_summary_line("[align] pi_on score", scores["online"]))
   return run_dir
 

@@ -101,6 +101,20 @@ def test_align_step_freezes_targets_and_finish_copies():
   chex.assert_trees_all_equal(done.target_actor_params, new.actor.params)
 
 
+def test_align_step_reports_the_actor_drift_from_pi_off():
+  state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, CFG)
+  b = batch(jax.random.PRNGKey(1))
+  step = jax.jit(o2td3.align_step)
+  _, info = step(state, b, jax.random.PRNGKey(2))
+  assert float(info["actor_drift"]) == 0.0                # pi_on = pi_off before the first update
+  moved = state.replace(actor=state.actor.replace(params=jax.tree_util.tree_map(
+      lambda p: p + 0.1, state.actor.params)))
+  _, info = step(moved, b, jax.random.PRNGKey(2))
+  diff = o2td3.pi(moved, moved.actor.params, b.observations) - o2td3.pi(state, state.actor.params,
+                                                                        b.observations)
+  np.testing.assert_allclose(float(info["actor_drift"]), np.sqrt(np.mean(np.square(diff))), rtol=1e-5)
+
+
 # --- O2TD3 fine-tuning ------------------------------------------------------------------------
 
 def test_constraint_is_zero_when_policy_equals_reference():

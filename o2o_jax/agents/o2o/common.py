@@ -23,6 +23,12 @@ def init_networks(key, obs_dim: int, act_dim: int, actor, critic, actor_params=N
   return actor_params, critic.init(k_critic, obs, jnp.zeros((1, act_dim)))
 
 
+def actor_drift(actions, offline_actions):
+  """RMS over the batch and action dimensions of pi_on(s) - pi_off(s): how far the actor has moved from
+  the offline policy (logged during alignment, where the paper expects pi_on to stay near pi_off)."""
+  return jnp.sqrt(jnp.mean(jnp.square(actions - offline_actions)))
+
+
 def init_reference(state, offline_score, online_score):
   """pi_ref starts as the better of pi_off and pi_on by evaluation (pi_on only if strictly better),
   the best score as the higher of the two (released code; the paper starts from pi_on)."""

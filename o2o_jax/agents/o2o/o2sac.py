@@ -150,8 +150,9 @@ def align_critic_loss(critic_params, state: State, observations, key):
   q_retain = state.critic.apply_fn(critic_params, observations, anchor_a)
   align = losses.critic_mse(q_align, targets)                                         # eq. 13
   retain = losses.critic_mse(q_retain, q_anchor)
+  drift = common.actor_drift(anchor_action(state, state.actor.params, observations), anchor_a)
   return align + retain, {"align_loss": align, "retain_loss": retain, "q_anchor": q_anchor.mean(),
-                          "q_policy": q_align.mean()}
+                          "q_policy": q_align.mean(), "actor_drift": drift}
 
 
 def sample_with_kl(actor_params, state: State, observations, key):

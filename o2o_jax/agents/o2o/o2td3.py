@@ -152,8 +152,10 @@ def align_critic_loss(critic_params, state: State, observations, key):
 
 
 def plain_actor_loss(actor_params, state: State, observations):
-  q = state.critic.apply_fn(state.critic.params, observations, pi(state, actor_params, observations))[0]
-  return -q.mean(), {"actor_loss": -q.mean()}
+  actions = pi(state, actor_params, observations)
+  q = state.critic.apply_fn(state.critic.params, observations, actions)[0]
+  drift = common.actor_drift(actions, pi(state, state.offline_actor_params, observations))
+  return -q.mean(), {"actor_loss": -q.mean(), "actor_drift": jax.lax.stop_gradient(drift)}
 
 
 def align_step(state: State, batch: Transition, key: PRNGKey):
