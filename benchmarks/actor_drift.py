@@ -1,0 +1,39 @@
+"""How far pi_on has moved from pi_off, per seed, on the dataset's states (O2TD3/O2SAC runs).
+
+  python -m benchmarks.actor_drift runs/align/o2td3/o2o_walker2d_medium-v0/seed0x5 [more run dirs]
+
+Prints the RMS over states and action dimensions of pi_on(s) - pi_off(s) (deterministic actions),
+and the largest per-dimension gap. Alignment logs the same RMS on its batches as train/actor_drift;
+this reads a checkpoint, e.g. of a run made before that metric existed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("states", 20_000, "Dataset states to compare the two policies on.")
+
+
+def main(argv):
+  from experiments import phases
+  for run_dir in argv[1:]:
+    cfg, agent, _, states, meta = phases._restore_o2o(Path(run_dir))
+    data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                            meta["reward_transform"]["scale"])
+    obs = data.device.observations[:FLAGS.states]
+    key = jax.random.PRNGKey(0)
+    on, off = jax.vmap(lambda s: (agent.act(s, obs, key, explore=False),
+                                  agent.offline_act(s, obs, key)))(states)
+    gap = np.asarray(on - off)
+    rms = np.sqrt(np.mean(np.square(gap), axis=(1, 2)))
+    fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)
+    print(f"{run_dir} ({cfg['agent']}): RMS per seed {fmt(rms)}; max |gap| per seed "
+          f"{fmt(np.abs(gap).max(axis=(1, 2)))}")
+
+
+if __name__ == "__main__":
+  app.run(main)
