@@ -1,0 +1,87 @@
+"""Does O2TD3's value alignment make pi_off a local maximum of the critic? A probe, from a finished
+re-evaluation run, outside the launchers (nothing is written).
+
+  python -m benchmarks.alignment_probe --from=runs/reevaluate/o2td3/<dataset>/<run> --steps=5000 \
+      --freeze_actor
+
+Runs `--steps` alignment steps (eq. 16 critic step; the -Q_1 actor step too unless --freeze_actor)
+and prints, every 1k steps, the align and retain losses and the fraction of batch states where
+Q_1(s, pi_off(s)) beats all of 4 random perturbations pi_off(s) + N(0, 0.1^2) (about 1/16 by chance
+for a critic with no maximum at pi_off; near 1 for an aligned one). Before any step it prints the
+twin-critic gap at pi_off, which the retain term has to remove. The critic's learning rate can be
+overridden with --critic_lr.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("from", None, "A finished O2TD3 reevaluate run directory.", required=True)
+flags.DEFINE_integer("steps", 5_000, "Alignment steps (a multiple of 1000).")
+flags.DEFINE_bool("freeze_actor", False, "Keep pi_on = pi_off (critic steps only).")
+flags.DEFINE_float("critic_lr", None, "Critic learning rate (default: the run's).")
+flags.DEFINE_integer("batch_size", 256, "Batch size.")
+
+
+def main(argv):
+  del argv
+  import dataclasses
+
+  import optax
+  from experiments import phases
+  from o2o_jax.agents.common import TrainState
+  from o2o_jax.agents.o2o import o2td3
+  cfg, agent, _, states, meta = phases._restore_o2o(Path(getattr(FLAGS, "from")))
+  if agent is not o2td3:
+    raise SystemExit(f"--from is a {cfg['agent']} run; this probe is for o2td3")
+  if FLAGS.critic_lr:
+    config = dataclasses.replace(states.config, critic_lr=FLAGS.critic_lr)
+    fresh = lambda c: TrainState.create(apply_fn=c.apply_fn, params=c.params,
+                                        tx=optax.adam(FLAGS.critic_lr))
+    states = states.replace(config=config, critic=jax.vmap(fresh)(states.critic))
+  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                          meta["reward_transform"]["scale"])
+  observations = data.device.observations
+
+  def anchor_is_max(state, obs, key):
+    a0 = o2td3.pi(state, state.offline_actor_params, obs)
+    q0 = state.critic.apply_fn(state.critic.params, obs, a0)[0]
+    noise = 0.1 * jax.random.normal(key, (4,) + a0.shape)
+    q = jax.vmap(lambda n: state.critic.apply_fn(state.critic.params, obs, jnp.clip(a0 + n, -1, 1))[0])(noise)
+    return jnp.mean(jnp.all(q <= q0, axis=0))
+
+  def step(state, key):
+    k_batch, k_critic, k_probe = jax.random.split(key, 3)
+    obs = observations[jax.random.randint(k_batch, (FLAGS.batch_size,), 0, observations.shape[0])]
+    if not FLAGS.freeze_actor:
+      grads, _ = jax.grad(o2td3.plain_actor_loss, has_aux=True)(state.actor.params, state, obs)
+      state = state.replace(actor=state.actor.apply_gradients(grads=grads))
+    grads, info = jax.grad(o2td3.align_critic_loss, has_aux=True)(state.critic.params, state, obs,
+                                                                   k_critic)
+    state = state.replace(critic=state.critic.apply_gradients(grads=grads))
+    return state, {"align_loss": info["align_loss"], "retain_loss": info["retain_loss"],
+                   "anchor_is_max": anchor_is_max(state, obs, k_probe)}
+
+  def twin_gap(state):
+    obs = observations[:20_000]
+    q = state.critic.apply_fn(state.target_critic_params, obs,
+                              o2td3.pi(state, state.offline_actor_params, obs))
+    return jnp.sqrt(jnp.mean(jnp.square(q[0] - q[1])))
+
+  print("twin target-critic gap at pi_off (RMS) per seed:",
+        " ".join(f"{x:.2f}" for x in np.asarray(jax.vmap(twin_gap)(states))))
+  chunk = jax.jit(jax.vmap(lambda s, k: jax.lax.scan(step, s, jax.random.split(k, 1000))))
+  keys = jax.random.split(jax.random.PRNGKey(0), cfg["seeds"])
+  for i in range(FLAGS.steps // 1000):
+    states, info = chunk(states, jax.vmap(lambda k: jax.random.fold_in(k, i))(keys))
+    print(f"step {(i + 1) * 1000}: " + ", ".join(
+        f"{k} {float(np.mean(np.asarray(v)[:, -200:])):.3f}" for k, v in info.items()), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
