@@ -6,10 +6,12 @@ re-evaluation run, outside the launchers (nothing is written).
 
 Runs `--steps` alignment steps (eq. 16 critic step; the -Q_1 actor step too unless --freeze_actor)
 and prints, every 1k steps, the align and retain losses and the fraction of batch states where
-Q_1(s, pi_off(s)) beats all of 4 random perturbations pi_off(s) + N(0, 0.1^2) (about 1/16 by chance
-for a critic with no maximum at pi_off; near 1 for an aligned one). Before any step it prints the
-twin-critic gap at pi_off, which the retain term has to remove. The critic's learning rate can be
-overridden with --critic_lr.
+Q_1(s, pi_off(s)) beats all of 4 random perturbations pi_off(s) + N(0, sigma^2), sigma =
+--probe_sigma (about 1/16 by chance for a critic with no maximum at pi_off; near 1 for an aligned
+one). Before any step it prints the twin-critic gap at pi_off, which the retain term has to remove.
+The critic's learning rate can be overridden with --critic_lr. `--anchor=own` tests a departure
+from the released code: each critic is anchored on its own target critic, Q'_i(s, a.), instead of
+on the min of the two.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ flags.DEFINE_integer("steps", 5_000, "Alignment steps (a multiple of 1000).")
 flags.DEFINE_bool("freeze_actor", False, "Keep pi_on = pi_off (critic steps only).")
 flags.DEFINE_float("critic_lr", None, "Critic learning rate (default: the run's).")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
+flags.DEFINE_float("probe_sigma", 0.1, "Std of the 4 random perturbations of pi_off(s).")
+flags.DEFINE_enum("anchor", "min", ["min", "own"], "Anchor A: min_i Q'_i(s, a.) (released code) or "
+                  "each critic's own Q'_i(s, a.) (a test).")
 
 
 def main(argv):
@@ -51,9 +56,26 @@ def main(argv):
   def anchor_is_max(state, obs, key):
     a0 = o2td3.pi(state, state.offline_actor_params, obs)
     q0 = state.critic.apply_fn(state.critic.params, obs, a0)[0]
-    noise = 0.1 * jax.random.normal(key, (4,) + a0.shape)
-    q = jax.vmap(lambda n: state.critic.apply_fn(state.critic.params, obs, jnp.clip(a0 + n, -1, 1))[0])(noise)
+    noise = FLAGS.probe_sigma * jax.random.normal(key, (4,) + a0.shape)
+    q_1 = lambda a: state.critic.apply_fn(state.critic.params, obs, a)[0]
+    q = jax.vmap(lambda n: q_1(jnp.clip(a0 + n, -1, 1)))(noise)
     return jnp.mean(jnp.all(q <= q0, axis=0))
+
+  def own_anchor_loss(critic_params, state, obs, key):
+    """Eq. 16 with A_i = Q'_i(s, a.) per critic (the variant under test)."""
+    c = state.config
+    a_dot = o2td3.pi(state, state.offline_actor_params, obs)
+    anchor = state.critic.apply_fn(state.target_critic_params, obs, a_dot)                 # (2, B)
+    noisy = o2td3.smoothed(state, o2td3.pi(state, state.actor.params, obs), key)
+    distance = o2td3.action_distance(noisy, a_dot, c.policy_noise)
+    q_star = o2td3.calibrated_value(anchor, distance[None], c.distance_k)
+    targets = jnp.minimum(q_star, state.critic.apply_fn(state.target_critic_params, obs, noisy))
+    q = lambda a: state.critic.apply_fn(critic_params, obs, a)
+    sse = lambda a, y: jnp.sum(jnp.mean(jnp.square(q(a) - y), -1))
+    align, retain = sse(noisy, targets), sse(a_dot, anchor)
+    return align + retain, {"align_loss": align, "retain_loss": retain}
+
+  critic_loss = o2td3.align_critic_loss if FLAGS.anchor == "min" else own_anchor_loss
 
   def step(state, key):
     k_batch, k_critic, k_probe = jax.random.split(key, 3)
@@ -61,8 +83,7 @@ def main(argv):
     if not FLAGS.freeze_actor:
       grads, _ = jax.grad(o2td3.plain_actor_loss, has_aux=True)(state.actor.params, state, obs)
       state = state.replace(actor=state.actor.apply_gradients(grads=grads))
-    grads, info = jax.grad(o2td3.align_critic_loss, has_aux=True)(state.critic.params, state, obs,
-                                                                   k_critic)
+    grads, info = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, obs, k_critic)
     state = state.replace(critic=state.critic.apply_gradients(grads=grads))
     return state, {"align_loss": info["align_loss"], "retain_loss": info["retain_loss"],
                    "anchor_is_max": anchor_is_max(state, obs, k_probe)}
