@@ -20,6 +20,7 @@ flags.DEFINE_integer("states", 20_000, "Dataset states to compare the two polici
 
 def main(argv):
   from experiments import phases
+  from o2o_jax.agents.o2o.common import actor_drift
   for run_dir in argv[1:]:
     cfg, agent, _, states, meta = phases._restore_o2o(Path(run_dir))
     data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
@@ -28,8 +29,8 @@ def main(argv):
     key = jax.random.PRNGKey(0)
     on, off = jax.vmap(lambda s: (agent.act(s, obs, key, explore=False),
                                   agent.offline_act(s, obs, key)))(states)
+    rms = np.asarray(jax.vmap(actor_drift)(on, off))
     gap = np.asarray(on - off)
-    rms = np.sqrt(np.mean(np.square(gap), axis=(1, 2)))
     fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)
     print(f"{run_dir} ({cfg['agent']}): RMS per seed {fmt(rms)}; max |gap| per seed "
           f"{fmt(np.abs(gap).max(axis=(1, 2)))}")
