@@ -40,7 +40,8 @@ flags.DEFINE_string("offline_algo", None, "Offline algorithm whose actor is fine
 flags.DEFINE_integer("seeds", 1, "Seeds trained together as one vmapped program.")
 flags.DEFINE_integer("seed", 0, "Base seed.")
 common.define_budget_flag()
-flags.DEFINE_integer("pretrain_steps", None, "Offline gradient steps (paper 1M, quick 10k).")
+flags.DEFINE_integer("pretrain_steps", None, "Offline gradient steps (paper 1M; quick 100k for "
+                     "TD3+BC, 10k for the other offline algorithms).")
 flags.DEFINE_integer("reevaluate_steps", None, "Re-evaluation steps (paper 500k, quick 50k; "
                      "O2PPO's V fit: paper 1M, quick 5k).")
 flags.DEFINE_integer("align_steps", None, "Alignment steps (paper 500k, quick 5k).")
@@ -117,7 +118,8 @@ def main(argv):
   if start == "pretrain":
     algo = FLAGS.offline_algo or phases.SOURCE_ALGO[FLAGS.agent]
     from_dir = phases.pretrain(algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
-                               num_steps=d["pretrain_steps"], eval_every=d["pretrain_eval_every"],
+                               num_steps=phases.pretrain_steps(FLAGS.budget, algo, FLAGS.pretrain_steps),
+                               eval_every=d["pretrain_eval_every"],
                                eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"],
                                batch_size=FLAGS.batch_size, run_name=name, **common_args)
     start = "reevaluate"

@@ -45,6 +45,18 @@ def test_every_phase_writes_its_run_dir_and_the_summary(pipeline):
     assert col in metrics.splitlines()[0]
 
 
+def test_quick_offline_steps_per_algorithm_and_the_flag_wins(pipeline):
+  from experiments import phases
+  assert phases.pretrain_steps("quick", "td3bc") == 100_000     # O2TD3's source (BUILD_NOTES)
+  assert phases.pretrain_steps("quick", "cql") == phases.BUDGETS["quick"]["pretrain_steps"] == 10_000
+  assert phases.pretrain_steps("paper", "td3bc") == 1_000_000
+  assert phases.pretrain_steps("quick", "td3bc", given=40) == 40
+  out, _, dataset_id = pipeline      # the launcher honours --pretrain_steps=40 over the quick default
+  cfg = json.loads((out / "pretrain" / "td3bc" / dataset_id.replace("/", "_") / "seed0x2" /
+                    "config.json").read_text())
+  assert cfg["loop_config"]["num_steps"] == 40
+
+
 def test_rerun_reuses_every_finished_phase(pipeline):
   out, _, dataset_id = pipeline
   res = finetune(f"--dataset={dataset_id}", f"--out_dir={out}", *TINY)
