@@ -46,11 +46,12 @@ BUDGETS = {
 # The paper's source algorithm per O2O agent (CQL -> O2SAC, TD3+BC -> O2TD3).
 SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
 # Quick-budget offline steps where an algorithm's differ from BUDGETS["quick"]["pretrain_steps"].
-# TD3+BC gets 100k: at 10k its critic is still climbing (walker2d-medium mean Q 21 of the ~38 it
-# settles at) and the policy is one the FQE critic's -Q ascent during alignment moves far (walker2d
-# pi_on 41.7 vs pi_off 51.7); at 100k O2TD3 meets every benchmark point (BUILD_NOTES "Quick offline
-# budget"). Its 64-unit update is ~20x cheaper than CQL's, so 100k steps (~6 min for 5 seeds on 2
-# cores) still cost less than CQL's 10k (~14 min).
+# TD3+BC gets 100k: at 10k it is a snapshot of a policy still changing (walker2d-medium: mean Q 21
+# of the ~38 it settles at, score 52 at 5k falling to ~37 by 15k), not the converged offline policy
+# OCR-CFT starts from in the paper (1M steps); from it walker2d O2TD3 missed (pi_on 41.7 vs pi_off
+# 51.7). At 100k O2TD3 meets every benchmark point (BUILD_NOTES "Quick offline budget"). Its 64-unit
+# update is ~20x cheaper than CQL's, so 100k steps (~6 min for 5 seeds on 2 cores) still cost less
+# than CQL's 10k (~14 min).
 QUICK_PRETRAIN_STEPS = {"td3bc": 100_000}
 
 
