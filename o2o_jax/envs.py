@@ -8,6 +8,7 @@ stored as a transition and the final observation of a truncated episode stays re
 from __future__ import annotations
 
 import json
+import sys
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -32,11 +33,33 @@ def resolve_env_id(name: str) -> str:
                  "Hopper-v5")
 
 
+_MUJOCO_WARNINGS_SEEN: set = set()
+
+
+def _mujoco_warning_once(message: str) -> None:
+  if message not in _MUJOCO_WARNINGS_SEEN:
+    _MUJOCO_WARNINGS_SEEN.add(message)
+    print(f"WARNING (MuJoCo, shown once): {message}", file=sys.stderr)
+
+
+def _dedupe_mujoco_warnings() -> None:
+  """MuJoCo prints its warnings on every model compile; HalfCheetah-v5's XML ('settotalmass is
+  deprecated') would otherwise fill a run's log once per env built. A handler the user installed
+  is left alone."""
+  try:
+    import mujoco
+  except ImportError:
+    return
+  if mujoco.get_mju_user_warning() is None:
+    mujoco.set_mju_user_warning(_mujoco_warning_once)
+
+
 def make_env(env_id: str, spec_json: Optional[str] = None, max_episode_steps: Optional[int] = None):
   """Builds an env whose actions live in [-1, 1]. `spec_json` (a dataset's stored EnvSpec) wins, so the
   env is exactly the one the data came from (kwargs included)."""
   import gymnasium as gym
   from gymnasium.wrappers import RescaleAction
+  _dedupe_mujoco_warnings()
   if spec_json:
     from gymnasium.envs.registration import EnvSpec
     env = gym.make(EnvSpec.from_json(spec_json), max_episode_steps=max_episode_steps)

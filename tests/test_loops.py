@@ -66,3 +66,10 @@ def test_vmap_lockstep_keeps_delayed_update_a_branch_and_matches_plain_vmap():
   assert "cond[" in jaxpr and "cond[" not in plain_jaxpr
   chex.assert_trees_all_close(jax.jit(lockstep)(states, batches, keys),
                               jax.jit(jax.vmap(two_updates))(states, batches, keys), atol=1e-6)
+
+
+def test_a_mujoco_model_warning_is_printed_once_not_per_env(capfd):
+  for _ in range(3):      # HalfCheetah-v5's XML warns 'settotalmass is deprecated' on every compile
+    envs.make_env("HalfCheetah-v5").close()
+  out, err = capfd.readouterr()
+  assert (out + err).count("settotalmass") <= 1, out + err
