@@ -45,7 +45,7 @@ BUDGETS = {
 }
 # The paper's source algorithm per O2O agent (CQL -> O2SAC, TD3+BC -> O2TD3).
 SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
-# Quick-budget offline steps where an algorithm's differ from BUDGETS["quick"]["pretrain_steps"].
+# Quick-budget offline steps for the algorithms whose count differs from BUDGETS["quick"].
 # TD3+BC gets 100k: at 10k it is a snapshot of a policy still changing (walker2d-medium: mean Q 21
 # of the ~38 it settles at, score 52 at 5k falling to ~37 by 15k), not the converged offline policy
 # OCR-CFT starts from in the paper (1M steps); from it walker2d O2TD3 missed (pi_on 41.7 vs pi_off
@@ -53,6 +53,9 @@ SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
 # update is ~20x cheaper than CQL's, so 100k steps (~6 min for 5 seeds on 2 cores) still cost less
 # than CQL's 10k (~14 min).
 QUICK_PRETRAIN_STEPS = {"td3bc": 100_000}
+DEFAULT_UTD = {"o2td3": 1, "o2sac": 10}     # the released code: O2SAC 10 updates per env step
+# Actor options an O2O agent copies from the offline agent's config, so the networks match.
+ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max", "learnable_log_std_scale", "orthogonal_init")
 
 
 def pretrain_steps(budget: str, algo: str, given: Optional[int] = None) -> int:
@@ -62,9 +65,6 @@ def pretrain_steps(budget: str, algo: str, given: Optional[int] = None) -> int:
   if budget == "quick":
     return QUICK_PRETRAIN_STEPS.get(algo, BUDGETS["quick"]["pretrain_steps"])
   return BUDGETS[budget]["pretrain_steps"]
-DEFAULT_UTD = {"o2td3": 1, "o2sac": 10}     # the released code: O2SAC 10 updates per env step
-# Actor options an O2O agent copies from the offline agent's config, so the networks match.
-ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max", "learnable_log_std_scale", "orthogonal_init")
 
 
 # ----------------------------------------------------------------------------- data and restore
