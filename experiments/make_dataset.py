@@ -41,6 +41,11 @@ flags.DEFINE_string("out", None, "Minari datasets root to write into (default: $
                     "or ~/.minari/datasets).")
 flags.DEFINE_bool("overwrite", False, "Replace datasets (and, when training, behaviour policies) "
                   "that already exist.")
+flags.DEFINE_float("target_return", None, "Stop the SAC behaviour run at the first checkpoint whose "
+                   "stochastic return reaches this (on its evaluation and on a 50-episode "
+                   "confirmation); that checkpoint becomes the expert. Default: >= 80% of D4RL's "
+                   "expert reference return (hopper 2600, halfcheetah 9708, walker2d 3700); 0 "
+                   "trains all --sac_steps.")
 flags.DEFINE_integer("ref_episodes", 100, "Episodes for the reference (random/expert) scores.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 common.define_checkpoint_flag()
@@ -72,19 +77,22 @@ def main(argv):
         raise O2OError(f"behaviour policies for {env_name} already exist in {policy_dir}: pass "
                        "--from_policies to reuse them, --policy_dir=<other folder> to train new ones "
                        "elsewhere, or --overwrite to retrain and replace them")
+      target = (generate.default_target_return(env_name) if FLAGS.target_return is None
+                else FLAGS.target_return or None)
       policy_dir.mkdir(parents=True, exist_ok=True)
       writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)   # truncated on resume
       snapshots = resume.Snapshots(policy_dir / "progress", FLAGS.checkpoint_every)
       policies = generate.train_behaviour_policy(
           env_name, FLAGS.sac_steps, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
           hidden_dims=[int(h) for h in FLAGS.hidden_dims], start_steps=FLAGS.start_steps,
-          metrics_writer=writer, progress=FLAGS.progress, snapshots=snapshots)
+          metrics_writer=writer, progress=FLAGS.progress, snapshots=snapshots,
+          target_return=target)
       writer.close()
       policies.save(policy_dir)
       snapshots.discard()     # only once the policies (and the replay record) are on disk
       log_lib.plot_curves(policy_dir / "metrics.csv", policy_dir / "curves.png",
                           ["eval/return", "eval/stochastic_return"], title=f"SAC on {policies.env_id}")
-      print(f"[{env_name}] SAC behaviour policy: {FLAGS.sac_steps} steps in {time.time() - t0:.0f}s; "
+      print(f"[{env_name}] SAC behaviour policy: {policies.steps_trained} steps in {time.time() - t0:.0f}s; "
             f"returns by checkpoint: " + ", ".join(f"{s}:{r:.0f}" for s, r in
                                                    zip(policies.steps, policies.returns)))
     generate.generate_levels(policies, FLAGS.levels, FLAGS.size, overwrite=FLAGS.overwrite,

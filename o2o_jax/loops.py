@@ -221,6 +221,9 @@ class OnlineCallbacks:
   get_state: Optional[Callable[[], tuple]] = None
   set_state: Optional[Callable[[Any, Dict[str, Any]], None]] = None
   on_restart: Optional[Callable[[int], None]] = None    # (step): the envs cut their episodes here
+  # (step) -> True ends the run after this step's evaluation (e.g. a behaviour run that reached its
+  # target return); asked only at evaluation steps, before that step's snapshot.
+  should_stop: Optional[Callable[[int], bool]] = None
 
 
 def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
@@ -331,6 +334,9 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
           states = states if new_states is None else new_states
         if metrics_writer is not None:
           metrics_writer.write(t, row)
+        if callbacks.should_stop is not None and callbacks.should_stop(t):
+          log(f"[{phase}] stopping at step {t}: the run's stop condition holds")
+          break
       snapshot = session.due(t, config.total_steps)
       if last_metrics is not None and (t % config.log_every == 0 or snapshot):
         host_metrics = jax.device_get(last_metrics)

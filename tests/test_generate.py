@@ -121,3 +121,33 @@ def test_behaviour_run_resumes_exactly_after_a_crash(tmp_path, crash_at):
     np.testing.assert_array_equal(got.replay[k], ref.replay[k], err_msg=k)
   ends = ref.replay["terminations"] | ref.replay["truncations"]
   assert ends[19] and ends[39]
+
+
+def test_behaviour_run_stops_at_the_first_confirmed_target(tmp_path):
+  """With a target return, the SAC run ends at the first checkpoint whose evaluation and 50-episode
+  confirmation both reach it: that checkpoint is the final (expert) policy, the transition record
+  ends there on a cut episode, and an unreachable target trains every step."""
+  def train(target):
+    return generate.train_behaviour_policy(
+        "hopper", 90, seed=0, eval_every=30, eval_episodes=1, hidden_dims=(8, 8), start_steps=20,
+        progress=False, target_return=target, log=lambda *_: None)
+
+  reached = train(-1e9)                 # any return meets it: stop at the first checkpoint
+  assert reached.steps == [30] and reached.expert_step == 30 and reached.steps_trained == 30
+  assert reached.confirm_return is not None and reached.target_return == -1e9
+  assert len(reached.replay["rewards"]) == 30
+  assert reached.replay["terminations"][-1] or reached.replay["truncations"][-1]
+  missed = train(1e9)
+  assert missed.steps == [30, 60, 90] and missed.steps_trained == 90 and missed.confirm_return is None
+  assert len(missed.replay["rewards"]) == 90
+
+
+def test_default_targets_are_at_least_80_percent_of_d4rl_expert_returns():
+  """Issue #22's targets: hopper >= 2,600, halfcheetah >= 9,700, walker2d >= 3,700; each >= 80% of
+  D4RL's REF_MAX (d4rl/infos.py); other envs get 80% of theirs."""
+  assert [generate.default_target_return(e) for e in ("hopper", "halfcheetah", "walker2d")] == [
+      2600, pytest.approx(9708), 3700]
+  for env in ("hopper", "halfcheetah", "walker2d"):
+    assert generate.default_target_return(env) >= 0.8 * generate.D4RL_EXPERT_RETURNS[env]
+  assert generate.default_target_return("ant") == pytest.approx(0.8 * 3879.7)
+  assert generate.default_target_return("unknown") is None
