@@ -34,9 +34,11 @@ def smoothed_target_action(target_actions, key, policy_noise: float, noise_clip:
 
 
 def temperature_loss(log_alpha, log_probs, target_entropy: float):
-  """SAC's automatic entropy tuning: J(alpha) = E[-alpha * (log pi(a|s) + H_target)], with
-  alpha = exp(log_alpha) so alpha stays positive."""
-  return -jnp.mean(jnp.exp(log_alpha) * jax.lax.stop_gradient(log_probs + target_entropy))
+  """SAC's automatic entropy tuning in the references' form: J = E[-log alpha * (log pi(a|s) + H_target)]
+  (CORL `cql.py` and official OCR-CFT `online_agent/sac.py`, `_alpha_and_alpha_loss`). Its gradient in
+  log alpha is the paper's (Haarnoja et al. 2018b, eq. 18) divided by alpha, so alpha moves at the same
+  relative rate whatever its size."""
+  return -jnp.mean(log_alpha * jax.lax.stop_gradient(log_probs + target_entropy))
 
 
 def sac_actor_loss(alpha, log_probs, q_values):

@@ -25,6 +25,8 @@ def test_td3bc_q_normaliser_hand_case():
 
 
 def test_td3bc_actor_objective_hand_case():
+  """The BC term is the mean over batch *and* action dims: CORL `algorithms/offline/td3_bc.py`,
+  `TD3_BC.train`: `actor_loss = -lmbda * q.mean() + F.mse_loss(pi, action)` (the authors' code too)."""
   cfg = td3_bc.Config(hidden_dims=(8,))
   state = td3_bc.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
   # Actor outputs constant 0.5, critic Q = [sum(a), 2 * sum(a)] per member.
@@ -34,10 +36,11 @@ def test_td3bc_actor_objective_hand_case():
   batch = Transition(jnp.zeros((3, OBS)), jnp.array([[0.5, 0.5], [1.0, 0.5], [-0.5, 0.5]]),
                      jnp.zeros(3), jnp.zeros((3, OBS)), jnp.zeros(3))
   loss, info = td3_bc.actor_objective(state.actor.params, state, batch)
-  # Q_1 = 1 for every row -> lambda = 2.5 / 1; BC = mean(||0.5 - a||^2) = (0 + 0.25 + 1) / 3
+  # Q_1 = 1 for every row -> lambda = 2.5 / 1; BC = mean over 3 rows x 2 dims of (0.5 - a)^2
+  # = (0 + 0 + 0.25 + 0 + 1 + 0) / 6  (summing over dims first would give 1.25 / 3)
   assert float(info["lambda"]) == pytest.approx(2.5)
-  assert float(info["bc_loss"]) == pytest.approx(1.25 / 3)
-  assert float(loss) == pytest.approx(-2.5 + 1.25 / 3)
+  assert float(info["bc_loss"]) == pytest.approx(1.25 / 6)
+  assert float(loss) == pytest.approx(-2.5 + 1.25 / 6)
 
 
 @pytest.mark.parametrize("actor_type", bc.ACTOR_TYPES)
@@ -193,3 +196,62 @@ def test_presets_follow_corl():
   assert presets.offline_preset("cql", "o2o/hopper/medium-v0")["normalize_reward"]
   assert presets.offline_preset("iql", "o2o/hopper/medium-v0", "none")["config"] == {}
   assert presets.reward_scale(np.array([100.0, 600.0])) == pytest.approx(2.0)
+
+
+def _fake_state(params, apply_fn, lr):
+  from o2o_jax.agents.common import make_train_state
+  return make_train_state(None, params, lr).replace(apply_fn=apply_fn)
+
+
+def test_iql_q_target_uses_the_value_before_its_step():
+  """CORL `algorithms/offline/iql.py`, `ImplicitQLearning.train`: `next_v = self.vf(next_observations)`
+  is read under no_grad *before* `_update_v`, so the Q target is r + gamma (1-d) V_old(s').
+  Hand case: V(s) = w with w = 2 (the value step moves it by ~lr = 0.5), r = 1, gamma = 0.99, d = 0:
+  target = 1 + 0.99 * 2 = 2.98 (V_new would give 2.98 +- 0.495)."""
+  cfg = iql.Config(hidden_dims=(8,), discount=0.99)
+  state = iql.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
+  ones = lambda o: jnp.ones(o.shape[0])
+  state = state.replace(
+      value=_fake_state({"w": jnp.float32(2.0)}, lambda p, o: p["w"] * ones(o), 0.5),
+      critic=_fake_state({"q": jnp.array([1.0, 3.0])},
+                         lambda p, o, a: p["q"][:, None] * ones(o)[None], 1e-3),
+      target_critic_params={"q": jnp.array([1.0, 3.0])})
+  obs = jnp.zeros((4, OBS))
+  batch = Transition(obs, jnp.zeros((4, ACT)), jnp.ones(4), obs, jnp.zeros(4))
+  new, info = iql.update(state, batch, jax.random.PRNGKey(1))
+  assert abs(float(new.value.params["w"]) - 2.0) > 0.4          # the value step did move V
+  assert float(info["target_mean"]) == pytest.approx(1.0 + 0.99 * 2.0, rel=1e-6)
+
+
+def test_cql_actor_ascends_the_critic_before_its_step():
+  """CORL `algorithms/offline/cql.py`, `ContinuousCQL.train`: the policy loss (and alpha loss) are built
+  before `_q_loss`, and the actor steps before the critics do, so the actor ascends the *pre-update*
+  critic. Hand case: Q(s, a) = c * sum(a) with c = +1; data actions 1, target y = -10, so the critic
+  step (Adam, lr 2) moves c to about -1. An actor that ascends the old critic raises its mean
+  head's bias (dQ/dmu > 0); one that used the updated critic would lower it."""
+  cfg = cql.Config(hidden_dims=(8,), cql_alpha=0.0, critic_lr=2.0, actor_lr=1e-2, init_alpha=0.01)
+  state = cql.init(jax.random.PRNGKey(0), OBS, ACT, cfg)
+  def crit(p, o, a):     # (members, *batch), for the (B,) data and the (B, M) sampled actions alike
+    q = a.sum(-1) * jnp.ones(o.shape[:-1])
+    return p["c"].reshape((-1,) + (1,) * q.ndim) * q[None]
+  c0 = {"c": jnp.array([1.0, 1.0])}
+  state = state.replace(sac=state.sac.replace(critic=_fake_state(c0, crit, 2.0),
+                                              target_critic_params=c0))
+  obs = jax.random.normal(jax.random.PRNGKey(1), (64, OBS))
+  batch = Transition(obs, jnp.ones((64, ACT)), jnp.full(64, -10.0), obs, jnp.ones(64))
+  new, _ = cql.update(state, batch, jax.random.PRNGKey(2))
+  np.testing.assert_allclose(new.sac.critic.params["c"], [-1.0, -1.0], atol=1e-3)  # the critic flipped
+  mean_bias = lambda s: s.sac.actor.params["params"]["Dense_0"]["bias"]     # the mean head
+  moved = mean_bias(new) - mean_bias(state)
+  assert (moved > 0).all(), moved
+
+
+def test_temperature_loss_is_minus_log_alpha_times_the_entropy_gap():
+  """CORL `cql.py` and OCR-CFT `finetune/online_agent/sac.py`, `_alpha_and_alpha_loss`:
+  `alpha_loss = -(self.log_alpha() * (log_pi + self.target_entropy).detach()).mean()`.
+  Hand case: alpha = 2, log pi = [-1, -3], target entropy -2 -> loss = -log 2 * mean([-3, -5]) =
+  4 log 2, and d loss / d log alpha = 4 (the -alpha form would give 8)."""
+  log_alpha = jnp.log(2.0)
+  lp = jnp.array([-1.0, -3.0])
+  assert float(losses.temperature_loss(log_alpha, lp, -2.0)) == pytest.approx(4 * np.log(2.0), rel=1e-6)
+  assert float(jax.grad(losses.temperature_loss)(log_alpha, lp, -2.0)) == pytest.approx(4.0, rel=1e-6)

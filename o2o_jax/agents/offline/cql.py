@@ -107,15 +107,20 @@ def critic_loss(critic_params, state: sac.State, batch: Transition, targets, key
 
 def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
   """One CQL step (critic with the conservative penalty, actor, temperature, alpha').
+  Every gradient is taken at the step's starting parameters, as CORL's `ContinuousCQL.train` does:
+  the actor and temperature losses are built before the critic step (the actor ascends the
+  *pre-update* critic), and the critic's target and sampled actions come from the pre-update actor.
   `next_value_hook(batch, next_actions, next_values) -> next_values`, when given, rewrites the
   bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
   """
   c = state.config
   k_critic, k_actor = jax.random.split(key)
   ap = jax.lax.stop_gradient(alpha_prime(state)) if c.lagrange else 1.0
+  after_actor, actor_info = sac.update_actor(state.sac, batch, k_actor)
   s, critic_info = sac.update_critic(state.sac, batch, k_critic,
                                      loss_fn=functools.partial(critic_loss, alpha_prime=ap),
                                      next_value_hook=next_value_hook)
+  s = s.replace(actor=after_actor.actor, temperature=after_actor.temperature)
   gap = critic_info.pop("cql_gap")
   new_alpha_prime = state.alpha_prime
   if c.lagrange:
@@ -124,7 +129,6 @@ def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
       return -jnp.mean(a * c.cql_alpha * (jax.lax.stop_gradient(gap) - c.target_action_gap))
     new_alpha_prime = state.alpha_prime.apply_gradients(
         grads=jax.grad(alpha_prime_loss)(state.alpha_prime.params))
-  s, actor_info = sac.update_actor(s, batch, k_actor)
   state = State(sac=s.replace(step=s.step + 1), alpha_prime=new_alpha_prime)
   return state, {**critic_info, **actor_info, "cql_gap": gap.mean(), "alpha_prime": alpha_prime(state)}
 

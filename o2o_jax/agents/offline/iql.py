@@ -4,7 +4,8 @@
   critic: L_Q = sum_k E_D[(r + gamma (1-d) V(s') - Q_k(s, a))^2]
   actor:  L_pi = -E_D[ min(exp(beta (min_k Q'_k(s,a) - V(s))), 100) log pi(a|s) ]     (AWR)
           deterministic variant: E_D[ min(exp(beta A), 100) ||pi(s) - a||^2 ]
-Order per step (CORL): value, actor (with the value step's advantage), critic, Polyak target.
+Order per step (CORL `ImplicitQLearning.train`): V(s') for the Q target is read *before* the value
+step, then value, actor (with the value step's advantage), critic, Polyak target.
 The actor's learning rate follows a cosine decay over `max_steps`.
 """
 from __future__ import annotations
@@ -102,12 +103,12 @@ def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
   c = state.config
   target_qs = state.critic.apply_fn(state.target_critic_params, batch.observations, batch.actions)
   target_q = target_qs.mean(0) if c.v_target == "mean" else target_qs.min(0)
+  next_v = state.value.apply_fn(state.value.params, batch.next_observations)   # pre-update V (CORL)
   g, v_info = jax.grad(value_loss, has_aux=True)(state.value.params, state, batch, target_q)
   value = state.value.apply_gradients(grads=g)
   advantages = v_info.pop("advantage")
   g, a_info = jax.grad(actor_loss, has_aux=True)(state.actor.params, state, batch, advantages)
   actor = state.actor.apply_gradients(grads=g)
-  next_v = value.apply_fn(value.params, batch.next_observations)
   if next_value_hook is not None:
     next_v = next_value_hook(batch, None, next_v)
   targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_v)

@@ -1,7 +1,9 @@
 """TD3+BC (Fujimoto & Gu, 2021): TD3 with a behaviour-cloning term in the actor loss.
 
-  actor: L(theta) = -lambda * E_D[Q_1(s, pi(s))] + E_D[||pi(s) - a||^2],
+  actor: L(theta) = -lambda * E_D[Q_1(s, pi(s))] + E_{D,j}[(pi(s)_j - a_j)^2],
          lambda = alpha / E|Q_1(s, pi(s))|  (detached), alpha = 2.5
+The BC term is the mean over batch *and* action dimensions (`F.mse_loss(pi, action)` in the authors'
+and CORL's `TD3_BC.train`); alpha = 2.5 was tuned for that scale.
 The critic, target smoothing and delayed updates are TD3's (`td3.make_update`): nothing is copied.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ def actor_objective(actor_params, state: td3.State, batch):
   actions = state.actor.apply_fn(actor_params, batch.observations)
   q = state.critic.apply_fn(state.critic.params, batch.observations, actions)[0]
   lam = q_normalizer(q, state.config.alpha)
-  bc = jnp.mean(jnp.sum(jnp.square(actions - batch.actions), axis=-1))
+  bc = jnp.mean(jnp.square(actions - batch.actions))
   loss = -lam * q.mean() + bc
   return loss, {"actor_loss": loss, "bc_loss": bc, "lambda": lam}
 

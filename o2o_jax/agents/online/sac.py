@@ -2,7 +2,7 @@
 
   critic:      L(phi)   = sum_i E[(Q_i(s,a) - y)^2],  y = r + gamma (1-d) (min_j Q'_j(s',a') - alpha log pi(a'|s'))
   actor:       L(theta) = E[alpha log pi(a~|s) - min_i Q_i(s,a~)]
-  temperature: L(alpha) = E[-alpha (log pi(a~|s) + H_target)],  H_target = -|A|
+  temperature: L(alpha) = E[-log alpha (log pi(a~|s) + H_target)],  H_target = -|A|  (the references' form)
 
 The pieces (`critic_loss`, `update_critic`, `update_actor`, `update_temperature`) are public so the
 offline (CQL) and O2O (O2SAC, ACA, SAMG) agents compose them instead of copying them.
