@@ -15,7 +15,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +35,14 @@ PHASES = ("pretrain", "reevaluate", "align", "finetune")
 # online; evaluation every 1k online steps, 10 episodes); 'quick' = minutes on a laptop CPU. Quick
 # re-evaluation is 50k steps: at 5k a fresh critic of the frozen actor was still too poor, and 2 of 5
 # hopper seeds collapsed during alignment (π_on 28.3 vs π_off 41.1; 43.1 at 50k, BUILD_NOTES).
+# Network sizes: at 'paper' (None) each agent's own Config default decides, so every algorithm keeps
+# its reference architecture (CQL and AWAC 3x256 as CORL; the O2SAC critic 3x256 with LayerNorm and
+# the O2TD3 critic 2x256 with LayerNorm as the official OCR-CFT code; the O2O actor is the offline
+# one, paper H.2). Only 'quick' shrinks the networks (64x64).
 BUDGETS = {
     "paper": dict(pretrain_steps=1_000_000, pretrain_eval_every=10_000, reevaluate_steps=500_000,
                   align_steps=500_000, align_eval_every=50_000, online_steps=100_000, warmup_steps=1_000,
-                  eval_every=1_000, eval_episodes=10, hidden_dims=(256, 256), critic_hidden=(256, 256)),
+                  eval_every=1_000, eval_episodes=10, hidden_dims=None, critic_hidden=None),
     "quick": dict(pretrain_steps=10_000, pretrain_eval_every=5_000, reevaluate_steps=50_000,
                   align_steps=5_000, align_eval_every=5_000, online_steps=10_000, warmup_steps=1_000,
                   eval_every=2_000, eval_episodes=5, hidden_dims=(64, 64), critic_hidden=(64, 64)),
@@ -55,7 +59,8 @@ SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
 QUICK_PRETRAIN_STEPS = {"td3bc": 100_000}
 DEFAULT_UTD = {"o2td3": 1, "o2sac": 10}     # the released code: O2SAC 10 updates per env step
 # Actor options an O2O agent copies from the offline agent's config, so the networks match.
-ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max", "learnable_log_std_scale", "orthogonal_init")
+ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max", "learnable_log_std_scale", "orthogonal_init",
+                "actor_init")
 
 
 def pretrain_steps(budget: str, algo: str, given: Optional[int] = None) -> int:
@@ -77,14 +82,41 @@ class Data:
   obs_mean: np.ndarray
   obs_std: np.ndarray
   reward_scale: float
-  device: Transition           # normalised observations, scaled rewards, on the device once
+  device: Transition           # normalised observations, rewards r * scale + shift, on the device once
+  reward_shift: float = 0.0
 
   def normalized_score(self, returns):
     return self.dataset.normalized_score(returns)
 
+  def without_shift(self) -> "Data":
+    """The same data with rewards r * scale only (what the online phase's buffers hold; the shift is
+    added to every batch inside the update, `shift_rewards`). Shares every other array."""
+    if not self.reward_shift:
+      return self
+    rewards = jnp.asarray(self.dataset.transitions.rewards * self.reward_scale)
+    return dataclasses.replace(self, device=self.device.replace(rewards=rewards), reward_shift=0.0)
+
+
+def shift_rewards(update: Callable, shift: float) -> Callable:
+  """`update(state, batch, key, ...)` with `shift` added to the batch's rewards (the additive part of
+  the reward transform, e.g. AntMaze's 10r - 5 or r - 1), for buffers holding r * scale."""
+  if not shift:
+    return update
+
+  def shifted(state, batch, key, *args, **kwargs):
+    return update(state, batch.replace(rewards=batch.rewards + jnp.float32(shift)), key, *args, **kwargs)
+  return shifted
+
+
+def reward_transform(meta: Dict[str, Any]) -> Tuple[float, float]:
+  """(scale, shift) of a checkpoint's reward transform (older checkpoints: no shift)."""
+  t = meta["reward_transform"]
+  return float(t["scale"]), float(t.get("shift", 0.0))
+
 
 def load_data(dataset_id: str, obs_mean=None, obs_std=None, reward_scale: float = 1.0,
-              normalize_states: bool = True, batch_size: int = 256) -> Data:
+              normalize_states: bool = True, batch_size: int = 256,
+              reward_shift: float = 0.0) -> Data:
   dataset = load_dataset(dataset_id)
   if batch_size > dataset.size:
     raise O2OError(f"--batch_size ({batch_size}) is larger than the dataset ({dataset.size} transitions)")
@@ -99,10 +131,11 @@ def load_data(dataset_id: str, obs_mean=None, obs_std=None, reward_scale: float 
   mean, std = np.asarray(obs_mean, np.float32), np.asarray(obs_std, np.float32)
   t = dataset.transitions
   device = Transition(observations=jnp.asarray((t.observations - mean) / std),
-                      actions=jnp.asarray(t.actions), rewards=jnp.asarray(t.rewards * reward_scale),
+                      actions=jnp.asarray(t.actions),
+                      rewards=jnp.asarray(t.rewards * reward_scale + np.float32(reward_shift)),
                       next_observations=jnp.asarray((t.next_observations - mean) / std),
                       terminals=jnp.asarray(t.terminals))
-  return Data(dataset, env_id, make_env, mean, std, float(reward_scale), device)
+  return Data(dataset, env_id, make_env, mean, std, float(reward_scale), device, float(reward_shift))
 
 
 def config_from_dict(cls, values: Dict[str, Any]):
@@ -167,20 +200,40 @@ def _snapshots(run_dir: Path, checkpoint_every: Optional[int]) -> resume.Snapsho
 
 # ----------------------------------------------------------------------------- pretrain
 
-def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: int, eval_every: int,
-             eval_episodes: int, hidden_dims: Sequence[int], batch_size: int = 256,
-             chunk: Optional[int] = None, preset: str = "corl", normalize_states: bool = True,
-             out_dir: str = "runs", run_name: Optional[str] = None, restart: bool = False,
-             progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
+def offline_config(algo: str, dataset_id: str, preset: str = "corl", chain: Optional[str] = None,
+                   hidden_dims: Optional[Sequence[int]] = None, num_steps: Optional[int] = None):
+  """(agent Config, resolved preset dict) of an offline run, without touching the data: the preset's
+  overrides on the algorithm's defaults; `hidden_dims` None keeps the algorithm's own architecture
+  (the critic follows the actor's sizes unless the preset sets it, e.g. CQL's 5x256 on AntMaze)."""
   agent = registry.get(algo, registry.OFFLINE)
-  p = presets.offline_preset(algo, dataset_id, preset)
-  agent_config = agent.Config(hidden_dims=tuple(hidden_dims), **p["config"])
-  if "max_steps" in {f.name for f in dataclasses.fields(agent_config)}:
+  p = presets.offline_preset(algo, dataset_id, preset, chain)
+  values = dict(p["config"])
+  if hidden_dims is not None:
+    values["hidden_dims"] = tuple(hidden_dims)
+    values.pop("critic_hidden_dims", None)     # a given size (e.g. quick's 64x64) sizes every network
+  agent_config = agent.Config(**values)
+  if num_steps is not None and "max_steps" in {f.name for f in dataclasses.fields(agent_config)}:
     agent_config = dataclasses.replace(agent_config, max_steps=num_steps)
+  return agent_config, p
+
+
+def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: int, eval_every: int,
+             eval_episodes: int, hidden_dims: Optional[Sequence[int]] = None, batch_size: int = 256,
+             chunk: Optional[int] = None, preset: str = "corl", chain: Optional[str] = None,
+             normalize_states: Optional[bool] = None, out_dir: str = "runs",
+             run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
+             checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
+  """An offline run. `preset` (experiments.presets: official, corl, none) and `chain` (the O2O agent
+  the run feeds, which picks the 'official' reference) set the hyperparameters and the reward
+  transform; `normalize_states` None takes the preset's (True except where a reference says no)."""
+  agent = registry.get(algo, registry.OFFLINE)
+  agent_config, p = offline_config(algo, dataset_id, preset, chain, hidden_dims, num_steps)
+  if normalize_states is None:
+    normalize_states = p.get("normalize_states", True)
   dataset = load_dataset(dataset_id)
-  scale = presets.reward_scale(dataset.episode_returns) if p["normalize_reward"] else 1.0
-  data = load_data(dataset_id, reward_scale=scale, normalize_states=normalize_states,
-                   batch_size=batch_size)
+  scale, shift = presets.reward_transform(p, dataset.episode_returns)
+  data = load_data(dataset_id, reward_scale=scale, reward_shift=shift,
+                   normalize_states=normalize_states, batch_size=batch_size)
   loop_config = loops.OfflineConfig(num_steps=num_steps, batch_size=batch_size,
                                     chunk=chunk or min(eval_every, 5_000), eval_every=eval_every,
                                     eval_episodes=eval_episodes)
@@ -188,6 +241,15 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
             "seeds": seeds, "seed": seed, "normalize_states": normalize_states, "preset": preset,
             "reward_scale": scale, "agent_config": dataclasses.asdict(agent_config),
             "loop_config": dataclasses.asdict(loop_config)}
+  if chain is not None:
+    config["chain"] = chain
+  if shift:
+    config["reward_shift"] = shift
+  if p.get("unsupported"):
+    config["preset_unsupported"] = p["unsupported"]
+    log(f"[pretrain] note: the {preset} preset's reference also sets "
+        + ", ".join(f"{k}={v}" for k, v in p["unsupported"].items())
+        + f", which {algo} here does not implement (recorded in config.json)")
   run_dir = runs.run_dir_for(out_dir, "pretrain", algo, dataset_id, run_name or f"seed{seed}x{seeds}")
   resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
   if resumed and finished(run_dir, num_steps):
@@ -203,7 +265,7 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
   metadata = {"config": config, "phase": "pretrain", "algo": algo, "dataset_id": dataset_id,
               "env_id": data.env_id, "obs_dim": ds.observation_dim, "act_dim": ds.action_dim,
               "obs_mean": data.obs_mean, "obs_std": data.obs_std,
-              "reward_transform": {"scale": scale, "shift": 0.0},
+              "reward_transform": {"scale": scale, "shift": shift},
               "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
   writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
@@ -231,6 +293,17 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
   return run_dir
 
 
+def run_preset(run_dir: Path, cfg: Dict[str, Any], given: Optional[str] = None) -> str:
+  """The offline preset of an earlier run (`cfg`, its config; runs from before presets were recorded:
+  'corl', the default then). A `given` --preset that differs is an error: the offline run is reused,
+  not redone."""
+  preset = cfg.get("preset") or "corl"
+  if given is not None and given != preset:
+    raise O2OError(f"--from={run_dir} was pre-trained with --preset={preset}, not --preset={given}: "
+                   "drop --preset or pass a run with that preset")
+  return preset
+
+
 def offline_actor_params(pretrain_dir: Path):
   """The seed-stacked actor parameters and metadata of a finished pretrain run."""
   cfg = runs.read_config(pretrain_dir)
@@ -248,26 +321,119 @@ def offline_actor_params(pretrain_dir: Path):
 # ----------------------------------------------------------------------------- O2O phases
 
 def o2o_preset(agent_name: str, dataset_id: str) -> Dict[str, Any]:
-  """Dataset-type settings of the released OCR-CFT configs (reference §3-4)."""
+  """Per-dataset agent-config settings of the released OCR-CFT configs (reference §3-4):
+  `config/finetune/{O2TD3,O2SAC}/<env>/<dataset>.yaml`. AntMaze (a dataset id `*/antmaze/*` or
+  `*/antmaze-*`, e.g. Minari's D4RL/antmaze/medium-play-v1) takes `config/finetune/*/antmaze/*.yaml`:
+  O2SAC a single 5x256 critic (LayerNorm), alpha 0.2 (umaze) / 0.5 (medium, large), lambda init 1.0 /
+  2.0; O2TD3 no critic LayerNorm. (AntMaze rewards and state normalisation come with the source
+  algorithm's 'official' offline preset, experiments.presets; step counts with `dataset_budget`.)"""
   _, level = presets.dataset_env_and_level(dataset_id)
+  maze = presets.antmaze_size(dataset_id)
   expert = level in ("medium-expert", "expert")
   if agent_name == "o2td3":
-    return ({"exploration_noise": 0.05, "tau_start": 0.000025, "tau_end": 0.000625} if expert else
-            {"exploration_noise": 0.1, "tau_start": 0.0025, "tau_end": 0.04})
+    values = ({"exploration_noise": 0.05, "tau_start": 0.000025, "tau_end": 0.000625} if expert else
+              {"exploration_noise": 0.1, "tau_start": 0.0025, "tau_end": 0.04})
+    if maze is not None:
+      values["critic_layer_norm"] = False            # O2TD3/antmaze/*.yaml critic_layernorm: false
+    return values
   if agent_name == "o2sac":
-    return ({"init_alpha": 0.5, "tau_start": 0.005, "tau_end": 0.125} if expert else
-            {"init_alpha": 0.2, "tau_start": 0.125, "tau_end": 2.0})
+    values = ({"init_alpha": 0.5, "tau_start": 0.005, "tau_end": 0.125} if expert else
+              {"init_alpha": 0.2, "tau_start": 0.125, "tau_end": 2.0})
+    if maze is not None:      # O2SAC/antmaze/*.yaml: q_n_hidden_layers 5, double_critic false
+      values.update(critic_hidden_dims=(256,) * 5, critic_layer_norm=True, num_critics=1)
+      if maze in ("medium", "large"):
+        values.update(init_alpha=0.5, lambda_init=2.0)  # alpha: 0.5, lmbda: 2.0
+    return values
   return {}
 
 
-def make_o2o_config(agent_name: str, actor_config, dataset_id: str, critic_hidden: Sequence[int],
-                    constrain: bool, overrides: Optional[Dict[str, Any]] = None):
+# Per-dataset step counts of the released configs where they differ from --budget=paper: AntMaze
+# (config/finetune/{O2SAC,O2TD3}/antmaze/*.yaml: align_steps 1M, online_steps 200k, eval_freq 5k,
+# n_episodes 100, log_freq 50k; warmup_steps 5000 in O2SAC, 1000 in O2TD3). Explicit flags win;
+# --budget=quick keeps its own counts.
+ANTMAZE_BUDGET = {"align_steps": 1_000_000, "align_eval_every": 50_000, "online_steps": 200_000,
+                  "eval_every": 5_000, "eval_episodes": 100}
+ANTMAZE_WARMUP = {"o2sac": 5_000, "o2td3": 1_000}
+
+
+def dataset_budget(agent_name: str, dataset_id: str, budget: str) -> Dict[str, Any]:
+  """Budget values a dataset's released config changes (see ANTMAZE_BUDGET) for `agent_name`."""
+  if budget != "paper" or presets.antmaze_size(dataset_id) is None or agent_name not in ANTMAZE_WARMUP:
+    return {}
+  return {**ANTMAZE_BUDGET, "warmup_steps": ANTMAZE_WARMUP[agent_name]}
+
+
+# The official extras of the interval reference mode (`refer_with_optimal_pi: false`),
+# finetune/O2SAC.py and finetune/O2TD3.py `train()`: `config.end_threshold /= 4` on every dataset;
+# and, where `'expert' in env and 'hopper' in env` (hopper-medium-expert, hopper-expert; O2TD3 also
+# `'walker2d-expert' in env`, i.e. walker2d-expert only), an actor gradient-norm clip of 0.25 in the
+# online update (`clip_grad_norm_(actor.parameters(), 0.25)`) and `update_n = 10` (pi_ref refreshed
+# every update_n x eval_freq env steps).
+INTERVAL_TAU_END_DIVISOR = 4.0
+INTERVAL_ACTOR_GRAD_CLIP = 0.25
+INTERVAL_UPDATE_N = 10
+
+
+def interval_extras(agent_name: str, dataset_id: str) -> Dict[str, Any]:
+  """{'tau_end_divisor', 'actor_grad_clip' (None: none), 'update_n'} of --reference=interval:N."""
+  if agent_name not in ("o2sac", "o2td3"):
+    return {}
+  env = presets.d4rl_name(dataset_id)
+  strong = ("expert" in env and "hopper" in env) or (agent_name == "o2td3" and "walker2d-expert" in env)
+  return {"tau_end_divisor": INTERVAL_TAU_END_DIVISOR,
+          "actor_grad_clip": INTERVAL_ACTOR_GRAD_CLIP if strong else None,
+          "update_n": INTERVAL_UPDATE_N if strong else 1}
+
+
+def parse_reference(reference: str, eval_every: Optional[int] = None) -> Optional[int]:
+  """--reference: None for 'best', N for 'interval:N' (N >= 1), `eval_every` for 'interval' (the
+  released code's `refer_with_optimal_pi: false`, every update_n x eval_freq env steps)."""
+  if reference == "best":
+    return None
+  if reference == "interval":
+    return eval_every if eval_every is not None else 1
+  if reference.startswith("interval:"):
+    n = reference.split(":", 1)[1]
+    if n.isdigit() and int(n) >= 1:
+      return int(n)
+  raise O2OError(f"--reference must be 'best', 'interval' or 'interval:N' with N a positive number "
+                 f"of env steps (got {reference!r})")
+
+
+def clip_actor_gradients(states, max_norm: float):
+  """The actor's optimizer with its gradients clipped to global norm `max_norm` first (torch's
+  `clip_grad_norm_` before `optimizer.step()`). The optimizer state keeps its structure (and its Adam
+  moments), so checkpoints and snapshots are unchanged."""
+  import optax
+  inner, clip = states.actor.tx, optax.clip_by_global_norm(max_norm)
+
+  def update(grads, opt_state, params=None):
+    grads, _ = clip.update(grads, clip.init(grads))
+    return inner.update(grads, opt_state, params)
+  return states.replace(actor=states.actor.replace(tx=optax.GradientTransformation(inner.init, update)))
+
+
+def make_o2o_config(agent_name: str, actor_config, dataset_id: str,
+                    critic_hidden: Optional[Sequence[int]], constrain: bool,
+                    overrides: Optional[Dict[str, Any]] = None):
+  """The O2O agent's Config: the offline actor's architecture (paper H.2), the agent's own critic
+  unless `critic_hidden` is given (--budget=quick, --critic_hidden), the per-dataset preset, then
+  `overrides`. Preset settings the agent's Config lacks are left out (`o2o_preset_gaps`)."""
   agent = registry.get(agent_name, registry.O2O)
   actor = {k: getattr(actor_config, k) for k in ACTOR_FIELDS if hasattr(actor_config, k)}
-  values = {**actor, "critic_hidden_dims": tuple(critic_hidden), "constrain": constrain,
-            **o2o_preset(agent_name, dataset_id), **(overrides or {})}
+  values = {**actor, "constrain": constrain, **o2o_preset(agent_name, dataset_id)}
+  if critic_hidden is not None:
+    values["critic_hidden_dims"] = tuple(critic_hidden)
+  values.update(overrides or {})
   names = {f.name for f in dataclasses.fields(agent.Config)}
   return check_tau(agent.Config(**{k: v for k, v in values.items() if k in names}))
+
+
+def o2o_preset_gaps(agent_name: str, dataset_id: str) -> Dict[str, Any]:
+  """Per-dataset reference settings the agent's Config cannot express (e.g. O2SAC's single critic on
+  AntMaze while o2sac has two): recorded in the run's config.json and printed."""
+  names = {f.name for f in dataclasses.fields(registry.get(agent_name, registry.O2O).Config)}
+  return {k: v for k, v in o2o_preset(agent_name, dataset_id).items() if k not in names}
 
 
 def check_tau(config):
@@ -307,7 +473,8 @@ def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: 
   prev = runs.read_config(from_dir)
   dataset_id = prev["dataset"]
   config = {"phase": phase, "agent": agent_name, "dataset": dataset_id, "env": prev["env"],
-            "seeds": prev["seeds"], "seed": prev["seed"], "from": str(from_dir), "steps": steps, **extra}
+            "seeds": prev["seeds"], "seed": prev["seed"], "from": str(from_dir), "steps": steps,
+            "preset": prev.get("preset"), **extra}
   run_dir = runs.run_dir_for(out_dir, phase, agent_name, dataset_id,
                              run_name or f"seed{prev['seed']}x{prev['seeds']}")
   resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
@@ -315,7 +482,8 @@ def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: 
 
 
 def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes: int,
-               critic_hidden: Sequence[int], batch_size: int = 256, constrain: bool = True,
+               critic_hidden: Optional[Sequence[int]] = None, batch_size: int = 256,
+               constrain: bool = True,
                overrides: Optional[Dict[str, Any]] = None, out_dir: str = "runs",
                run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
                checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
@@ -324,14 +492,22 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
   actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
   o2o_config = make_o2o_config(agent_name, actor_config, meta["dataset_id"], critic_hidden, constrain,
                                overrides)
+  scale, shift = reward_transform(meta)
+  extra = {"agent_config": dataclasses.asdict(o2o_config), "batch_size": batch_size,
+           "reward_transform": {"scale": scale, "shift": shift}}
+  gaps = o2o_preset_gaps(agent_name, meta["dataset_id"])
+  if gaps:
+    extra["preset_unsupported"] = gaps
+    log(f"[reevaluate] note: the released {agent_name} config for this dataset also sets "
+        + ", ".join(f"{k}={v}" for k, v in gaps.items())
+        + f", which {agent_name} here does not implement (recorded in config.json)")
   prev, config, run_dir, resumed = _o2o_run(
-      "reevaluate", agent_name, pretrain_dir, steps, run_name, out_dir, restart,
-      {"agent_config": dataclasses.asdict(o2o_config), "batch_size": batch_size}, log)
+      "reevaluate", agent_name, pretrain_dir, steps, run_name, out_dir, restart, extra, log)
   if resumed and finished(run_dir, steps):
     log(f"[reevaluate] reusing the finished run {run_dir}")
     return run_dir
-  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
-                   meta["reward_transform"]["scale"], batch_size=batch_size)
+  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                   batch_size=batch_size, reward_shift=shift)
   check_actor_fits(agent_name, agent, o2o_config, prev["algo"], meta, actor_params)
   local = distributed.local_seed_count(prev["seeds"])
   states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config, p)))(
@@ -390,12 +566,14 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
   prev, config, run_dir, resumed = _o2o_run(
       "align", cfg["agent"], reevaluate_dir, steps, run_name, out_dir, restart,
       {"agent_config": dataclasses.asdict(agent_config), "batch_size": batch_size,
-       "offline_algo": cfg.get("offline_algo", meta.get("offline_algo"))}, log)
+       "offline_algo": cfg.get("offline_algo", meta.get("offline_algo")),
+       "reward_transform": dict(zip(("scale", "shift"), reward_transform(meta)))}, log)
   if resumed and finished(run_dir, steps):
     log(f"[align] reusing the finished run {run_dir}")
     return run_dir
-  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
-                   meta["reward_transform"]["scale"], batch_size=batch_size)
+  scale, shift = reward_transform(meta)
+  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                   batch_size=batch_size, reward_shift=shift)
   log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
   local = distributed.local_seed_count(cfg["seeds"])
   writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
@@ -434,7 +612,7 @@ def skip_phase(from_dir: Path, phase: str, out_dir: str, run_name: Optional[str]
   cfg, agent, agent_config, states, meta = _restore_o2o(from_dir)
   config = {"phase": phase, "agent": cfg["agent"], "dataset": cfg["dataset"], "env": cfg["env"],
             "seeds": cfg["seeds"], "seed": cfg["seed"], "from": str(from_dir), "steps": 0,
-            "skipped": True, "agent_config": cfg["agent_config"]}
+            "skipped": True, "agent_config": cfg["agent_config"], "preset": cfg.get("preset")}
   run_dir = runs.run_dir_for(out_dir, phase, cfg["agent"], cfg["dataset"],
                              (run_name or f"seed{cfg['seed']}x{cfg['seeds']}") + "-skipped")
   runs.prepare_run_dir(run_dir, config, restart=True)
@@ -449,6 +627,32 @@ def skip_phase(from_dir: Path, phase: str, out_dir: str, run_name: Optional[str]
   return run_dir
 
 
+def resolve_finetune(agent_name: str, dataset_id: str, agent_config, *, reference: str = "best",
+                     constrain: bool = True, utd: Optional[int] = None,
+                     overrides: Optional[Dict[str, Any]] = None, eval_every: Optional[int] = None):
+  """(agent Config, settings) of a fine-tuning phase, resolved without running anything. `settings`:
+  utd, reference, and with --reference=interval:N the official interval-mode extras
+  (`interval_extras`): the refresh interval in env steps (N x update_n), the actor gradient clip
+  (None: none) and tau_end divided by 4 (an explicit --tau_end, in `overrides`, is used as given)."""
+  utd = utd or DEFAULT_UTD.get(agent_name, 1)
+  interval = parse_reference(reference, eval_every)
+  switches = {"constrain": constrain, **(overrides or {})}
+  if "utd" in {f.name for f in dataclasses.fields(agent_config)}:
+    switches["utd"] = utd          # O2SAC's lambda step runs once per env step
+  settings: Dict[str, Any] = {"utd": utd, "reference": reference, "interval_steps": interval,
+                              "actor_grad_clip": None}
+  if interval is not None:
+    extras = interval_extras(agent_name, dataset_id)
+    if extras:
+      if "tau_end" not in (overrides or {}):
+        switches["tau_end"] = agent_config.tau_end / extras["tau_end_divisor"]
+      settings.update(interval_steps=interval * extras["update_n"], update_n=extras["update_n"],
+                      actor_grad_clip=extras["actor_grad_clip"],
+                      tau_end_divisor=(1.0 if "tau_end" in (overrides or {})
+                                       else extras["tau_end_divisor"]))
+  return check_tau(dataclasses.replace(agent_config, **switches)), settings
+
+
 def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_every: int,
              eval_episodes: int, utd: Optional[int] = None, batch_size: int = 256, buffer: str = "half",
              reference: str = "best", constrain: bool = True, out_dir: str = "runs",
@@ -457,41 +661,54 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
              log=print) -> Path:
   """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
   `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state; `overrides`
-  replace agent config fields (e.g. the tau schedule)."""
-  cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
-  utd = utd or DEFAULT_UTD.get(cfg["agent"], 1)
-  switches = {"constrain": constrain, **(overrides or {})}
-  if "utd" in {f.name for f in dataclasses.fields(agent_config)}:
-    switches["utd"] = utd          # O2SAC's lambda step runs once per env step
-  agent_config = check_tau(dataclasses.replace(agent_config, **switches))
-  states = states.replace(config=agent_config)
+  replace agent config fields (e.g. the tau schedule). `reference`: 'best', 'interval:N' or
+  'interval' (N = eval_every, the released code's setting), the last two with the released code's
+  extras (`resolve_finetune`)."""
   if buffer not in BUFFER_MODES:
     raise O2OError(f"--buffer must be one of {', '.join(BUFFER_MODES)} (got {buffer!r})")
-  interval = None
-  if reference.startswith("interval:"):
-    interval = int(reference.split(":", 1)[1])
-  elif reference != "best":
-    raise O2OError(f"--reference must be 'best' or 'interval:N' (got {reference!r})")
+  n = parse_reference(reference, eval_every)    # fail before restoring anything
+  if n is not None and n % eval_every:
+    raise O2OError(f"--reference=interval:{n}: pi_ref is refreshed at evaluations, so N must be a "
+                   f"multiple of --eval_every ({eval_every})")
+  cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
+  agent_config, settings = resolve_finetune(cfg["agent"], cfg["dataset"], agent_config,
+                                            reference=reference, constrain=constrain, utd=utd,
+                                            overrides=overrides, eval_every=eval_every)
+  utd, interval = settings["utd"], settings["interval_steps"]
+  states = states.replace(config=agent_config)
+  if settings["actor_grad_clip"] is not None:
+    states = clip_actor_gradients(states, settings["actor_grad_clip"])
+  scale, shift = reward_transform(meta)
+  extra = {"agent_config": dataclasses.asdict(agent_config), "utd": utd, "buffer": buffer,
+           "reference": reference, "warmup_steps": warmup_steps, "eval_every": eval_every,
+           "eval_episodes": eval_episodes, "batch_size": batch_size,
+           "reward_transform": {"scale": scale, "shift": shift}}
+  if interval is not None:
+    extra["reference_interval"] = {k: settings[k] for k in ("interval_steps", "update_n",
+                                                            "actor_grad_clip", "tau_end_divisor")
+                                   if k in settings}
   prev, config, run_dir, resumed = _o2o_run(
-      "finetune", cfg["agent"], align_dir, online_steps, run_name, out_dir, restart,
-      {"agent_config": dataclasses.asdict(agent_config), "utd": utd, "buffer": buffer,
-       "reference": reference, "warmup_steps": warmup_steps, "eval_every": eval_every,
-       "eval_episodes": eval_episodes, "batch_size": batch_size}, log)
+      "finetune", cfg["agent"], align_dir, online_steps, run_name, out_dir, restart, extra, log)
   if resumed and finished(run_dir, online_steps):
     log(f"[finetune] reusing the finished run {run_dir}")
     print((run_dir / "summary.txt").read_text() if (run_dir / "summary.txt").exists() else "")
     return run_dir
-  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
-                   meta["reward_transform"]["scale"], batch_size=batch_size)
+  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                   batch_size=batch_size, reward_shift=shift)
   offline_score = np.asarray(meta["offline_score"] if "offline_score" in meta else
                              meta["online_score"], np.float32)
   online_score = np.asarray(meta["online_score"], np.float32)
   states = jax.jit(jax.vmap(agent.init_reference))(states, jnp.asarray(offline_score),
                                                    jnp.asarray(online_score))
   refresh = jax.jit(jax.vmap(agent.refresh_reference))
-  replay_kwargs = replay_mode(buffer, data)
+  replay_kwargs = replay_mode(buffer, data.without_shift())   # buffers hold r * scale (online_phase)
   log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
-      f"reference {reference} -> {run_dir}")
+      f"reference {reference}"
+      + ("" if interval is None else
+         f" (pi_ref <- pi_on every {interval} env steps, tau_end {agent_config.tau_end:g}"
+         + ("" if settings["actor_grad_clip"] is None else
+            f", actor gradient norm clipped to {settings['actor_grad_clip']}") + ")")
+      + f" -> {run_dir}")
 
   def on_eval(step, s, score):
     if interval is None:
@@ -567,10 +784,15 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
   every `eval_every` steps (`on_eval(step, states, per-seed score) -> states` may refresh per-seed
   state), the final checkpoint, `curves.png`, and `summary.{json,txt}` with `start_scores` (per seed,
   e.g. {"offline": pi_off scores}) beside the best and final scores. Online rewards are stored with
-  the offline data's reward transform (`data.reward_scale`); `prefill` must carry scaled rewards.
-  `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
+  the offline data's reward scale (`data.reward_scale`); `prefill` must carry scaled rewards, r *
+  scale. A reward shift (`data.reward_shift`, e.g. AntMaze's 10r - 5) is not stored: every buffer
+  holds r * scale and the shift is added to each batch inside the update (`shift_rewards`), so
+  offline and online rows get the same transform. `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
   `checkpoint_every` env steps under <run_dir>/progress (see loops.run_online)."""
   local = distributed.local_seed_count(seeds)
+  if data.reward_shift:
+    learner = loops.Learner(shift_rewards(learner.update, data.reward_shift), learner.act)
+    data = data.without_shift()
   writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)
 

@@ -13,6 +13,12 @@
 
 The per-dataset settings (clip beta, w schedule, top-N, entropy coefficient) come from the official
 code's table (`aca.DATASET_PRESETS`); each --aca_ flag given overrides its entry.
+
+States: the official chain (`run_sacml.py`, `run_aca.py`) gives d3rlpy no `scaler`, so SAC+ML, Z and
+the online stage see raw observations; the SAC+ML pretrain started here does too
+(`normalize_states=False`; `--aca_normalize_states` standardises them). Another offline actor keeps
+its own preset's normalisation (pi0 is a function of the states it was trained on), and the Z-fit and
+online stages reuse whatever the offline run recorded.
 """
 from __future__ import annotations
 
@@ -61,6 +67,9 @@ flags.DEFINE_integer("aca_top_n", None, "ACA: top-N offline episodes by return s
 flags.DEFINE_float("aca_entropy_coef", None, "ACA c_H of the online target entropy -c_H|A| (table: 1, "
                    "AntMaze 0.5).")
 flags.DEFINE_float("aca_actor_grad_clip", 0.25, "ACA online actor gradient-norm clip (0 = none).")
+flags.DEFINE_bool("aca_normalize_states", False, "ACA: standardise observations in the SAC+ML pretrain "
+                  "started here (the official code does not: no d3rlpy scaler). Another "
+                  "--offline_algo keeps its own preset's choice.")
 
 ZFIT_FIELDS = ("actor_kind", "gaussian_tanh_mean", "hidden_dims", "log_std_min", "log_std_max",
                "learnable_log_std_scale", "orthogonal_init")
@@ -201,6 +210,15 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
   return run_dir
 
 
+def pretrain_normalizes_states(algo: str, aca_normalize_states: bool = False) -> Optional[bool]:
+  """`phases.pretrain(normalize_states=...)`: SAC+ML on raw observations, as the official ACA code
+  (no d3rlpy scaler), unless asked otherwise; None for any other offline algorithm (its preset's
+  choice)."""
+  if algo != "sacml":
+    return None
+  return bool(aca_normalize_states)
+
+
 def run(FLAGS):
   """experiments.finetune --agent=aca: SAC+ML (or another actor + Z-fit; reused) -> ACA online."""
   d = common.finetune_budget(BUDGETS, FLAGS, positive=("aca_zfit_steps",))
@@ -225,7 +243,8 @@ def run(FLAGS):
         algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
         num_steps=d["pretrain_steps"], eval_every=min(d["pretrain_eval_every"], d["pretrain_steps"]),
         eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size,
-        run_name=name, **common_args)
+        normalize_states=pretrain_normalizes_states(algo, FLAGS.aca_normalize_states), run_name=name,
+        **common_args)
     prev = runs.read_config(offline_dir)
   source = prev.get("algo") if prev["phase"] == "pretrain" else prev.get("offline_algo")
   suffix = "" if source == "sacml" else f"-{source}"     # run names tell the offline actor apart

@@ -39,7 +39,8 @@ flags.DEFINE_bool("o2ppo_aux", True, "O2PPO's auxiliary advantage (eq. 17-18); f
                   "fine-tuning of the IQL policy (paper appendix A, figure 4).")
 flags.DEFINE_enum("o2ppo_aux_pairing", "paired", ["paired", "broadcast"],
                   "How A_alpha meets the GAE advantage: 'paired' per sample (paper eq. 18) or "
-                  "'broadcast' over the minibatch (the released code's [B,B] matrix).")
+                  "'broadcast' (the released code's [rollout x rollout] matrix; each minibatch "
+                  "row's ratio meets every column).")
 flags.DEFINE_enum("o2ppo_aux_clip", "per_dim", ["per_dim", "sum"],
                   "Softplus floor of eq. 51: per action dimension (paper) or on the sum over "
                   "dimensions with floor 4|A| (released code).")
@@ -47,7 +48,9 @@ flags.DEFINE_float("o2ppo_aux_alpha", 2.0, "alpha of eq. 17 (2 = the paper's 2*s
 flags.DEFINE_integer("o2ppo_beta_steps", None, "Env steps over which beta anneals from 1 to 0 "
                      "(default: the online steps; twice that for medium-expert/expert sets, H.5).")
 flags.DEFINE_string("o2ppo_reference", "best", "pi_ref update: 'best' (the best evaluated policy, per "
-                    "seed) or 'interval:N' (pi_on every N env steps; paper C.3).")
+                    "seed), 'interval:N' (pi_on every N env steps; paper C.3) or 'interval' (the "
+                    "released code's interval: every update_n evaluations, update_n 4 on hopper "
+                    "medium-expert/expert, else 1).")
 flags.DEFINE_enum("o2ppo_reward_scaling", "auto", ["auto", "none", "dynamic"],
                   "Reward scaling: 'dynamic' divides rewards by the running std of the discounted "
                   "return (Uni-O4); 'auto' = dynamic on halfcheetah, none elsewhere (released code).")
@@ -80,15 +83,20 @@ def dataset_preset(dataset_id: str) -> Dict[str, Any]:
   env, level = presets.dataset_env_and_level(dataset_id)
   expert = level in ("medium-expert", "expert")
   hopper_expert = env == "hopper" and expert
+  # update_n: evaluations between pi_ref refreshes in the interval mode (O2PPO.py sets 4 when
+  # `refer_with_optimal_pi` is false and the env name holds 'hopper' and 'expert').
   return {"epochs": 5 if hopper_expert else 10, "beta_factor": 2 if expert else 1,
           "max_std": 0.05 if hopper_expert else None,
-          "reward_scaling": "dynamic" if env == "halfcheetah" else "none"}
+          "reward_scaling": "dynamic" if env == "halfcheetah" else "none",
+          "update_n": 4 if hopper_expert else 1}
 
 
 def _reference_mode(value: str):
   from o2o_jax.errors import O2OError
   if value == "best":
     return None
+  if value == "interval":   # the released code's update_n x eval_every, resolved per dataset
+    return "released"
   if value.startswith("interval:"):
     try:
       n = int(value.split(":", 1)[1])
@@ -96,7 +104,18 @@ def _reference_mode(value: str):
       n = 0
     if n > 0:
       return n
-  raise O2OError(f"--o2ppo_reference must be 'best' or 'interval:N' with N > 0 (got {value!r})")
+  raise O2OError(f"--o2ppo_reference must be 'best', 'interval' or 'interval:N' with N > 0 "
+                 f"(got {value!r})")
+
+
+def reference_interval(reference: str, dataset_id: str, eval_every: int) -> Optional[int]:
+  """Env steps between pi_ref refreshes (None: the best evaluated policy). 'interval' is the released
+  code's `update_n * evaluate_freq` (OCR-CFT finetune/O2PPO.py: update_n = 4 for hopper-*expert
+  when `refer_with_optimal_pi` is false, else 1)."""
+  mode = _reference_mode(reference)
+  if mode == "released":
+    return dataset_preset(dataset_id)["update_n"] * eval_every
+  return mode
 
 
 # ----------------------------------------------------------------------------- phases
@@ -132,7 +151,7 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
   import jax
   import numpy as np
   from experiments import phases
-  from o2o_jax import envs, loops, onpolicy, runs
+  from o2o_jax import distributed, envs, loops, onpolicy, runs
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.agents import registry
   from o2o_jax.errors import O2OError
@@ -165,32 +184,38 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
   ends = o2ppo.episode_end_flags(ds.size, ds.episode_starts, ds.episode_lengths)
   rewards = np.asarray(ds.transitions.rewards, np.float32)
   scaler = None
-  if reward_scaling == "dynamic":
+  if reward_scaling == "dynamic":   # running return reset at terminals only, as the reference
     scaler = onpolicy.RewardScaler(config.discount)
-    rewards = scaler.scale_dataset(rewards, ends)
+    rewards = scaler.scale_dataset(rewards, np.asarray(ds.transitions.terminals))
   returns = jax.jit(o2ppo.mc_returns, static_argnums=2)(jax.numpy.asarray(rewards),
                                                          jax.numpy.asarray(ends), config.discount)
   returns_data = data.device.replace(rewards=returns)  # V targets travel in the rewards field
+  local = distributed.local_seed_count(prev["seeds"])   # this process's seeds (all with one)
   states = jax.jit(jax.vmap(lambda k, p: o2ppo.init_value_fit(k, meta["obs_dim"], meta["act_dim"],
                                                                config, p)))(
-      seed_keys(prev["seed"] + 1, prev["seeds"]), actor_params)
+      seed_keys(prev["seed"] + 1, local), actor_params)
   log(f"[reevaluate] o2ppo: fitting V to the Monte-Carlo returns of {len(ds.episode_starts)} episodes "
       f"(mean return-to-go {float(returns.mean()):.1f}) for {steps} steps -> {run_dir}")
-  writer, ckpt = phases._writer_and_ckpt(run_dir, prev["seeds"], keep_rows=steps > 0)
+  writer, ckpt = phases._writer_and_ckpt(run_dir, local, keep_rows=steps > 0)
   snapshots = phases._snapshots(run_dir, checkpoint_every)
+  # The dataset pass's scaler statistics (count, mean, S), which every seed starts the online phase from.
+  dataset_stats = None
+  if scaler is not None:
+    dataset_stats = {k: v for k, v in scaler.per_seed(0).items() if k != "running"}
   out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                       "obs_std")},
               "reward_transform": {"scale": 1.0, "shift": 0.0, "dynamic": reward_scaling == "dynamic"},
-              "reward_scaler": scaler.state() if scaler is not None else None,
+              "reward_scaler": dataset_stats,
               "phase": "reevaluate", "agent": AGENT, "offline_algo": prev["algo"]}
   scores = {}
 
   def on_eval(step, s, ret):
-    scores["offline"] = data.normalized_score(ret).mean(1)
-    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": scores["offline"]})
+    score = data.normalized_score(ret).mean(1)
+    scores["offline"] = distributed.gather_seeds(score)
+    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": score})
 
   if steps == 0:   # ablation: a fresh V, pi_off evaluated once
-    evaluator = envs.Evaluator(data.make_env, prev["seeds"], eval_episodes)
+    evaluator = envs.Evaluator(data.make_env, local, eval_episodes)
     on_eval(0, states, evaluator.run(lambda o: loops.make_eval_policy(
         o2ppo.offline_act, data.obs_mean, data.obs_std)(states, o)))
     evaluator.close()
@@ -198,11 +223,11 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
     loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
                                       eval_every=steps, eval_episodes=eval_episodes)
     loops.run_offline(loops.Learner(o2ppo.value_fit_step, o2ppo.offline_act), states, returns_data,
-                      make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
+                      make_env=data.make_env, num_seeds=local, seed=prev["seed"],
                       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
                       metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                      snapshots=snapshots, phase="reevaluate", progress=progress, desc="fit V",
-                      log=log)
+                      snapshots=snapshots, phase="reevaluate",
+                      progress=progress and distributed.is_primary(), desc="fit V", log=log)
   writer.close()
   ckpt.close()
   snapshots.discard()
@@ -222,7 +247,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   import numpy as np
   from experiments import phases
   from o2o_jax import logging as log_lib
-  from o2o_jax import onpolicy, runs
+  from o2o_jax import distributed, onpolicy, runs
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.agents.online import ppo
   from o2o_jax.checkpoints import Checkpointer
@@ -246,11 +271,13 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   if online_steps < rollout_length:
     raise O2OError(f"--online_steps ({online_steps}) is shorter than one rollout "
                    f"(--ppo_rollout_length={rollout_length}): no update would run")
-  interval = _reference_mode(reference)
+  interval = reference_interval(reference, dataset_id, eval_every)
   run_config = {"phase": "finetune", "agent": AGENT, "dataset": dataset_id, "env": prev["env"],
                 "seeds": prev["seeds"], "seed": prev["seed"], "from": str(reevaluate_dir),
                 "steps": online_steps, "eval_every": eval_every, "eval_episodes": eval_episodes,
                 "reference": reference, "agent_config": dataclasses.asdict(config)}
+  if interval is not None:
+    run_config["reference_interval"] = interval
   run_dir, done = phases.prepare_online_run(
       agent_name=AGENT, dataset_id=dataset_id, run_config=run_config, online_steps=online_steps,
       out_dir=out_dir, run_name=run_name, restart=restart, log=log)
@@ -259,13 +286,14 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
 
   meta = Checkpointer(reevaluate_dir / "checkpoints").read_metadata()
   obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
-  keys = seed_keys(prev["seed"] + 1, prev["seeds"])
+  keys = seed_keys(prev["seed"] + 1, prev["seeds"])   # the template holds every seed of the run
+  local = distributed.local_seed_count(prev["seeds"])  # this process's seeds (all with one)
 
   def fit_template(k):
     params = ppo.make_actor(fit_config, act_dim).init(k, jnp.zeros((1, obs_dim)))
     return o2ppo.init_value_fit(k, obs_dim, act_dim, fit_config, params)
 
-  # The restore template only needs shapes: eval_shape compiles nothing.
+  # The restore template only needs shapes: eval_shape compiles nothing. Restored: this process's seeds.
   fitted, meta = phases.restore(reevaluate_dir, jax.eval_shape(jax.vmap(fit_template), keys))
   offline_score = jnp.asarray(meta["offline_score"], jnp.float32)
 
@@ -273,19 +301,19 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
     s = o2ppo.init(k, obs_dim, act_dim, config, actor_params, value_params)
     return o2ppo.init_reference(s, score, score)
 
-  states = jax.jit(jax.vmap(start))(seed_keys(prev["seed"] + 2, prev["seeds"]),
+  states = jax.jit(jax.vmap(start))(seed_keys(prev["seed"] + 2, local),
                                     fitted.offline_actor_params, fitted.value.params, offline_score)
   refresh = jax.jit(jax.vmap(o2ppo.refresh_reference))
   data = phases.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
   reward_fn = None
-  if meta.get("reward_scaler"):
-    reward_fn = onpolicy.RewardScaler(config.discount, prev["seeds"], meta["reward_scaler"])
+  if meta.get("reward_scaler"):   # one scaler per seed, each from the dataset pass's statistics
+    reward_fn = onpolicy.RewardScaler(config.discount, local, meta["reward_scaler"])
   what = ("O2PPO (auxiliary advantage, " + config.aux_pairing + " pairing)" if config.aux
           else "direct PPO from the offline policy")
   log(f"[finetune] {what}: {online_steps} online steps, rollouts of {rollout_length}, "
       f"{config.epochs} epochs, beta over {config.beta_steps} steps, reference {reference} -> {run_dir}")
 
-  writer, ckpt = phases._writer_and_ckpt(run_dir, prev["seeds"], keep_rows=True)
+  writer, ckpt = phases._writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = phases._snapshots(run_dir, checkpoint_every)
   if snapshots.latest_step() is None:
     writer.write(0, {"eval/normalized_score": np.asarray(offline_score),
@@ -297,29 +325,37 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
       s = refresh(s, jnp.asarray(score, jnp.float32))
     elif step % interval == 0 or (step // interval) > ((step - eval_every) // interval):
       s = refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
-    if step >= online_steps:
-      ckpt.save(step, s, {**meta, "phase": "finetune", "step": step, "final_score": score})
+    if step >= online_steps:   # with every seed's reward-scaler state (per-seed arrays, gathered)
+      scaler_state = ({f"reward_scaler_{k}": np.asarray(v) for k, v in reward_fn.state(True).items()}
+                      if reward_fn is not None else {})
+      ckpt.save(step, s, {**meta, "phase": "finetune", "step": step, "final_score": score,
+                          **scaler_state})
     return s
 
   loop_config = onpolicy.OnPolicyConfig(total_steps=online_steps, rollout_length=rollout_length,
                                         eval_every=eval_every, eval_episodes=eval_episodes)
   t0 = time.time()
   _, history = onpolicy.run_onpolicy(
-      o2ppo, states, make_env=data.make_env, num_seeds=prev["seeds"], seed=prev["seed"],
+      o2ppo, states, make_env=data.make_env, num_seeds=local, seed=prev["seed"],
       config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
       on_eval=on_eval, normalized_score=data.normalized_score, reward_fn=reward_fn,
-      progress=progress, desc="finetune o2ppo" if config.aux else "finetune ppo",
+      progress=progress and distributed.is_primary(),
+      desc="finetune o2ppo" if config.aux else "finetune ppo",
       snapshots=snapshots, phase="finetune", log=log)
   writer.close()
   ckpt.close()
   snapshots.discard()
-  scores = [(h["step"], data.normalized_score(h["returns"]).mean(1)) for h in history]
-  log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                      ["eval/normalized_score", "train/beta", "train/approx_kl", "train/value_loss"],
-                      title=f"{'O2PPO' if config.aux else 'direct PPO'} fine-tuning on {dataset_id}")
+  # Every process's seeds (collectives, in the same order everywhere); the primary writes the files.
+  scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
+            for h in history]
+  start_scores = {"offline": distributed.gather_seeds(np.asarray(offline_score))}
+  if distributed.is_primary():
+    log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                        ["eval/normalized_score", "train/beta", "train/approx_kl", "train/value_loss"],
+                        title=f"{'O2PPO' if config.aux else 'direct PPO'} fine-tuning on {dataset_id}")
   phases.write_summary(run_dir, dataset_id=dataset_id, agent_name=AGENT if config.aux else "ppo",
-                       seeds=prev["seeds"], start_scores={"offline": np.asarray(offline_score)},
-                       scores=scores, wall_time_s=time.time() - t0)
+                       seeds=prev["seeds"], start_scores=start_scores, scores=scores,
+                       wall_time_s=time.time() - t0)
   return run_dir
 
 

@@ -1,6 +1,8 @@
 """O3F end to end (agent o3f), dispatched by experiments/finetune.py:
 
   pretrain   IQL with an ensemble of 5 critics ("iql5", phases.pretrain; reused)  runs/pretrain/iql5/...
+             on the rewards of the IQL O3F builds on (--preset=official, the default: CORL iql.py
+             `modify_reward`, locomotion r * 1000 / (max - min episode return), AntMaze r - 1)
   finetune   the same IQL objective online, the replay buffer initialised with the whole offline
              dataset, every env step the best of N candidates around the policy action by mean Q
              (phases.online_phase)                                                runs/finetune/o3f/...
@@ -8,6 +10,9 @@
   python -m experiments.finetune --agent=o3f --budget=quick
   python -m experiments.finetune --agent=o3f --offline_algo=iql          # a 2-critic CORL IQL run
   python -m experiments.finetune --agent=o3f --from=runs/pretrain/iql5/... --o3f_omega=1
+
+The reward transform of the IQL run (its checkpoint metadata) is applied to the offline buffer and to
+every online reward (phases.load_data / phases.online_phase), so both share one scale.
 
 Agent-specific flags are defined here at import (prefix --o3f_); the shared ones (dataset, seeds,
 budget, ...) come from experiments/finetune.py.
@@ -75,7 +80,9 @@ def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: 
   seeds, seed = cfg["seeds"], cfg["seed"]
   run_config = {"phase": "finetune", "agent": "o3f", "dataset": cfg["dataset"], "env": cfg["env"],
                 "seeds": seeds, "seed": seed, "from": str(pretrain_dir), "steps": online_steps,
-                "offline_algo": cfg["algo"], "agent_config": dataclasses.asdict(config), "utd": utd,
+                "offline_algo": cfg["algo"], "preset": cfg.get("preset"),
+                "reward_transform": dict(zip(("scale", "shift"), phases.reward_transform(meta))),
+                "agent_config": dataclasses.asdict(config), "utd": utd,
                 "warmup_steps": warmup_steps, "eval_every": eval_every,
                 "eval_episodes": eval_episodes, "batch_size": batch_size}
   run_dir, done = phases.prepare_online_run(
@@ -85,9 +92,10 @@ def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: 
     return run_dir
   states = jax.jit(jax.vmap(functools.partial(o3f.start_online, config=config)))(states)
   # The buffer starts as the whole dataset, with the IQL run's reward transform (the online loop
-  # stores env rewards with the same transform).
-  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
-                          meta["reward_transform"]["scale"], batch_size=batch_size)
+  # stores env rewards with the same scale; online_phase adds a shift to every batch).
+  scale, shift = phases.reward_transform(meta)
+  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                          batch_size=batch_size, reward_shift=shift)
   log(f"[finetune] o3f from {cfg['algo']} ({config.num_critics} critics"
       f"{', deterministic actor' if config.deterministic else ''}): {online_steps} online steps, "
       f"UTD {utd}, best of {config.num_candidates} candidates (sigma {config.sigma}, omega "
@@ -112,7 +120,13 @@ def run(FLAGS):
     raise O2OError(f"--o3f_num_candidates must be at least 1 (got {FLAGS.o3f_num_candidates})")
   if FLAGS.o3f_sigma is not None and FLAGS.o3f_sigma < 0:
     raise O2OError(f"--o3f_sigma must not be negative (got {FLAGS.o3f_sigma})")
-  name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
+  preset = FLAGS.preset
+  if getattr(FLAGS, "from"):
+    from_dir = Path(getattr(FLAGS, "from"))
+    preset = phases.run_preset(from_dir, runs.read_config(from_dir),
+                               FLAGS.preset if FLAGS["preset"].present else None)
+  name = FLAGS.run_name or (f"seed{FLAGS.seed}x{FLAGS.seeds}"
+                            + ("" if preset == "official" else f"-preset{preset}"))
   common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
                      checkpoint_every=FLAGS.checkpoint_every)
 
@@ -131,7 +145,7 @@ def run(FLAGS):
         algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
         num_steps=d["pretrain_steps"], eval_every=min(d["pretrain_eval_every"], d["pretrain_steps"]),
         eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size,
-        run_name=name, **common_args)
+        preset=preset, chain="o3f", run_name=name, **common_args)
   env, _ = presets.dataset_env_and_level(runs.read_config(pretrain_dir)["dataset"])
   overrides = dict(num_candidates=FLAGS.o3f_num_candidates, omega=FLAGS.o3f_omega,
                    clip_candidates=FLAGS.o3f_clip_candidates,

@@ -4,7 +4,8 @@
   cvae       the state-action C-VAE on the dataset + the normal fit of its latent means
                                                                                   runs/cvae/samg/...
   finetune   SAMG online: frozen offline critic, mixed target, online-only buffer seeded with
-             `--samg_prefill` transitions of the offline policy (phases.online_phase)
+             `--samg_prefill` transitions of the offline policy (phases.online_phase); samg_cql also
+             draws offline rows for its p-weighted conservative term (--samg_cql_offline_penalty)
                                                                                   runs/finetune/samg_<algo>/...
 
   python -m experiments.finetune --agent=samg_iql --budget=quick
@@ -40,11 +41,14 @@ AGENTS = ("samg_cql", "samg_awac", "samg_iql")
 # --budget: 'paper' = the OCR-CFT protocol (1M offline steps, 100k online, eval every 1k with 10
 # episodes; the SAMG paper itself fine-tunes 500k/1M steps) and a 100k-step C-VAE [recon];
 # 'quick' = minutes on a laptop CPU. The 1000 prefill transitions play the paper's 1000-step warm-up,
-# so no further warm-up by default.
+# so no further warm-up by default. Networks: 'paper' keeps each base algorithm's own default
+# architecture (hidden_dims None, resolved by phases.pretrain: CQL 3x256 actor and critics and AWAC
+# 3x256, as CORL's cql.py / awac.py; IQL 2x256, as CORL's iql.py), since the paper runs CORL's
+# settings (App. C.2); only 'quick' shrinks them. An explicit --hidden_dims wins either way.
 BUDGETS = {
     "paper": dict(pretrain_steps=1_000_000, pretrain_eval_every=10_000, samg_cvae_steps=100_000,
                   online_steps=100_000, warmup_steps=0, eval_every=1_000, eval_episodes=10,
-                  hidden_dims=(256, 256), samg_cvae_hidden=(750, 750)),
+                  hidden_dims=None, samg_cvae_hidden=(750, 750)),
     "quick": dict(pretrain_steps=10_000, pretrain_eval_every=5_000, samg_cvae_steps=3_000,
                   online_steps=10_000, warmup_steps=0, eval_every=2_000, eval_episodes=5,
                   hidden_dims=(64, 64), samg_cvae_hidden=(64, 64)),
@@ -71,8 +75,17 @@ flags.DEFINE_integer("samg_prefill", 1000, "SAMG: transitions of the offline pol
                      "seed's online buffer (paper 1000).")
 flags.DEFINE_integer("samg_buffer_size", 50_000, "SAMG online buffer capacity (paper 50k); applied when "
                      "phases.online_phase accepts a buffer size, else the buffer holds every online step.")
-flags.DEFINE_float("samg_exploration_noise", 0.1, "SAMG: Gaussian exploration noise for a deterministic "
-                   "base actor (CORL's IQL on hopper-medium); stochastic actors sample instead.")
+flags.DEFINE_float("samg_exploration_noise", 0.03, "SAMG: std of the Gaussian exploration noise of a "
+                   "deterministic base actor (CORL finetune/iql.py `expl_noise` 0.03); stochastic actors "
+                   "sample instead.")
+flags.DEFINE_float("samg_exploration_noise_clip", 0.5, "SAMG: the exploration noise is clipped to "
+                   "[-clip, clip] before it is added (CORL finetune/iql.py `noise_clip` 0.5).")
+flags.DEFINE_float("samg_cql_offline_penalty", 1.0, "samg_cql: weight, relative to CQL's alpha, of the "
+                   "p-weighted conservative term on offline rows (paper App. C.1); each update then "
+                   "draws as many offline rows as online ones. 0: off (no offline data online).")
+flags.DEFINE_integer("samg_guidance_steps", None, "SAMG: online env steps with offline guidance; after "
+                     "them p = 0 and the base algorithm runs unchanged (paper App. C.4 cuts it 'after a "
+                     "specific period', length not given). Default: the whole run.")
 
 
 # ----------------------------------------------------------------------------- cvae phase
@@ -246,11 +259,15 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
   cfg, base_config, base_states, meta = _offline_run(pretrain_dir, base, online_steps * utd)
   seeds, seed = cfg["seeds"], cfg["seed"]
   config = dataclasses.replace(config, base=base, base_config=base_config).resolved(meta["act_dim"])
+  # The CQL offline term (paper App. C.1) needs offline rows: each update's batch is then
+  # [batch_size offline rows | batch_size online rows] (samg.update_with_offline splits it).
+  offline_fraction = samg.OFFLINE_FRACTION if config.uses_offline_rows else 0.0
   run_config = {"phase": "finetune", "agent": agent_name, "dataset": cfg["dataset"], "env": cfg["env"],
                 "seeds": seeds, "seed": seed, "from": str(pretrain_dir), "cvae": str(cvae_dir),
                 "steps": online_steps, "agent_config": dataclasses.asdict(config), "utd": utd,
                 "warmup_steps": warmup_steps, "eval_every": eval_every, "eval_episodes": eval_episodes,
-                "batch_size": batch_size, "prefill": prefill_steps, "buffer_size": buffer_size}
+                "batch_size": batch_size, "prefill": prefill_steps, "buffer_size": buffer_size,
+                "offline_fraction": offline_fraction}
   run_dir, done = phases.prepare_online_run(
       agent_name=agent_name, dataset_id=cfg["dataset"], run_config=run_config, online_steps=online_steps,
       out_dir=out_dir, run_name=run_name, restart=restart, log=log)
@@ -267,15 +284,21 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
   t0 = time.time()
   prefill = collect_prefill(samg.act, states, data.make_env, seeds, seed + 7_919, prefill_steps,
                             obs_mean, obs_std, scale) if prefill_steps > 0 else None
+  offline_use = (f"{batch_size} offline rows per update for the p-weighted CQL term (weight "
+                 f"{config.cql_offline_penalty})" if offline_fraction else "no offline data")
+  guidance = ("for the whole run" if config.guidance_steps is None
+              else f"for {config.guidance_steps} updates")
   log(f"[finetune] {agent_name}: {prefill_steps} offline-policy transitions per seed seed the online "
-      f"buffer ({time.time() - t0:.0f}s); {online_steps} online steps, UTD {utd}, no offline data, "
-      f"threshold {config.threshold} -> {run_dir}")
+      f"buffer ({time.time() - t0:.0f}s); {online_steps} online steps, UTD {utd}, {offline_use}, "
+      f"threshold {config.threshold}, guidance {guidance} -> {run_dir}")
+  update = samg.update_with_offline if offline_fraction else samg.update
   phases.online_phase(
-      run_dir=run_dir, learner=loops.Learner(samg.update, samg.act), states=states, data=data,
+      run_dir=run_dir, learner=loops.Learner(update, samg.act), states=states, data=data,
       meta={**meta, "agent": agent_name, "cvae_dir": str(cvae_dir)}, seeds=seeds, seed=seed,
       agent_name=agent_name, dataset_id=cfg["dataset"], online_steps=online_steps,
       warmup_steps=warmup_steps, eval_every=eval_every, eval_episodes=eval_episodes, utd=utd,
-      batch_size=batch_size, offline_fraction=0.0, start_scores={"offline": offline_score},
+      batch_size=batch_size * 2 if offline_fraction else batch_size,
+      offline_fraction=offline_fraction, start_scores={"offline": offline_score},
       prefill=prefill, progress=progress, checkpoint_every=checkpoint_every,
       plot_keys=["eval/normalized_score", "train/samg_weight", "train/samg_weight_nonzero",
                  "train/critic_loss"], buffer_size=buffer_size)
@@ -283,6 +306,13 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
 
 
 # ----------------------------------------------------------------------------- launcher entry
+
+def network_dims(budget_dims):
+  """Hidden sizes of a new offline run: the budget's (quick) or --hidden_dims when set, else None,
+  which phases.pretrain resolves to the base algorithm's own architecture with its dataset preset
+  (CQL/AWAC 3x256, IQL 2x256; CQL's 5x256 critics on AntMaze)."""
+  return tuple(int(h) for h in budget_dims) if budget_dims else None
+
 
 def _kl_anneal_default(dataset_id: str, cvae_steps: int) -> int:
   env, _ = presets.dataset_env_and_level(dataset_id)
@@ -302,6 +332,8 @@ def run(FLAGS):
                    f"least 1 so the first update has data (got {FLAGS.samg_prefill}, {d['warmup_steps']})")
   if not 0.0 <= FLAGS.samg_threshold <= 1.0:
     raise O2OError(f"--samg_threshold must lie in [0, 1] (got {FLAGS.samg_threshold})")
+  if FLAGS.samg_guidance_steps is not None and FLAGS.samg_guidance_steps < 0:
+    raise O2OError(f"--samg_guidance_steps must not be negative (got {FLAGS.samg_guidance_steps})")
   name = FLAGS.run_name or f"seed{FLAGS.seed}x{FLAGS.seeds}"
   common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
                      checkpoint_every=FLAGS.checkpoint_every)
@@ -316,8 +348,8 @@ def run(FLAGS):
     pretrain_dir = phases.pretrain(
         algo=base, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
         num_steps=d["pretrain_steps"], eval_every=d["pretrain_eval_every"],
-        eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size,
-        run_name=name, **common_args)
+        eval_episodes=d["eval_episodes"], hidden_dims=network_dims(d["hidden_dims"]),
+        batch_size=FLAGS.batch_size, run_name=name, **common_args)
     prev = runs.read_config(pretrain_dir)
   dataset_id = prev["dataset"]
 
@@ -331,7 +363,12 @@ def run(FLAGS):
                        cvae_lr=FLAGS.samg_cvae_lr, kl_weight=FLAGS.samg_kl_weight,
                        kl_anneal_steps=kl_anneal, cvae_raw_states=FLAGS.samg_cvae_raw_states,
                        threshold=FLAGS.samg_threshold, weight_at=FLAGS.samg_weight_at,
-                       exploration_noise=FLAGS.samg_exploration_noise).resolved(meta["act_dim"])
+                       exploration_noise=FLAGS.samg_exploration_noise,
+                       exploration_noise_clip=FLAGS.samg_exploration_noise_clip,
+                       cql_offline_penalty=FLAGS.samg_cql_offline_penalty,
+                       guidance_steps=(None if FLAGS.samg_guidance_steps is None
+                                       else FLAGS.samg_guidance_steps * utd),   # env steps -> updates
+                       ).resolved(meta["act_dim"])
   cvae_dir = train_cvae(dataset_id=dataset_id, config=config, seeds=prev["seeds"], seed=prev["seed"],
                         steps=d["samg_cvae_steps"], batch_size=FLAGS.batch_size, run_name=name,
                         **common_args)

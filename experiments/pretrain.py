@@ -23,11 +23,16 @@ flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_integer("eval_every", None, "Steps between evaluations (10k paper, 1k quick).")
 flags.DEFINE_integer("eval_episodes", None, "Deterministic evaluation episodes per seed (10 / 3).")
 flags.DEFINE_integer("chunk", None, "Updates fused per lax.scan call (default: eval_every, at most 5k).")
-flags.DEFINE_list("hidden_dims", None, "Hidden sizes (default 256,256 paper; 64,64 quick).")
-flags.DEFINE_bool("normalize_states", True, "Standardise observations with the dataset's mean/std.")
+flags.DEFINE_list("hidden_dims", None, "Hidden sizes (default: the algorithm's own, CQL and AWAC "
+                  "3x256, TD3+BC, IQL and BC 2x256; quick 64,64).")
+flags.DEFINE_bool("normalize_states", None, "Standardise observations with the dataset's mean/std "
+                  "(default: the preset's; on, except CQL on AntMaze with --preset=official).")
 flags.DEFINE_enum("preset", "corl", presets.PRESETS, "Per-dataset hyperparameters: 'corl' (CORL's "
-                  "configs, e.g. IQL's deterministic actor on hopper-medium) or 'none' (algorithm "
-                  "defaults, as the official OCR-CFT code uses).")
+                  "configs, e.g. IQL's deterministic actor and CQL's reward normalisation on "
+                  "hopper-medium), 'official' (the official OCR-CFT offline scripts, as the O2SAC, O2TD3 "
+                  "and O2PPO chains of experiments.finetune use by default: raw MuJoCo rewards, "
+                  "their AntMaze configs for cql, td3bc and iql; awac and bc keep their defaults) or "
+                  "'none' (algorithm defaults, raw rewards).")
 flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: seed<seed>x<seeds>).")
 flags.DEFINE_bool("restart", False, "Delete an existing run directory of this name first.")
@@ -35,7 +40,8 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 common.define_checkpoint_flag()
 common.define_distributed_flags()
 
-_DEFAULTS = {"paper": dict(num_steps=1_000_000, eval_every=10_000, eval_episodes=10, hidden_dims=(256, 256)),
+# hidden_dims None: the algorithm's own architecture (only 'quick' shrinks the networks).
+_DEFAULTS = {"paper": dict(num_steps=1_000_000, eval_every=10_000, eval_episodes=10, hidden_dims=None),
              "quick": dict(num_steps=5_000, eval_every=1_000, eval_episodes=3, hidden_dims=(64, 64))}
 
 

@@ -41,6 +41,9 @@ def initialize(coordinator_address: Optional[str], num_processes: int, process_i
                              process_id=process_id)
 
 
+# Where a process's seeds sit in the run (`local_seed_count`, `seed_offset`, `split_seeds`,
+# `local_slice`) is read through these two functions, so a test can run one seed as seed i of N
+# (patching them) and compare it with an N-seed run; the collectives below ask JAX itself.
 def process_count() -> int:
   return jax.process_count()
 
@@ -56,7 +59,7 @@ def is_primary() -> bool:
 
 def local_seed_count(total: int) -> int:
   """This process's number of seeds of a run of `total` seeds (an error unless P divides it)."""
-  p = jax.process_count()
+  p = process_count()
   if total % p:
     raise O2OError(f"--seeds={total} cannot be split evenly over {p} processes: use a multiple of {p}")
   return total // p
@@ -64,12 +67,12 @@ def local_seed_count(total: int) -> int:
 
 def seed_offset(local_seeds: int) -> int:
   """The global index of this process's first seed."""
-  return jax.process_index() * local_seeds
+  return process_index() * local_seeds
 
 
 def split_seeds(key: jax.Array, local_seeds: int) -> jax.Array:
   """One key per local seed: this process's slice of `jax.random.split(key, all seeds)`."""
-  p = jax.process_count()
+  p = process_count()
   if p == 1:
     return jax.random.split(key, local_seeds)
   start = seed_offset(local_seeds)
@@ -78,7 +81,7 @@ def split_seeds(key: jax.Array, local_seeds: int) -> jax.Array:
 
 def local_slice(tree: Any, local_seeds: int) -> Any:
   """This process's seeds of a pytree holding every seed (seed axis first)."""
-  if jax.process_count() == 1:
+  if process_count() == 1:
     return tree
   start = seed_offset(local_seeds)
   return jax.tree_util.tree_map(lambda x: x[start:start + local_seeds], tree)

@@ -1,6 +1,7 @@
 """Network building blocks shared by every agent.
 
 - `MLP` (optional LayerNorm, optional orthogonal init)
+- `init_options`: the named initialisation schemes of the references (see "Initialisation" below)
 - `Critic` Q(s, a) and `CriticEnsemble` (one module `nn.vmap`-ed over members: 2 = double-Q)
 - `ValueNet` V(s) and `ValueEnsemble` (ACA's state baseline)
 - `TanhGaussianActor` (SAC/CQL; CORL's learnable log-std scale/offset as an option)
@@ -9,6 +10,27 @@
 - `CVAE` state-action conditional VAE s,a -> z -> s' (SAMG)
 
 Actions live in [-1, 1]^|A| (envs.make_env rescales the env's box if needed).
+
+Initialisation. Every module takes `orthogonal_init` (False: PyTorch nn.Linear's default kernels),
+`hidden_scale` (orthogonal gain of the hidden layers, default sqrt 2; unused without
+`orthogonal_init`) and `head_scale`, the gain of the output layer(s): orthogonal(head_scale) with
+`orthogonal_init` (None = the module's own gain: 1 for Q/V heads, 1e-2 for actor heads), and without
+it xavier_uniform(head_scale) (None = PyTorch's default), the two branches of CORL's
+`init_module_weights`. Biases are always 0. `init_options(name)` gives the keyword arguments of the
+references' schemes:
+- "torch": PyTorch nn.Linear's default kernel U(+-1/sqrt(fan_in)) on every layer, the output layer
+  included (d3rlpy's encoders and heads; CORL's TD3+BC, IQL, AWAC MLPs; the official O2PPO value
+  net, `ppo_net.py` `MLP`). PyTorch draws the biases from the same uniform; here they are 0.
+- "orthogonal": CORL's `init_module_weights(..., orthogonal_init=True)` (`cql.py`): orthogonal
+  hidden layers with gain sqrt 2, the output layer orthogonal with the module's head gain, biases 0.
+- "ocr_cft": the official OCR-CFT `net.py` `MLP` (`orthogonal_net`, used by `CriticFunction`,
+  `ValueFunction`, `TwinQ`, `GaussianPolicy`, `DeterministicPolicy`): every layer orthogonal with
+  gain 1.0, the output layer included, biases 0.
+- "tanh_gaussian_policy": the `TanhGaussianPolicy` of CORL's `cql.py` and of the official `net.py`,
+  which call `init_module_weights(self.base_network)` without their `orthogonal_init` flag: PyTorch's
+  default hidden layers, the output layer xavier_uniform with gain 1e-2 and bias 0. (Their single
+  output layer has 2|A| outputs, mean and log-std; here the two heads have |A| each, so the xavier
+  bound sqrt(6 / (fan_in + fan_out)) differs by < 1% at width 256.)
 """
 from __future__ import annotations
 
@@ -51,10 +73,38 @@ def gram_schmidt(a):
   return jax.lax.fori_loop(0, a.shape[1], column, a)
 
 
-def default_init(orthogonal_init: bool = False, scale: float = np.sqrt(2.0)):
+SQRT2 = float(np.sqrt(2.0))
+
+# Named schemes -> module keyword arguments (see the module docstring, "Initialisation").
+INIT_SCHEMES = {
+    "torch": dict(orthogonal_init=False),
+    "orthogonal": dict(orthogonal_init=True),
+    "ocr_cft": dict(orthogonal_init=True, hidden_scale=1.0, head_scale=1.0),
+    "tanh_gaussian_policy": dict(orthogonal_init=False, head_scale=1e-2),
+    # CORL cql.py FullyConnectedQFunction with orthogonal_init=True (`init_module_weights`): hidden
+    # layers orthogonal(sqrt 2), the head orthogonal(1e-2), biases 0.
+    "corl_cql_critic": dict(orthogonal_init=True, head_scale=1e-2),
+}
+
+
+def scheme_options(scheme: Optional[str], orthogonal_init: bool) -> dict:
+  """`init_options(scheme)`; without a scheme, the older boolean switch (orthogonal or PyTorch's)."""
+  return init_options(scheme or ("orthogonal" if orthogonal_init else "torch"))
+
+
+def init_options(scheme: str) -> dict:
+  """Keyword arguments (`orthogonal_init`, `hidden_scale`, `head_scale`) of a named scheme."""
+  if scheme not in INIT_SCHEMES:
+    raise ValueError(f"unknown initialisation scheme {scheme!r} (one of {', '.join(INIT_SCHEMES)})")
+  return dict(INIT_SCHEMES[scheme])
+
+
+def default_init(orthogonal_init: bool = False, scale: float = SQRT2):
+  """orthogonal(scale) or, without `orthogonal_init`, PyTorch nn.Linear's default kernel
+  U(+-1/sqrt(fan_in)) (`scale` unused). Biases are flax's zeros either way (PyTorch's default draws
+  them from the same uniform as the kernel; every orthogonal scheme of the references sets them to 0)."""
   if orthogonal_init:
     return orthogonal(scale)
-  # PyTorch nn.Linear's default (U(+-1/sqrt(fan_in))), as the CORL and official OCR-CFT code use.
   return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
@@ -64,11 +114,12 @@ class MLP(nn.Module):
   layer_norm: bool = False
   activate_final: bool = False
   orthogonal_init: bool = False
+  hidden_scale: float = SQRT2               # orthogonal gain of every layer here
 
   @nn.compact
   def __call__(self, x):
     for i, width in enumerate(self.hidden_dims):
-      x = nn.Dense(width, kernel_init=default_init(self.orthogonal_init))(x)
+      x = nn.Dense(width, kernel_init=default_init(self.orthogonal_init, self.hidden_scale))(x)
       if i + 1 < len(self.hidden_dims) or self.activate_final:
         if self.layer_norm:
           x = nn.LayerNorm()(x)
@@ -76,8 +127,13 @@ class MLP(nn.Module):
     return x
 
 
-def _head_init(orthogonal_init: bool, scale: float):
-  return default_init(orthogonal_init, scale)
+def _head_init(orthogonal_init: bool, head_scale: Optional[float], own_scale: float):
+  """The output layer's kernel init: orthogonal with `head_scale` (None: the module's `own_scale`);
+  without `orthogonal_init`, xavier_uniform with gain `head_scale` (None: PyTorch's default)."""
+  if not orthogonal_init and head_scale is not None:
+    # xavier_uniform(gain): U(+-gain sqrt(6 / (fan_in + fan_out))) = variance_scaling(gain^2, fan_avg)
+    return nn.initializers.variance_scaling(head_scale ** 2, "fan_avg", "uniform")
+  return default_init(orthogonal_init, own_scale if head_scale is None else head_scale)
 
 
 class Critic(nn.Module):
@@ -85,13 +141,15 @@ class Critic(nn.Module):
   hidden_dims: Sequence[int] = (256, 256)
   layer_norm: bool = False
   orthogonal_init: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1.0
 
   @nn.compact
   def __call__(self, observations, actions):
     x = jnp.concatenate([observations, actions], axis=-1)
     x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
-            orthogonal_init=self.orthogonal_init)(x)
-    return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, 1.0))(x)[..., 0]
+            orthogonal_init=self.orthogonal_init, hidden_scale=self.hidden_scale)(x)
+    return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, self.head_scale, 1.0))(x)[..., 0]
 
 
 class CriticEnsemble(nn.Module):
@@ -100,12 +158,15 @@ class CriticEnsemble(nn.Module):
   hidden_dims: Sequence[int] = (256, 256)
   layer_norm: bool = False
   orthogonal_init: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1.0
 
   @nn.compact
   def __call__(self, observations, actions):
     ensemble = nn.vmap(Critic, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=None, out_axes=0, axis_size=self.num)
-    return ensemble(self.hidden_dims, self.layer_norm, self.orthogonal_init)(observations, actions)
+    return ensemble(self.hidden_dims, self.layer_norm, self.orthogonal_init, self.hidden_scale,
+                    self.head_scale)(observations, actions)
 
 
 class ValueNet(nn.Module):
@@ -114,13 +175,15 @@ class ValueNet(nn.Module):
   layer_norm: bool = False
   orthogonal_init: bool = False
   tanh_activation: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1.0
 
   @nn.compact
   def __call__(self, observations):
     act = nn.tanh if self.tanh_activation else nn.relu
     x = MLP(self.hidden_dims, activation=act, layer_norm=self.layer_norm, activate_final=True,
-            orthogonal_init=self.orthogonal_init)(observations)
-    return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, 1.0))(x)[..., 0]
+            orthogonal_init=self.orthogonal_init, hidden_scale=self.hidden_scale)(observations)
+    return nn.Dense(1, kernel_init=_head_init(self.orthogonal_init, self.head_scale, 1.0))(x)[..., 0]
 
 
 class ValueEnsemble(nn.Module):
@@ -130,12 +193,15 @@ class ValueEnsemble(nn.Module):
   hidden_dims: Sequence[int] = (256, 256)
   layer_norm: bool = False
   orthogonal_init: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1.0
 
   @nn.compact
   def __call__(self, observations):
     ensemble = nn.vmap(ValueNet, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=None, out_axes=0, axis_size=self.num)
-    return ensemble(self.hidden_dims, self.layer_norm, self.orthogonal_init)(observations)
+    return ensemble(self.hidden_dims, self.layer_norm, self.orthogonal_init, False, self.hidden_scale,
+                    self.head_scale)(observations)
 
 
 class TanhGaussian(distrax.Transformed):
@@ -177,13 +243,16 @@ class TanhGaussianActor(nn.Module):
   layer_norm: bool = False
   orthogonal_init: bool = False
   learnable_log_std_scale: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1e-2 (both heads)
 
   @nn.compact
   def __call__(self, observations, temperature: float = 1.0) -> TanhGaussian:
     x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
-            orthogonal_init=self.orthogonal_init)(observations)
-    means = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x)
-    log_stds = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x)
+            orthogonal_init=self.orthogonal_init, hidden_scale=self.hidden_scale)(observations)
+    head = _head_init(self.orthogonal_init, self.head_scale, 1e-2)
+    means = nn.Dense(self.act_dim, kernel_init=head)(x)
+    log_stds = nn.Dense(self.act_dim, kernel_init=head)(x)
     if self.learnable_log_std_scale:
       scale = self.param("log_std_multiplier", nn.initializers.constant(1.0), ())
       offset = self.param("log_std_offset", nn.initializers.constant(-1.0), ())
@@ -202,12 +271,14 @@ class GaussianActor(nn.Module):
   init_log_std: float = 0.0
   layer_norm: bool = False
   orthogonal_init: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1e-2
 
   @nn.compact
   def __call__(self, observations, temperature: float = 1.0) -> distrax.MultivariateNormalDiag:
     x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
-            orthogonal_init=self.orthogonal_init)(observations)
-    means = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x)
+            orthogonal_init=self.orthogonal_init, hidden_scale=self.hidden_scale)(observations)
+    means = nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, self.head_scale, 1e-2))(x)
     if self.tanh_mean:
       means = jnp.tanh(means)
     log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.act_dim,))
@@ -222,12 +293,15 @@ class DeterministicActor(nn.Module):
   hidden_dims: Sequence[int] = (256, 256)
   layer_norm: bool = False
   orthogonal_init: bool = False
+  hidden_scale: float = SQRT2
+  head_scale: Optional[float] = None        # None: 1e-2
 
   @nn.compact
   def __call__(self, observations):
     x = MLP(self.hidden_dims, layer_norm=self.layer_norm, activate_final=True,
-            orthogonal_init=self.orthogonal_init)(observations)
-    return jnp.tanh(nn.Dense(self.act_dim, kernel_init=_head_init(self.orthogonal_init, 1e-2))(x))
+            orthogonal_init=self.orthogonal_init, hidden_scale=self.hidden_scale)(observations)
+    return jnp.tanh(nn.Dense(self.act_dim,
+                             kernel_init=_head_init(self.orthogonal_init, self.head_scale, 1e-2))(x))
 
 
 class CVAE(nn.Module):

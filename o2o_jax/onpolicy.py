@@ -7,8 +7,10 @@ env steps, with an `on_eval(step, states, returns) -> states | None` hook (e.g. 
 
 Resumable like `loops.run_online` (`resume.Session`): with `snapshots`, the first rollout boundary at
 or after every `snapshots.every` env steps saves the agent states, the PRNG keys, the eval history
-and the reward scaler's statistics, and the training envs restart their episodes with seeds derived
-from that step (in the uninterrupted run too), so a rerun continues exactly. SIGINT/SIGTERM save at
+and every seed's reward-scaler statistics and running return, and the training envs restart their
+episodes with seeds derived from that step (in the uninterrupted run too), so a rerun continues
+exactly. Seeds never interact: seed i of an N-seed run is a 1-seed run with seed i's key (its
+global index, `distributed.split_seeds` / `SeedEnvs.index`). SIGINT/SIGTERM save at
 the current step, the partial rollout included (its last step is then an episode cut), and raise
 `errors.Interrupted`.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -44,61 +47,104 @@ class OnPolicyConfig:
 
 
 class RewardScaler:
-  """Uni-O4's dynamic reward scaling: r / std(R), R_t = gamma R_{t-1} + r_t the discounted running
-  return (reset at episode starts), std the running (Welford) std of R over all steps seen. One
-  running return per seed; the statistics are shared and keep updating online."""
+  """Uni-O4's dynamic reward scaling, one independent scaler per seed (OCR-CFT
+  finetune/online_agent/ppo/ppo_utils.py `RewardScaling` with its `RunningMeanStd`):
+
+    R_t = gamma R_{t-1} + r_t,   r_t <- r_t / (std_t + 1e-8),   std_t = sqrt(S_t / n_t),
+
+  with n_t the number of returns R pushed so far and S_t the Welford sum of squared deviations
+  started at 1 (the reference's `RunningMeanStd` starts S at ones: std is 1 before the first push and
+  after it). Every seed starts from the dataset pass's statistics (`scale_dataset`) and then keeps
+  its own count, mean, S and running return: seeds never pool statistics (issue #19).
+
+  Resets of the running return, as the reference:
+  - online (`__call__`): at every episode end, terminated or truncated (O2PPO.py calls
+    `reward_scaling.reset()` at every `env.reset()`, and gym's `done` includes the time limit), and
+    at the loop's snapshot cut (`reset`), where the training episodes restart too;
+  - in the dataset pass (`scale_dataset`): at terminals only (`OfflineReplayBuffer.reward_normalize`
+    resets on `not not_done`, and `not_done` holds no timeouts), so on halfcheetah, which has no
+    terminals, one running return runs through the whole dataset.
+  `state(running=True)` / `load_state` carry all of it through snapshots (float64, exact in JSON)."""
+
+  FIELDS = ("count", "mean", "m2", "running")
 
   def __init__(self, discount: float, num_seeds: int = 1, state: Optional[Dict[str, Any]] = None):
-    self.discount = discount
-    self.count, self.mean, self.m2 = 0, 0.0, 0.0
+    self.discount, self.num_seeds = discount, num_seeds
+    self.count = np.zeros(num_seeds, np.int64)
+    self.mean = np.zeros(num_seeds)
+    self.m2 = np.ones(num_seeds)          # S starts at 1 (the reference's RunningMeanStd)
     self.running = np.zeros(num_seeds)
     if state:
       self.load_state(state)
 
   def state(self, running: bool = False) -> Dict[str, Any]:
-    """The statistics (JSON); `running`: with the seeds' running returns (a resumable snapshot)."""
-    out = {"count": self.count, "mean": self.mean, "m2": self.m2}
+    """Every seed's statistics as lists (JSON); `running`: with the running returns (a resumable
+    snapshot)."""
+    out = {"count": self.count.tolist(), "mean": self.mean.tolist(), "m2": self.m2.tolist()}
     if running:
       out["running"] = self.running.tolist()
     return out
 
-  def load_state(self, state: Dict[str, Any]) -> None:
-    self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
-    if "running" in state:
-      self.running = np.asarray(state["running"], np.float64)
+  def per_seed(self, i: int) -> Dict[str, Any]:
+    """Seed i's statistics and running return as scalars (e.g. the dataset pass's, which every
+    seed of a run starts from)."""
+    return {"count": int(self.count[i]), "mean": float(self.mean[i]), "m2": float(self.m2[i]),
+            "running": float(self.running[i])}
 
-  def _push(self, x: float) -> None:
+  def load_state(self, state: Dict[str, Any]) -> None:
+    """Each field a scalar (every seed gets it: the dataset statistics) or one value per seed."""
+    for name in self.FIELDS:
+      if name in state:
+        current = getattr(self, name)
+        value = np.broadcast_to(np.asarray(state[name], current.dtype), current.shape)
+        setattr(self, name, np.array(value))
+
+  @property
+  def std(self) -> np.ndarray:
+    return np.sqrt(self.m2 / np.maximum(self.count, 1))
+
+  def _push(self, x: np.ndarray) -> None:
     self.count += 1
     delta = x - self.mean
     self.mean += delta / self.count
     self.m2 += delta * (x - self.mean)
 
-  @property
-  def std(self) -> float:
-    return float(np.sqrt(self.m2 / self.count)) if self.count > 1 else 1.0
+  def reset(self) -> None:
+    """Every seed's episode restarts (the loop's snapshot cut): the running returns restart at 0."""
+    self.running[:] = 0.0
 
   def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-    """Scales one step of rewards (one per seed); `dones` marks episodes that ended at this step."""
-    out = np.empty(len(rewards), np.float32)
-    for i, r in enumerate(rewards):
-      self.running[i] = self.discount * self.running[i] + r
-      self._push(self.running[i])
-      out[i] = r / (self.std + 1e-8)
-      if dones[i]:
-        self.running[i] = 0.0
+    """Scales one env step's rewards (one per seed), each with its own seed's statistics; `dones`
+    marks the seeds whose episode ended at this step (terminated or truncated)."""
+    r = np.asarray(rewards, np.float64)
+    self.running = self.discount * self.running + r
+    self._push(self.running)
+    out = (r / (self.std + 1e-8)).astype(np.float32)
+    self.running[np.asarray(dones, bool)] = 0.0
     return out
 
-  def scale_dataset(self, rewards: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
-    """The offline rewards scaled sequentially (the statistics carry over into the online phase)."""
+  def scale_dataset(self, rewards: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    """The offline rewards scaled sequentially in dataset order; the running return is reset after
+    each terminal only (time-limit ends run on, as the reference). The statistics, pushed into every
+    seed alike, carry over into the online phase; the running return starts online at 0 (the
+    reference resets it at the first online episode start).
+    Deviation: the reference resets *at* a terminal and leaves that one reward unscaled and
+    unpushed; here the terminal reward is pushed and scaled like any other, then the return resets
+    (no released config meets it: only halfcheetah scales, and it has no terminals)."""
     out = np.empty(len(rewards), np.float32)
+    count, mean, m2 = int(self.count[0]), float(self.mean[0]), float(self.m2[0])   # seeds alike
     running = 0.0
-    for t, (r, end) in enumerate(zip(np.asarray(rewards, np.float64).tolist(),
-                                     np.asarray(episode_ends).tolist())):
+    for t, (r, term) in enumerate(zip(np.asarray(rewards, np.float64).tolist(),
+                                      np.asarray(terminals).tolist())):
       running = self.discount * running + r
-      self._push(running)
-      out[t] = r / (self.std + 1e-8)
-      if end:
+      count += 1                  # Welford in Python floats: ~1 s per million transitions
+      delta = running - mean
+      mean += delta / count
+      m2 += delta * (running - mean)
+      out[t] = r / (math.sqrt(m2 / count) + 1e-8)
+      if term:
         running = 0.0
+    self.count[:], self.mean[:], self.m2[:] = count, mean, m2
     return out
 
 
@@ -127,7 +173,8 @@ def run_onpolicy(agent, states, *, make_env: Callable, num_seeds: int, seed: int
                  phase: str = "finetune", log: Callable = print) -> tuple:
   """Trains `num_seeds` vmapped on-policy agents for `config.total_steps` env steps each.
   `reward_fn(rewards (S,), dones (S,)) -> rewards` transforms the rewards the update sees (e.g. a
-  `RewardScaler`; a reward_fn with `state(running=True)`/`load_state` has its state snapshotted);
+  `RewardScaler`; a reward_fn with `state(running=True)`/`load_state` has its state snapshotted,
+  and its `reset()`, if any, is called where the loop restarts the training episodes);
   returns and scores are always the env's. `snapshots`: resumable, see the module docstring.
   Returns (states, eval history)."""
   probe = make_env()
@@ -218,6 +265,8 @@ def run_onpolicy(agent, states, *, make_env: Callable, num_seeds: int, seed: int
         if metrics_writer is not None:
           metrics_writer.flush()
         train_envs.restart(t)
+        if scaler is not None and hasattr(scaler, "reset"):
+          scaler.reset()   # the episodes restart: so do the running returns (as at any episode start)
         if i > 0:   # the partial rollout's episodes end here (a cut: GAE resets, V bootstraps)
           buf["dones"][:, i - 1] = 1.0
         session.save(t, payload(), {"history": history, "rollout_index": i,

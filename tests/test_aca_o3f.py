@@ -106,6 +106,115 @@ def test_aca_z_fit_keeps_the_offline_actor_fixed(aca_switched):
   assert np.isfinite(float(info["baseline_loss"])) and int(new.step) == int(offline.step) + 1
 
 
+# Reference order of ACA's step, checked by hand: a linear double critic R_k(s, a) = w_k . a + c_k and
+# an actor tanh(N(mu, sigma^2)) with sigma = 1e-3 for every state, so that a ~ pi is tanh(mu) to 1e-3
+# and E log pi(a|s) = sum_d (-log sigma - log(2 pi)/2 - 1/2 - log(1 - tanh(mu_d)^2)) to O(sigma).
+# The temperature starts at alpha = 1 with learning rate 0.5: Adam's first step moves log alpha by
+# exactly 0.5 (log pi + H >> 0 at this sigma, so alpha rises: alpha = e^0.5 after the step).
+
+ORDER_MU = np.array([0.3, -0.2, 0.1], np.float32)
+ORDER_W = np.array([[1.0, -2.0, 0.5], [0.5, 1.5, -1.0]], np.float32)
+ORDER_C = np.array([0.1, -0.3], np.float32)
+ORDER_SIGMA = 1e-3
+
+
+def _fake_actor(params, observations):
+  shape = (observations.shape[0], ACT)
+  return networks.TanhGaussian(jnp.broadcast_to(params["mu"], shape), jnp.full(shape, ORDER_SIGMA))
+
+
+def _linear_critic(params, observations, actions):
+  return (actions @ params["w"].T).T + params["c"][:, None]
+
+
+def _fake_baseline(params, observations):
+  return jnp.broadcast_to(params["z"][:, None], (2, observations.shape[0]))
+
+
+def _order_state(state):
+  from o2o_jax.agents.common import make_train_state
+  actor_params = {"mu": jnp.asarray(ORDER_MU)}
+  critic_params = {"w": jnp.asarray(ORDER_W), "c": jnp.asarray(ORDER_C)}
+  return state.replace(
+      actor=make_train_state(None, actor_params, 3e-4).replace(apply_fn=_fake_actor),
+      critic=make_train_state(None, critic_params, 3e-4).replace(apply_fn=_linear_critic),
+      target_critic_params=critic_params, offline_actor_params=actor_params,
+      baseline=make_train_state(None, {"z": jnp.zeros(2)}, 3e-4).replace(apply_fn=_fake_baseline),
+      temperature=make_train_state(None, {"log_alpha": jnp.zeros((), jnp.float32)}, 0.5),
+      config=dataclasses.replace(state.config, clip_beta=None))
+
+
+def _expected_log_pi():
+  mu = ORDER_MU.astype(np.float64)
+  return np.sum(-np.log(ORDER_SIGMA) - 0.5 * np.log(2 * np.pi) - 0.5 - np.log(1 - np.tanh(mu) ** 2))
+
+
+def test_aca_online_temperature_step_comes_first(aca_switched):
+  """Official ACA `aca_agent/aca.py`, `ACA._update`: `self._impl.update_temp(batch)` (on its own
+  `self._policy.sample_with_log_prob(batch.observations)`), then `update_critic`, then `update_actor`,
+  then the targets; `ACAImpl.compute_target` reads `self._log_temp().exp()` after the temperature step.
+  Target by hand (pi = pi0, w = 1, no clip): y = r + gamma [min_k R'_k(s', a') + (1 - alpha) log pi(a'|s')]."""
+  _, online = aca_switched
+  state = _order_state(online)
+  b = _batch(jax.random.PRNGKey(20), n=4096)
+  new, info = jax.jit(aca.online_update)(state, b, jax.random.PRNGKey(21))
+  alpha_after = np.exp(0.5)
+  np.testing.assert_allclose(float(info["alpha"]), alpha_after, rtol=1e-4)
+  min_r = np.min(ORDER_W.astype(np.float64) @ np.tanh(ORDER_MU.astype(np.float64)) + ORDER_C)
+  r = float(np.mean(np.asarray(b.rewards, np.float64)))
+  gamma = ACA_TINY.discount
+  expected = r + gamma * (min_r + (1.0 - alpha_after) * _expected_log_pi())
+  lagging = r + gamma * min_r                          # alpha = 1 (before the temperature step)
+  assert abs(expected - lagging) > 5.0
+  np.testing.assert_allclose(float(info["target_mean"]), expected, atol=0.05)
+
+
+def test_aca_sacml_temperature_step_comes_first():
+  """Official ACA `sacml_agent/sacml.py`, `SACML._update`: `update_temp`, then `update_critic`, then
+  `update_baseline`, then `update_actor`, then the targets; `SACMLImpl.compute_target` subtracts
+  `self._log_temp().exp() * log_prob` after the temperature step. Q's target by hand:
+  y = r + gamma [min_k Q'_k(s', a') - alpha log pi(a'|s')] with alpha = e^0.5."""
+  offline = jax.jit(aca.init, static_argnums=(1, 2, 3))(
+      jax.random.PRNGKey(0), OBS, ACT, dataclasses.replace(ACA_TINY, init_alpha=1.0))
+  state = _order_state(offline)
+  b = _batch(jax.random.PRNGKey(22), n=4096)
+  new, info = jax.jit(aca.offline_step)(state, b, jax.random.PRNGKey(23))
+  alpha_after = np.exp(0.5)
+  np.testing.assert_allclose(float(info["alpha"]), alpha_after, rtol=1e-4)
+  min_q = np.min(ORDER_W.astype(np.float64) @ np.tanh(ORDER_MU.astype(np.float64)) + ORDER_C)
+  r = float(np.mean(np.asarray(b.rewards, np.float64)))
+  gamma = ACA_TINY.discount
+  expected = r + gamma * (min_q - alpha_after * _expected_log_pi())
+  lagging = r + gamma * (min_q - 1.0 * _expected_log_pi())
+  assert abs(expected - lagging) > 5.0
+  np.testing.assert_allclose(float(info["target_mean"]), expected, atol=0.05)
+
+
+def test_aca_critic_and_baseline_use_d3rlpy_default_init():
+  """d3rlpy 1.1 (`d3rlpy/models/torch/encoders.py`, `VectorEncoder`; `q_functions`, `v_functions`)
+  builds plain `nn.Linear` layers without a custom init: PyTorch's default U(+-1/sqrt(fan_in)). ACA's
+  Q, R and Z keep it even when the actor comes from an orthogonally initialised CQL actor."""
+  config = dataclasses.replace(ACA_TINY, orthogonal_init=True)
+  state = jax.jit(aca.init, static_argnums=(1, 2, 3))(jax.random.PRNGKey(0), OBS, ACT, config)
+  assert config.critic_init == "torch"
+  for kernel, fan_in in (
+      (state.baseline.params["params"]["VmapValueNet_0"]["MLP_0"]["Dense_0"]["kernel"], OBS),
+      (state.critic.params["params"]["VmapCritic_0"]["MLP_0"]["Dense_0"]["kernel"], OBS + ACT)):
+    k = np.asarray(kernel)
+    assert np.abs(k).max() <= 1.0 / np.sqrt(fan_in)
+    gram = k[0] @ k[0].T                              # not orthogonal (sqrt 2 would give 2 I)
+    assert not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-2)
+
+
+def test_aca_sacml_pretrain_keeps_raw_states():
+  """Official ACA `run_sacml.py` and `run_aca.py`, `main`: `SACML(...)` and `ACA(...)` are built
+  without a `scaler` (d3rlpy's default None), so observations are not standardised."""
+  from experiments import pipeline_aca
+  assert pipeline_aca.pretrain_normalizes_states("sacml") is False
+  assert pipeline_aca.pretrain_normalizes_states("cql") is None          # that algorithm's preset
+  assert pipeline_aca.pretrain_normalizes_states("sacml", aca_normalize_states=True) is True
+
+
 def test_aca_presets():
   assert aca.dataset_preset("hopper", "medium-replay")["top_n_trajectories"] == 50
   assert aca.dataset_preset("antmaze", "umaze")["entropy_coef"] == 0.5
@@ -230,6 +339,9 @@ def test_launcher_end_to_end(tiny_hopper_dataset, tmp_path, agent, offline, extr
   assert "eval/normalized_score/seed1" in header
   if agent == "aca":   # w_t = max(1 - t / (K 1000), w_min) = max(1 - t / 10, 0.5) per update
     assert "buffer seeded with" in res.stdout
+    # SAC+ML on raw observations (official run_sacml.py: no d3rlpy scaler)
+    pretrain = tmp_path / "pretrain" / offline / ds / "seed0x2"
+    assert json.loads((pretrain / "config.json").read_text())["normalize_states"] is False
     rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
     col = rows[0].index("train/w/seed0") if "train/w/seed0" in rows[0] else rows[0].index("train/w")
     w = [float(r[col]) for r in rows[1:] if len(r) > col and r[col] not in ("", "nan")]

@@ -4,7 +4,9 @@ each give the same per-seed results as one process running 4 seeds, and process 
 `train_online` is the cheapest launcher that crosses every multi-process path of a loop (global seed
 keys and env seeds, gathered metrics and checkpoint, the shared run directory). The phase chain of
 `finetune` (checkpoints restored and sliced per process) was checked the same way by hand, 2x2 vs
-1x4 equal to print precision (BUILD_NOTES, "Seeds over processes"); it costs ~3x this test's CPU."""
+1x4 equal to print precision (BUILD_NOTES, "Seeds over processes"); it costs ~3x this test's CPU.
+O2PPO's chain (its own pipeline, the on-policy loop, per-seed reward scalers) is checked 2x1 vs 1x2
+below (~40-60 s)."""
 import csv
 import os
 import socket
@@ -36,11 +38,11 @@ def _finish(proc, timeout=600):
   return out
 
 
-def _per_seed_columns(csv_path):
+def _per_seed_columns(csv_path, last="seed3"):
   with open(csv_path) as f:
     rows = list(csv.DictReader(f))
   keys = sorted(k for k in rows[0] if "/seed" in k)
-  assert any(k.endswith("/seed3") for k in keys), keys
+  assert any(k.endswith(f"/{last}") for k in keys), keys
   return keys, np.array([[float(r[k]) if r[k] else np.nan for k in keys] for r in rows])
 
 
@@ -79,3 +81,80 @@ def test_seeds_that_do_not_split_over_the_processes_give_one_line(tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2
     assert "--seeds=3 cannot be split evenly over 2 processes" in err
+
+
+# ----------------------------------------------------------------------------- O2PPO
+
+O2PPO_TINY = ["--agent=o2ppo", "--seeds=2", "--budget=quick", "--pretrain_steps=40",
+              "--reevaluate_steps=20", "--online_steps=128", "--ppo_rollout_length=64",
+              "--ppo_minibatches=4", "--o2ppo_epochs=2", "--eval_every=64", "--eval_episodes=1",
+              "--hidden_dims=8,8", "--o2ppo_value_hidden=8,8", "--batch_size=16",
+              "--o2ppo_value_batch_size=16", "--progress=false", "--checkpoint_every=64",
+              "--o2ppo_reward_scaling=dynamic"]   # one reward scaler per seed, in every process
+_FINETUNE = "import experiments.finetune as f; from absl import app; app.run(f.main)"
+
+
+def _launch_o2ppo(log_dir, *args):
+  """One launcher process whose output goes to files: orbax logs enough to fill a pipe, and a process
+  blocked on a full pipe would stall the other one in a collective."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  name = f"o2ppo{len(list(log_dir.glob('*.out')))}"
+  out, err = open(log_dir / f"{name}.out", "w+"), open(log_dir / f"{name}.err", "w+")
+  proc = subprocess.Popen([sys.executable, "-c", _FINETUNE, *O2PPO_TINY, *args], env=env, stdout=out,
+                          stderr=err, text=True)
+  proc.logs = (out, err)
+  return proc
+
+
+def _finish_logged(proc, timeout=600):
+  proc.wait(timeout=timeout)
+  out, err = proc.logs
+  for f in (out, err):
+    f.flush()
+    f.seek(0)
+  text, errors = out.read(), err.read()
+  out.close()
+  err.close()
+  assert proc.returncode == 0, errors[-3000:]
+  return text
+
+
+def test_o2ppo_two_processes_of_one_seed_equal_one_process_of_two(tiny_hopper_dataset, tmp_path):
+  """O2PPO over `jax.distributed`: the whole chain (IQL pre-training, re-evaluation with the dynamic
+  reward scaler's dataset pass, PPO fine-tuning) in two processes of one seed each gives one
+  process's two seeds: the per-seed metrics, the final states and every seed's reward-scaler state
+  (issue #19: seeds never interact). (A multi-process run cannot start `--from` a one-process run's
+  checkpoint: orbax refuses its single-device sharding in process 1, "Topology mismatch".)"""
+  import jax
+  from experiments import phases
+  from o2o_jax import runs
+  from o2o_jax.agents.o2o import o2ppo
+  from o2o_jax.checkpoints import Checkpointer
+  from o2o_jax.types import seed_keys
+  ds_flag = f"--dataset={tiny_hopper_dataset.dataset_id}"
+  ds = tiny_hopper_dataset.dataset_id.replace("/", "_")
+  port = _free_port()
+  multi = [_launch_o2ppo(tmp_path, ds_flag, f"--out_dir={tmp_path / 'multi'}", "--num_processes=2",
+                         f"--coordinator_address=localhost:{port}", f"--process_id={i}")
+           for i in range(2)]
+  printed = [_finish_logged(p) for p in multi]
+  _finish_logged(_launch_o2ppo(tmp_path, ds_flag, f"--out_dir={tmp_path / 'single'}"))
+  assert all("final fine-tuned" in out for out in printed)
+
+  multi_dir, single_dir = (tmp_path / root / "finetune" / "o2ppo" / ds / "seed0x2"
+                           for root in ("multi", "single"))
+  keys_m, m = _per_seed_columns(multi_dir / "metrics.csv", last="seed1")
+  keys_s, s = _per_seed_columns(single_dir / "metrics.csv", last="seed1")
+  assert keys_m == keys_s
+  np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-4)
+  config = phases.config_from_dict(o2ppo.Config, runs.read_config(single_dir)["agent_config"])
+  template = jax.eval_shape(jax.vmap(lambda k: o2ppo.init(k, 11, 3, config)), seed_keys(0, 2))
+  (state_m, meta_m, _), (state_s, meta_s, _) = (Checkpointer(d / "checkpoints").restore(template)
+                                                for d in (multi_dir, single_dir))
+  for x, y in zip(jax.tree_util.tree_leaves(state_m), jax.tree_util.tree_leaves(state_s)):
+    assert x.shape[0] == 2
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+  for k in ("count", "mean", "m2", "running"):
+    assert len(meta_s[f"reward_scaler_{k}"]) == 2
+    np.testing.assert_allclose(meta_m[f"reward_scaler_{k}"], meta_s[f"reward_scaler_{k}"], rtol=1e-5)
+  assert not (multi_dir / "progress").exists()      # both processes' snapshots were removed

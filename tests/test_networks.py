@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from o2o_jax.networks import (MLP, TANH_CLIP_EPS, Critic, CriticEnsemble, DeterministicActor,
-                              GaussianActor, TanhGaussian, TanhGaussianActor, ValueNet,
-                              count_params, orthogonal, tanh_gaussian_log_prob_reference)
+                              GaussianActor, TanhGaussian, TanhGaussianActor, ValueEnsemble, ValueNet,
+                              count_params, init_options, orthogonal,
+                              tanh_gaussian_log_prob_reference)
 
 BATCH, OBS_DIM, ACT_DIM, HIDDEN = 4, 5, 3, (8, 8)
 KEY = jax.random.PRNGKey(0)
@@ -290,8 +291,13 @@ def test_orthogonal_equals_flax_initializer_without_a_qr(shape):
 
 
 def test_default_init_is_pytorch_linear_uniform():
+  """The "torch" scheme: PyTorch `nn.Linear.reset_parameters` (`kaiming_uniform_(a=sqrt(5))`, i.e.
+  U(+-1/sqrt(fan_in))) on the kernels, the init of every layer of d3rlpy's default encoders and heads
+  (ACA's reference) and of CORL's TD3+BC/IQL MLPs. Biases are 0 here (PyTorch draws them from the
+  same uniform: a recorded deviation)."""
   obs, act = _inputs()
-  params = Critic(HIDDEN).init(KEY, obs, act)["params"]
+  params = Critic(HIDDEN, **init_options("torch")).init(KEY, obs, act)["params"]
+  np.testing.assert_array_equal(params["MLP_0"]["Dense_0"]["bias"], 0.0)
   w = np.asarray(params["MLP_0"]["Dense_0"]["kernel"])  # fan_in 8
   bound = 1.0 / np.sqrt(OBS_DIM + ACT_DIM)
   assert np.abs(w).max() <= bound
@@ -299,6 +305,88 @@ def test_default_init_is_pytorch_linear_uniform():
   np.testing.assert_allclose(w.std(), bound / np.sqrt(3.0), rtol=0.25)
   gram = w.T @ w  # not orthogonal: W^T W is not a multiple of I
   assert not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-2)
+
+
+def _dense_layers(tree, prefix=""):
+  """{path: {"kernel", "bias"}} of every Dense layer in a parameter tree."""
+  out = {}
+  for name, sub in tree.items():
+    if isinstance(sub, dict) and "kernel" in sub:
+      out[prefix + name] = sub
+    elif isinstance(sub, dict):
+      out.update(_dense_layers(sub, prefix + name + "/"))
+  return out
+
+
+def assert_orthogonal(kernel, gain):
+  """PyTorch's `orthogonal_(W, gain)` of a (out, in) weight, seen as flax's (in, out) kernel K: the
+  shorter side is orthonormal up to `gain`, i.e. K K^T = gain^2 I (in <= out) or K^T K = gain^2 I."""
+  k = np.asarray(kernel, np.float64)
+  gram = k @ k.T if k.shape[0] <= k.shape[1] else k.T @ k
+  np.testing.assert_allclose(gram, gain ** 2 * np.eye(gram.shape[0]), atol=1e-5)
+
+
+def test_ocr_cft_init_is_orthogonal_gain_one_on_every_layer_including_the_head():
+  """Official OCR-CFT `net.py`, `MLP.__init__`: `for submodule in layers: if isinstance(submodule,
+  nn.Linear): orthogonal_net(submodule)`, and `orthogonal_net(layer, gain=1.0)` is
+  `nn.init.orthogonal_(layer.weight, gain=gain); nn.init.constant_(layer.bias, 0)`: every Linear,
+  the output layer included, orthogonal with gain 1.0 and bias 0 (`CriticFunction`,
+  `ValueFunction`, `GaussianPolicy`, `DeterministicPolicy` are built on it)."""
+  obs, act = _inputs()
+  opts = init_options("ocr_cft")
+  nets = {
+      "critic": (CriticEnsemble(2, HIDDEN, layer_norm=True, **opts), (obs, act)),   # O2SAC/O2TD3 critic
+      "value": (ValueEnsemble(2, (8, 4), **opts), (obs,)),                          # in 5 -> 8 -> 4 -> 1
+      "deterministic": (DeterministicActor(ACT_DIM, HIDDEN, **opts), (obs,)),
+      "gaussian": (GaussianActor(ACT_DIM, HIDDEN, **opts), (obs,)),
+  }
+  for name, (net, args) in nets.items():
+    params = jax.jit(net.init)(KEY, *args)["params"]
+    layers = _dense_layers(params)
+    assert len(layers) == 3, (name, sorted(layers))
+    for path, layer in layers.items():
+      kernel = np.asarray(layer["kernel"])
+      for member in kernel.reshape(-1, *kernel.shape[-2:]):                         # ensembles
+        assert_orthogonal(member, 1.0)
+      np.testing.assert_array_equal(layer["bias"], 0.0, err_msg=f"{name} {path}")
+  # The head in particular: Q's (width, 1) kernel is a unit vector (gain 1, not CORL's 1e-2) ...
+  head = jax.jit(nets["critic"][0].init)(KEY, obs, act)["params"]["VmapCritic_0"]["Dense_0"]["kernel"]
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(head)[:, :, 0], axis=-1), [1.0, 1.0], rtol=1e-5)
+  # ... and the hidden layers have gain 1, not sqrt 2: the first critic kernel (8 x 8) is orthogonal.
+  first = jax.jit(nets["critic"][0].init)(KEY, obs, act)["params"]["VmapCritic_0"]["MLP_0"]["Dense_0"]
+  assert_orthogonal(first["kernel"][0], 1.0)
+
+
+def test_orthogonal_head_scale_and_hidden_scale_options():
+  """The generic gains: `head_scale` sets the output layer's orthogonal gain (e.g. CORL `cql.py`,
+  `FullyConnectedQFunction`: `init_module_weights(self.network, orthogonal_init)` puts gain 1e-2 on
+  the last layer), `hidden_scale` the hidden layers'; without them the defaults are unchanged."""
+  obs, act = _inputs()
+  p = jax.jit(Critic(HIDDEN, orthogonal_init=True, head_scale=1e-2, hidden_scale=0.5).init)(KEY, obs, act)
+  assert_orthogonal(p["params"]["Dense_0"]["kernel"], 1e-2)
+  for name in ("Dense_0", "Dense_1"):
+    assert_orthogonal(p["params"]["MLP_0"][name]["kernel"], 0.5)
+  actor = jax.jit(TanhGaussianActor(ACT_DIM, HIDDEN, orthogonal_init=True).init)(KEY, obs)["params"]
+  for name in ("Dense_0", "Dense_1"):              # both heads at the actor's own 1e-2
+    assert_orthogonal(actor[name]["kernel"], 1e-2)
+  assert_orthogonal(actor["MLP_0"]["Dense_1"]["kernel"], np.sqrt(2.0))
+  # Without orthogonal_init, head_scale is CORL's other branch, xavier_uniform(gain) on the output
+  # layer (CORL `cql.py` / official `net.py`, `TanhGaussianPolicy`: `init_module_weights(self.base_network)`
+  # leaves the hidden layers at PyTorch's default and sets `xavier_uniform_(module[-1].weight, gain=1e-2)`).
+  wide = (64, 64)
+  tgp = jax.jit(TanhGaussianActor(ACT_DIM, wide, **init_options("tanh_gaussian_policy")).init)(KEY, obs)
+  tgp = tgp["params"]
+  bound = 1e-2 * np.sqrt(6.0 / (wide[-1] + ACT_DIM))
+  for name in ("Dense_0", "Dense_1"):
+    k = np.asarray(tgp[name]["kernel"])
+    assert np.abs(k).max() <= bound and np.abs(k).max() > 0.5 * bound
+    np.testing.assert_array_equal(tgp[name]["bias"], 0.0)
+  hidden = np.asarray(tgp["MLP_0"]["Dense_1"]["kernel"])
+  assert np.abs(hidden).max() <= 1 / np.sqrt(wide[0]) and np.abs(hidden).max() > 0.8 / np.sqrt(wide[0])
+  assert init_options("torch") == {"orthogonal_init": False}
+  assert init_options("orthogonal") == {"orthogonal_init": True}
+  with pytest.raises(ValueError, match="unknown initialisation scheme"):
+    init_options("xavier")
 
 
 def test_count_params():

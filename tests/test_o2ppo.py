@@ -112,19 +112,185 @@ def test_mixed_advantages_are_paired_per_sample():
   perm = jax.random.permutation(k3, 16)
   mixed = o2ppo.mix_advantages(adv, aux, 0.7, "paired")
   np.testing.assert_allclose(o2ppo.mix_advantages(adv[perm], aux[perm], 0.7, "paired"), mixed[perm],
-                             rtol=1e-5, atol=1e-6)
+                             rtol=1e-4, atol=1e-5)
   # Sample i's A_ref_i moves its own advantage: eq. 18 before normalisation.
-  a_ref = aux * adv.std()
+  a_ref = aux * adv.std(ddof=1)
   expected = (adv + 0.7 * a_ref) / 1.7
-  np.testing.assert_allclose(mixed, (expected - expected.mean()) / (expected.std() + 1e-5), rtol=1e-4,
-                             atol=1e-5)
-  # The released broadcast: a (B, B) matrix whose rows never pair A_ref_i with sample i, so
+  np.testing.assert_allclose(mixed, (expected - expected.mean()) / (expected.std(ddof=1) + 1e-5),
+                             rtol=1e-4, atol=1e-5)
+  # The released broadcast: a (T, T) matrix whose rows never pair A_ref_i with sample i, so
   # shuffling A_ref alone leaves every row's mean unchanged.
   b = o2ppo.mix_advantages(adv, aux, 0.7, "broadcast")
   b_shuffled = o2ppo.mix_advantages(adv, aux[perm], 0.7, "broadcast")
   assert b.shape == (16, 16)
-  np.testing.assert_allclose(b.mean(1), b_shuffled.mean(1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(b.mean(1), b_shuffled.mean(1), rtol=1e-5, atol=1e-5)
   assert not np.allclose(mixed, o2ppo.mix_advantages(adv, aux[perm], 0.7, "paired"))
+
+
+# Hand case of the rollout-level advantage shaping: T = 4 GAE advantages and A_alpha values.
+HAND_ADV = np.array([1.0, 2.0, 3.0, 10.0])
+HAND_AUX = np.array([0.5, -1.0, 0.0, 0.25])
+
+
+def test_mixing_uses_the_rollout_std_and_normalises_over_the_rollout():
+  """OCR-CFT finetune/online_agent/ppo/ppo.py, `PPO.update`, before its K_epochs loop and over the
+  whole 2048-step buffer: `adv_ref = self.get_reference_advantage(s, a) * torch.abs(adv.std())`,
+  `adv = (adv + adv_ref * time_weight) / (1 + time_weight)`, then
+  `adv = ((adv - adv.mean()) / (adv.std() + 1e-5))` (torch's std: Bessel's correction). `adv` is
+  [T, 1] and `adv_ref` [T], so the sum is the [T, T] matrix M_ij = (A_i + beta A_ref_j) / (1 + beta)
+  and its normalisation runs over all T^2 entries; each minibatch `adv[index]` takes B rows."""
+  beta = 0.5
+  # std(A) = sqrt(((1-4)^2 + (2-4)^2 + (3-4)^2 + (10-4)^2) / 3) = sqrt(50 / 3) = 4.0824829
+  std_a = np.sqrt(50.0 / 3.0)
+  a_ref = HAND_AUX * std_a                  # [2.0412415, -4.0824829, 0, 1.0206207]
+  paired = (HAND_ADV + beta * a_ref) / (1 + beta)
+  np.testing.assert_allclose(paired, [1.3470805, -0.0274943, 2.0, 7.0068736], rtol=1e-6)
+  expected = (paired - paired.mean()) / (paired.std(ddof=1) + 1e-5)
+  got = o2ppo.mix_advantages(jnp.asarray(HAND_ADV, jnp.float32), jnp.asarray(HAND_AUX, jnp.float32),
+                             beta, "paired")
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  # Broadcast: the [T, T] matrix, normalised over its 16 entries; rows of a minibatch = its rows.
+  m = (HAND_ADV[:, None] + beta * a_ref[None, :]) / (1 + beta)
+  m = (m - m.mean()) / (m.std(ddof=1) + 1e-5)
+  got = o2ppo.mix_advantages(jnp.asarray(HAND_ADV, jnp.float32), jnp.asarray(HAND_AUX, jnp.float32),
+                             beta, "broadcast")
+  np.testing.assert_allclose(got, m, rtol=1e-5, atol=1e-5)
+  rows = o2ppo.broadcast_rows(jnp.asarray(HAND_ADV, jnp.float32), jnp.asarray(HAND_AUX, jnp.float32),
+                              beta)
+  np.testing.assert_allclose(rows(jnp.asarray(HAND_ADV[[2, 0]], jnp.float32)), m[[2, 0]], rtol=1e-5,
+                             atol=1e-5)
+  # Normalised over its own 2 x 4 entries, a minibatch's rows would differ from the rollout's.
+  sub = m[[2, 0]]
+  assert not np.allclose(np.asarray(got)[[2, 0]], (sub - sub.mean()) / sub.std(ddof=1), atol=1e-3)
+
+
+def _record_surrogate_advantages(monkeypatch):
+  """The advantages every minibatch's clipped surrogate receives, recorded from inside the jitted
+  update (the spy is traced into a fresh jit)."""
+  seen = []
+  original = ppo.clipped_surrogate
+
+  def spy(log_probs, old_log_probs, advantages, clip_eps):
+    jax.debug.callback(lambda a: seen.append(np.asarray(a)), advantages)
+    return original(log_probs, old_log_probs, advantages, clip_eps)
+
+  monkeypatch.setattr(ppo, "clipped_surrogate", spy)
+  return seen
+
+
+def _hand_rollout(state, c):
+  """T = 4 steps whose GAE advantages are the rewards HAND_ADV (V = 0, discount 0) and whose action
+  of step i sits c_i standard deviations of pi_ref from its mean in every dimension, so that
+  g_d = log pi_ref,d + H_d = (1 - c_i^2) / 2."""
+  obs = jax.random.normal(jax.random.PRNGKey(7), (4, OBS))
+  dist = state.actor.apply_fn(state.reference_actor_params, obs)
+  actions = dist.loc + jnp.asarray(c, jnp.float32)[:, None] * dist.scale_diag
+  return ppo.Rollout(observations=obs, actions=actions,
+                     log_probs=state.actor.apply_fn(state.actor.params, obs).log_prob(actions),
+                     rewards=jnp.asarray(HAND_ADV, jnp.float32), next_observations=obs,
+                     terminals=jnp.zeros(4), dones=jnp.zeros(4))
+
+
+@pytest.mark.parametrize("pairing", ["paired", "broadcast"])
+def test_update_shapes_advantages_over_the_rollout_not_the_minibatch(pairing, monkeypatch):
+  """OCR-CFT finetune/online_agent/ppo/ppo.py, `PPO.update`: the auxiliary advantage is rescaled by
+  `torch.abs(adv.std())` and the mixed advantages normalised (`(adv - adv.mean()) / (adv.std() +
+  1e-5)`) once over the whole buffer, before `for times in range(self.K_epochs)`; the minibatches
+  (`BatchSampler(SubsetRandomSampler(range(self.batch_size)), self.mini_batch_size, False)`) only
+  index it. Hand case: T = 4, two minibatches of 2, one epoch, V = 0 and discount 0 (A = r)."""
+  seen = _record_surrogate_advantages(monkeypatch)
+  config = o2ppo.Config(**{**CONFIG.__dict__, "rollout_length": 4, "num_minibatches": 2, "epochs": 1,
+                           "discount": 0.0, "beta_steps": 8, "aux_pairing": pairing})
+  state = jax.jit(lambda k: o2ppo.init(k, OBS, ACT, config))(jax.random.PRNGKey(0))
+  state = state.replace(value=state.value.replace(params=jax.tree_util.tree_map(
+      jnp.zeros_like, state.value.params)))                        # V = 0
+  c = np.array([0.0, 1.0, 2.0, 0.5])
+  rollout = _hand_rollout(state, c)
+  new, info = jax.jit(o2ppo.update)(state, rollout, jax.random.PRNGKey(1))
+  jax.effects_barrier()
+  beta = 0.5                                                       # t = 4 of beta_steps 8
+  assert float(info["beta"]) == beta
+  # A_alpha per sample: alpha * mean_d (softplus(g + 4) - 4), g = (1 - c^2) / 2 in every dimension.
+  g = (1.0 - c ** 2) / 2.0
+  aux = 2.0 * (np.log1p(np.exp(g + 4.0)) - 4.0)
+  np.testing.assert_allclose(aux, [1.02210, 0.03630, -2.84222, 0.77502], atol=1e-5)
+  a_ref = aux * np.sqrt(50.0 / 3.0)                                # the rollout's std(A), not a minibatch's
+  assert len(seen) == 2
+  if pairing == "paired":
+    mixed = (HAND_ADV + beta * a_ref) / (1 + beta)
+    expected = (mixed - mixed.mean()) / (mixed.std(ddof=1) + 1e-5)
+    np.testing.assert_allclose(np.sort(np.concatenate(seen)), np.sort(expected), rtol=1e-4, atol=1e-4)
+  else:
+    m = (HAND_ADV[:, None] + beta * a_ref[None, :]) / (1 + beta)
+    m = (m - m.mean()) / (m.std(ddof=1) + 1e-5)
+    rows = np.concatenate(seen)                                    # (4, 4): every row once
+    assert rows.shape == (4, 4)
+    order = np.argsort(rows[:, 0])
+    np.testing.assert_allclose(rows[order], m[np.argsort(m[:, 0])], rtol=1e-4, atol=1e-4)
+
+
+def test_reward_scaler_dataset_pass_resets_at_terminals_not_at_truncations():
+  """OCR-CFT finetune/online_agent/ppo/offline_buffer.py, `OfflineReplayBuffer.reward_normalize`
+  ('dynamic'): the running return R = gamma R + r of ppo_utils.py `RewardScaling` is reset only where
+  `not not_done`, and `not_done = 1 - terminals` (the timeout test checks the misspelt key
+  'timesout'), so a time-limit end runs on; r / (std + 1e-8) with `RunningMeanStd.std` =
+  sqrt(S / n), S started at 1. Hand case, gamma 0.5: a terminal at t = 1, a truncation at t = 3.
+  (The reference leaves the terminal step's own reward unscaled and unpushed; here it is scaled and
+  pushed, then R resets: a recorded deviation no released config meets.)"""
+  from o2o_jax import onpolicy
+  rewards = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+  terminals = np.array([0, 1, 0, 0, 0])        # t = 3 is a truncation: no terminal flag, no reset
+  # R: 1 | 0.5 + 2 = 2.5 (terminal: reset after) | 3 | 1.5 + 4 = 5.5 (runs on) | 2.75 + 5 = 7.75
+  returns = np.array([1.0, 2.5, 3.0, 5.5, 7.75])
+  # std_t = sqrt((1 + sum_{k<=t} (R_k - mean_t)^2) / t): 1 | sqrt(2.125 / 2) | ...
+  std = [np.sqrt((1.0 + np.sum((returns[:t] - returns[:t].mean()) ** 2)) / t) for t in range(1, 6)]
+  np.testing.assert_allclose(std[:2], [1.0, 1.0307764], rtol=1e-6)
+  scaler = onpolicy.RewardScaler(0.5, num_seeds=2)
+  out = scaler.scale_dataset(rewards, terminals)
+  np.testing.assert_allclose(out, rewards / (np.array(std) + 1e-8), rtol=1e-6)
+  assert scaler.per_seed(1) == scaler.per_seed(0)       # every seed starts from these statistics
+  assert scaler.per_seed(0)["count"] == 5
+  np.testing.assert_allclose(scaler.per_seed(0)["mean"], returns.mean())
+  # Resetting at every episode end (the earlier behaviour) would have pushed R_4 = 5 instead.
+  wrong = np.array([1.0, 2.5, 3.0, 5.5, 5.0])
+  assert not np.isclose(scaler.per_seed(0)["mean"], wrong.mean())
+
+
+def test_reward_scaler_online_is_per_seed_and_resets_at_each_episode_end():
+  """OCR-CFT finetune/O2PPO.py: online, `reward_scaling.reset()` runs at every `env.reset()`, i.e.
+  after every `done` including gym's time-limit end, and `reward_scaling(r)` updates the one run's
+  statistics. Here each seed has its own statistics and running return (issue #19): seed 0's scaled
+  rewards do not depend on seed 1's rewards. Hand case, gamma 0.5, from fresh statistics."""
+  from o2o_jax import onpolicy
+  r0 = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+  dones0 = np.array([0, 1, 0, 0, 0])           # an episode end (terminal or truncation) at t = 1
+
+  def scaled(r1):
+    scaler = onpolicy.RewardScaler(0.5, num_seeds=2)
+    rows = [scaler(np.array([a, b]), np.array([d, 0])) for a, b, d in zip(r0, r1, dones0)]
+    return np.array(rows), scaler
+
+  out, scaler = scaled(np.array([10.0, -3.0, 7.0, 0.5, 2.0]))
+  other, _ = scaled(np.array([0.0, 100.0, -50.0, 3.0, 1.0]))
+  np.testing.assert_array_equal(out[:, 0], other[:, 0])        # seeds never pool statistics
+  returns = np.array([1.0, 2.5, 3.0, 5.5, 7.75])               # reset after t = 1 only
+  std = [np.sqrt((1.0 + np.sum((returns[:t] - returns[:t].mean()) ** 2)) / t) for t in range(1, 6)]
+  np.testing.assert_allclose(out[:, 0], r0 / (np.array(std) + 1e-8), rtol=1e-6)
+  assert scaler.state(running=True)["count"] == [5, 5]
+  np.testing.assert_allclose(scaler.per_seed(0)["running"], 7.75)
+
+
+def test_interval_reference_follows_the_released_update_n():
+  """OCR-CFT finetune/O2PPO.py, `__main__`: with `refer_with_optimal_pi` false, `update_n = 4` when
+  the env name holds 'hopper' and 'expert', and pi_ref <- pi_on when `total_steps % (update_n *
+  evaluate_freq) == 0` (else update_n 1). `--o2ppo_reference=interval` takes that interval."""
+  from experiments import pipeline_o2ppo as p
+  assert p.reference_interval("interval", "o2o/hopper/expert-v0", 2_500) == 10_000
+  assert p.reference_interval("interval", "o2o/hopper/medium-expert-v0", 2_500) == 10_000
+  assert p.reference_interval("interval", "o2o/walker2d/expert-v0", 2_500) == 2_500
+  assert p.reference_interval("interval", "o2o/hopper/medium-v0", 2_500) == 2_500
+  assert p.reference_interval("interval:7000", "o2o/hopper/expert-v0", 2_500) == 7_000
+  assert p.reference_interval("best", "o2o/hopper/expert-v0", 2_500) is None
 
 
 def test_beta_schedule():
@@ -200,6 +366,74 @@ def test_without_aux_the_update_is_plain_ppo():
                          (new.actor.params, new.value.params), (expected.actor.params, expected.value.params))
 
 
+# ----------------------------------------------------------------------------- seeds never interact
+
+def _drift_env():
+  """A 2-D point pushed by the first two action dimensions (obs: position, velocity) with a reward
+  that never vanishes, 20-step time limits and a termination off the box: a gymnasium env that steps
+  in microseconds, whose rewards give the dynamic reward scaler something to track."""
+  import gymnasium as gym
+
+  class DriftEnv(gym.Env):
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+      super().reset(seed=seed)
+      self.t, self.x = 0, self.np_random.uniform(-1.0, 1.0, OBS).astype(np.float32)
+      return self.x.copy(), {}
+
+    def step(self, action):
+      self.t += 1
+      a = np.asarray(action, np.float32)
+      vel = 0.8 * self.x[2:] + 0.5 * a[:2]
+      self.x = np.concatenate([self.x[:2] + 0.1 * vel, vel]).astype(np.float32)
+      reward = 1.0 + self.x[0] - 0.1 * float(np.sum(a ** 2))
+      return self.x.copy(), reward, bool(np.abs(self.x[:2]).max() > 1.5), self.t >= 20, {}
+
+  return DriftEnv()
+
+
+@pytest.mark.parametrize("aux", [False, True], ids=["direct_ppo", "o2ppo"])
+def test_seed_i_of_a_two_seed_run_equals_a_one_seed_run_with_its_key(aux, monkeypatch):
+  """Issue #19 point 5: seeds never interact. `onpolicy.run_onpolicy` with the O2PPO agent (and with
+  --o2ppo_aux=false, direct PPO fine-tuning) and the dynamic reward scaler, 2 seeds vmapped, against
+  each seed run alone as seed i of 2 (its global index: PRNG keys, env seeds), the way a process of
+  a multi-process run holds it (`distributed.process_index/process_count`). The scaler starts from
+  the same dataset statistics in every seed, as the pipeline's. Before issue #19 the scaler pooled
+  its running statistics over the vmapped seeds and this failed."""
+  from o2o_jax import distributed, onpolicy
+  config = o2ppo.Config(**{**CONFIG.__dict__, "aux": aux, "hidden_dims": (8, 8),
+                           "value_hidden_dims": (8, 8), "beta_steps": 160, "actor_lr": 3e-3,
+                           "critic_lr": 3e-3, "lr_decay_steps": 0})
+  loop = onpolicy.OnPolicyConfig(total_steps=160, rollout_length=32, eval_every=80, eval_episodes=1)
+  dataset_stats = {"count": 50, "mean": 3.0, "m2": 40.0}   # as a re-evaluation run leaves them
+
+  def start(k):
+    return o2ppo.init_reference(o2ppo.init(k, OBS, ACT, config), 0.0, 0.0)
+
+  states = jax.jit(jax.vmap(start))(seed_keys(0, 2))
+
+  def run(s, n):
+    scaler = onpolicy.RewardScaler(config.discount, n, dataset_stats)
+    out, history = onpolicy.run_onpolicy(o2ppo, s, make_env=_drift_env, num_seeds=n, seed=5,
+                                         config=loop, reward_fn=scaler, progress=False)
+    return out, np.stack([h["returns"] for h in history]), scaler
+
+  both, returns, scaler = run(states, 2)
+  for i in range(2):
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "process_index", lambda i=i: i)
+    alone, returns_alone, scaler_alone = run(jax.tree_util.tree_map(lambda x: x[i:i + 1], states), 1)
+    for x, y in zip(jax.tree_util.tree_leaves((both.actor.params, both.value.params)),
+                    jax.tree_util.tree_leaves((alone.actor.params, alone.value.params))):
+      np.testing.assert_allclose(np.asarray(x)[i], np.asarray(y)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(returns[:, i], returns_alone[:, 0], rtol=1e-4, atol=1e-4)
+    if hasattr(scaler, "per_seed"):   # the scaler's own statistics (issue #19's per-seed scaler)
+      for key, value in scaler.per_seed(i).items():
+        np.testing.assert_allclose(value, scaler_alone.per_seed(0)[key], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- launcher
 
 TINY = ["--agent=o2ppo", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--reevaluate_steps=20",
@@ -238,5 +472,5 @@ def test_launcher_end_to_end(tiny_hopper_dataset, tmp_path):
   assert res.stdout.count("reusing the finished run") == 3 and "final fine-tuned" in res.stdout
   # Bad flags: one line, exit 2.
   res = finetune(ds_flag, f"--out_dir={tmp_path}", "--o2ppo_reference=sometimes", *TINY)
-  assert res.returncode == 2 and "--o2ppo_reference must be 'best' or 'interval:N'" in res.stderr
+  assert res.returncode == 2 and "--o2ppo_reference must be 'best', 'interval' or 'interval:N'" in res.stderr
   assert "Traceback" not in res.stderr

@@ -241,3 +241,140 @@ def test_o2sac_reevaluation_keeps_the_actor_and_align_freezes_targets():
   chex.assert_trees_all_equal(al.target_critic_params, re.target_critic_params)
   assert float(o2sac.alpha(al)) == pytest.approx(SAC_CFG.init_alpha)
   chex.assert_trees_all_equal(o2sac.finish_alignment(al).target_critic_params, al.critic.params)
+
+
+# --- reference order and initialisation (issue #19, points 7 and 8) ----------------------------
+#
+# Hand-checkable agents: a linear double critic Q_k(s, a) = w_k . a + c_k and an actor whose action
+# is tanh(mu) for every state (O2SAC: a tanh-Gaussian with sigma = 1e-6, so every sample is tanh(mu)
+# to 1e-6). With actor_lr 0.5, Adam's first step moves mu by exactly 0.5 sign(grad), so the actors
+# before and after a step differ visibly, and which one an expression used can be read off by hand.
+
+from o2o_jax import networks
+from o2o_jax.agents.common import make_train_state
+
+MU0 = np.array([0.3, -0.2], np.float32)                  # ACT = 2
+W = np.array([[1.0, -2.0], [0.5, 1.5]], np.float32)      # w_1, w_2
+C = np.array([0.1, -0.3], np.float32)                    # c_1, c_2
+FAKE_SIGMA = 1e-6
+LR = 0.5
+
+
+def linear_critic(params, observations, actions):
+  return (actions @ params["w"].T).T + params["c"][:, None]                      # (2, B)
+
+
+def q_by_hand(mu):
+  """(Q_1, Q_2) at a = tanh(mu), in float64."""
+  return W.astype(np.float64) @ np.tanh(np.asarray(mu, np.float64)) + C
+
+
+def fake_tanh_gaussian(params, observations):
+  shape = (observations.shape[0], ACT)
+  return networks.TanhGaussian(jnp.broadcast_to(params["mu"], shape), jnp.full(shape, FAKE_SIGMA))
+
+
+def fake_deterministic(params, observations):
+  return jnp.broadcast_to(jnp.tanh(params["mu"]), (observations.shape[0], ACT))
+
+
+def with_fake_networks(state, actor_fn, actor_copies=("offline_actor_params", "reference_actor_params")):
+  """`state` with the fake actor (pi_on = pi_off = pi_ref, and every field in `actor_copies`) and the
+  linear critic (target = critic)."""
+  actor_params, critic_params = {"mu": jnp.asarray(MU0)}, {"w": jnp.asarray(W), "c": jnp.asarray(C)}
+  actor = make_train_state(None, actor_params, LR).replace(apply_fn=actor_fn)
+  critic = make_train_state(None, critic_params, 3e-4).replace(apply_fn=linear_critic)
+  return state.replace(actor=actor, critic=critic, target_critic_params=critic_params,
+                       **{k: actor_params for k in actor_copies})
+
+
+def test_o2sac_finetune_critic_target_uses_the_pre_update_actor():
+  """Official OCR-CFT `finetune/online_agent/sac.py`, `SAC.update`: `policy_loss` and
+  `qf_loss = self._q_loss(...)` are both built before any optimiser step, and `_q_loss` samples
+  `new_next_actions, next_log_pi = self.actor(next_observations)`, so the target's a' comes from the
+  actor *before* this step's `actor_optimizer.step()`."""
+  config = o2sac.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16), constrain=False,
+                        init_alpha=1e-8, actor_lr=LR, utd=1)
+  state = with_fake_networks(o2sac.init(jax.random.PRNGKey(0), OBS, ACT, config), fake_tanh_gaussian)
+  b = batch(jax.random.PRNGKey(1), n=64)
+  new, info = jax.jit(o2sac.finetune_step)(state, b, jax.random.PRNGKey(2))
+  # The actor did move: mu -> mu0 + 0.5 sign(w_2) (Q_2 is the smaller critic at tanh(mu0)).
+  mu1 = MU0 + LR * np.sign(W[1])
+  np.testing.assert_allclose(new.actor.params["mu"], mu1, atol=1e-5)
+  # y = r + gamma (min_k Q'_k(s', tanh(mu0)) - alpha log pi), alpha = 1e-8 (its term is < 1e-6).
+  pre = np.mean(np.asarray(b.rewards, np.float64)) + config.discount * q_by_hand(MU0).min()
+  post = np.mean(np.asarray(b.rewards, np.float64)) + config.discount * q_by_hand(mu1).min()
+  assert abs(pre - post) > 0.5
+  np.testing.assert_allclose(float(info["target_mean"]), pre, atol=1e-4)
+
+
+def test_o2sac_alignment_samples_pi_on_before_the_actor_step():
+  """Official OCR-CFT `finetune/online_agent/sac.py`, `SAC.align_value`: under `torch.no_grad()`,
+  `new_actions, _ = self.actor(observations)` builds the alignment target and the critic loss
+  `predicted_loss` at those actions, before `policy_loss.backward(); self.actor_optimizer.step()`:
+  a ~ pi_on comes from the actor *before* its step."""
+  config = o2sac.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16), init_alpha=1e-8,
+                        actor_lr=LR)
+  state = with_fake_networks(o2sac.init(jax.random.PRNGKey(0), OBS, ACT, config), fake_tanh_gaussian)
+  new, info = jax.jit(o2sac.align_step)(state, batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
+  mu1 = MU0 + LR * np.sign(W[1])
+  np.testing.assert_allclose(new.actor.params["mu"], mu1, atol=1e-5)
+  # q_policy = mean_k Q_k(s, a) at the sampled a: tanh(mu0), not tanh(mu1).
+  assert abs(q_by_hand(MU0).mean() - q_by_hand(mu1).mean()) > 0.1
+  np.testing.assert_allclose(float(info["q_policy"]), q_by_hand(MU0).mean(), atol=1e-4)
+  # eq. 12-13 by hand at a = a. = tanh(mu0): target min_k Q'_k, loss sum_k (Q_k - min_j Q_j)^2.
+  q0 = q_by_hand(MU0)
+  np.testing.assert_allclose(float(info["align_loss"]), np.sum(np.square(q0 - q0.min())), rtol=1e-4)
+
+
+def test_o2td3_alignment_builds_the_noisy_action_from_the_pre_update_actor():
+  """Official OCR-CFT `finetune/online_agent/td3.py`, `TD3.align_value`: under `torch.no_grad()`,
+  `online_action = self.actor(state)` and `noisy_action = (online_action + refine_noise).clamp(...)`
+  build the targets and `refine_loss`, before `actor_loss.backward(); self.actor_optimizer.step()`:
+  the noisy action comes from the actor *before* its step. (policy_noise 0 here, so a~ = pi_on(s).)"""
+  config = o2td3.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16), actor_lr=LR,
+                        policy_noise=0.0)
+  state = with_fake_networks(o2td3.init(jax.random.PRNGKey(0), OBS, ACT, config), fake_deterministic,
+                             ("offline_actor_params", "reference_actor_params", "target_actor_params"))
+  new, info = jax.jit(o2td3.align_step)(state, batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
+  # The actor ascends Q_1: mu -> mu0 + 0.5 sign(w_1).
+  mu1 = MU0 + LR * np.sign(W[0])
+  np.testing.assert_allclose(new.actor.params["mu"], mu1, atol=1e-5)
+  q0, q1 = q_by_hand(MU0), q_by_hand(mu1)
+  assert abs(q0.mean() - q1.mean()) > 0.1
+  np.testing.assert_allclose(float(info["q_policy"]), q0.mean(), atol=1e-5)
+  # eq. 15-16 by hand at a~ = a. = tanh(mu0) (d = 0, Q* = A = min_k Q'_k): sum_i (Q_i - min(A, Q'_i))^2.
+  anchor = q0.min()
+  np.testing.assert_allclose(float(info["align_loss"]),
+                             np.sum(np.square(q0 - np.minimum(anchor, q0))), rtol=1e-5)
+
+
+def assert_orthogonal(kernel, gain):
+  """PyTorch's `orthogonal_(W, gain)` seen as flax's (in, out) kernel K: K K^T = gain^2 I when in <=
+  out, else K^T K = gain^2 I."""
+  k = np.asarray(kernel, np.float64)
+  gram = k @ k.T if k.shape[0] <= k.shape[1] else k.T @ k
+  np.testing.assert_allclose(gram, gain ** 2 * np.eye(gram.shape[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("agent,config", [
+    (o2sac, o2sac.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16, 16), orthogonal_init=False)),
+    (o2td3, o2td3.Config(hidden_dims=(16, 16), critic_hidden_dims=(16, 16))),
+])
+def test_o2o_critics_use_the_official_init(agent, config):
+  """Official OCR-CFT `finetune/O2SAC.py` and `finetune/O2TD3.py`, `train`: the critics are
+  `CriticFunction(state_dim, action_dim, layer_norm=config.critic_layernorm, ...)` on `net.py`'s `MLP`,
+  whose `__init__` applies `orthogonal_net` (orthogonal weight, gain 1.0; bias 0) to every Linear,
+  the output layer included. The O2SAC critic follows it whatever the (offline) actor's
+  `orthogonal_init` is."""
+  state = jax.jit(agent.init, static_argnums=(1, 2, 3))(jax.random.PRNGKey(0), OBS, ACT, config)
+  critic = state.critic.params["params"]["VmapCritic_0"]
+  layers = [critic["MLP_0"][f"Dense_{i}"] for i in range(len(config.critic_hidden_dims))]
+  layers.append(critic["Dense_0"])                                     # the output layer
+  assert "LayerNorm_0" in critic["MLP_0"]                               # critic_layernorm: True
+  for layer in layers:
+    for member in np.asarray(layer["kernel"]):                          # both critics
+      assert_orthogonal(member, 1.0)
+    np.testing.assert_array_equal(layer["bias"], 0.0)
+  head = np.asarray(critic["Dense_0"]["kernel"])[:, :, 0]
+  np.testing.assert_allclose(np.linalg.norm(head, axis=-1), 1.0, rtol=1e-5)   # gain 1, not 1e-2

@@ -255,3 +255,24 @@ def test_temperature_loss_is_minus_log_alpha_times_the_entropy_gap():
   lp = jnp.array([-1.0, -3.0])
   assert float(losses.temperature_loss(log_alpha, lp, -2.0)) == pytest.approx(4 * np.log(2.0), rel=1e-6)
   assert float(jax.grad(losses.temperature_loss)(log_alpha, lp, -2.0)) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_cql_networks_use_corls_initialisation():
+  """CORL `algorithms/offline/cql.py`, `init_module_weights`: the critics (`FullyConnectedQFunction`,
+  built with `orthogonal_init=True`) get orthogonal(sqrt 2) hidden kernels and an orthogonal(1e-2)
+  head; `TanhGaussianPolicy` calls it without the flag, so its hidden layers keep nn.Linear's default
+  U(+-1/sqrt(fan_in)) and its head is xavier_uniform(gain 1e-2); every bias the scheme sets is 0."""
+  state = cql.init(jax.random.PRNGKey(0), 11, 3, cql.Config())
+  critic = jax.tree_util.tree_map(lambda x: x[0], state.sac.critic.params["params"])["VmapCritic_0"]
+  layers = [critic["MLP_0"][f"Dense_{i}"]["kernel"] for i in range(3)]
+  for k in layers:                     # orthogonal(sqrt 2): 2 I on the smaller side's Gram matrix
+    gram = np.asarray(k.T @ k if k.shape[0] >= k.shape[1] else k @ k.T)
+    np.testing.assert_allclose(gram, 2.0 * np.eye(gram.shape[0]), atol=1e-4)
+  head = np.asarray(critic["Dense_0"]["kernel"])
+  assert head.shape == (256, 1) and np.linalg.norm(head) == pytest.approx(1e-2, rel=1e-4)
+  actor = state.sac.actor.params["params"]
+  first = np.asarray(actor["MLP_0"]["Dense_0"]["kernel"])          # fan_in 11
+  assert np.abs(first).max() <= 1 / np.sqrt(11) and np.abs(first).max() > 0.9 / np.sqrt(11)
+  mean_head = np.asarray(actor["Dense_0"]["kernel"])               # xavier(1e-2), fan 256 -> 3
+  bound = 1e-2 * np.sqrt(6 / (256 + 3))
+  assert np.abs(mean_head).max() <= bound and np.abs(mean_head).max() > 0.9 * bound

@@ -110,9 +110,45 @@ def test_explore_stores_the_raw_sample_or_the_clipped_one():
   assert float(jnp.abs(a).max()) <= 1.0
 
 
+def test_advantages_are_normalised_over_the_rollout_not_the_minibatch(monkeypatch):
+  """OCR-CFT finetune/online_agent/ppo/ppo.py (Uni-O4's PPO), `PPO.update`: "Trick 1" runs once
+  over the whole buffer, `adv = ((adv - adv.mean()) / (adv.std() + 1e-5))` (torch's std: Bessel's
+  correction), before `for times in range(self.K_epochs)`; each minibatch only indexes it
+  (`adv[index]`). Hand case: T = 4, two minibatches of 2, one epoch, V = 0 and discount 0, so A = r
+  = [1, 2, 3, 10]: mean 4, std sqrt(50 / 3) = 4.0824829, normalised (A - 4) / (4.0824829 + 1e-5) =
+  [-0.7348, -0.4899, -0.2449, 1.4697]. Per minibatch each pair would normalise to -+0.7071."""
+  seen = []
+  original = ppo.clipped_surrogate
+
+  def spy(log_probs, old_log_probs, advantages, clip_eps):   # what each minibatch's surrogate gets
+    jax.debug.callback(lambda a: seen.append(np.asarray(a)), advantages)
+    return original(log_probs, old_log_probs, advantages, clip_eps)
+
+  monkeypatch.setattr(ppo, "clipped_surrogate", spy)
+  config = ppo.Config(hidden_dims=(8, 8), value_hidden_dims=(8, 8), rollout_length=4,
+                      num_minibatches=2, epochs=1, discount=0.0)
+  state = jax.jit(lambda k: ppo.init(k, OBS, ACT, config))(jax.random.PRNGKey(0))
+  state = state.replace(value=state.value.replace(params=jax.tree_util.tree_map(
+      jnp.zeros_like, state.value.params)))                       # V = 0
+  obs = jax.random.normal(jax.random.PRNGKey(1), (4, OBS))
+  actions = jnp.zeros((4, ACT))
+  rollout = ppo.Rollout(observations=obs, actions=actions,
+                        log_probs=state.actor.apply_fn(state.actor.params, obs).log_prob(actions),
+                        rewards=jnp.array([1.0, 2.0, 3.0, 10.0]), next_observations=obs,
+                        terminals=jnp.zeros(4), dones=jnp.zeros(4))
+  jax.jit(ppo.update)(state, rollout, jax.random.PRNGKey(2))
+  jax.effects_barrier()
+  assert len(seen) == 2 and all(a.shape == (2,) for a in seen)
+  expected = (np.array([1.0, 2.0, 3.0, 10.0]) - 4.0) / (np.sqrt(50.0 / 3.0) + 1e-5)
+  np.testing.assert_allclose(expected, [-0.7348453, -0.4898969, -0.2449484, 1.4696938], rtol=1e-5)
+  np.testing.assert_allclose(np.sort(np.concatenate(seen)), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_config_check_and_registry():
   with pytest.raises(ValueError, match="multiple of the number of minibatches"):
     ppo.check_config(ppo.Config(rollout_length=100, num_minibatches=16))
+  with pytest.raises(ValueError, match="at least 2"):
+    ppo.check_config(ppo.Config(rollout_length=1, num_minibatches=1))
   assert registry.get("ppo") is ppo
   assert registry.get("o2ppo").__name__ == "o2o_jax.agents.o2o.o2ppo"
 
@@ -195,7 +231,7 @@ def test_onpolicy_loop_resumes_exactly_after_a_crash(tmp_path, crash_at):
   got_states, got_history, got_scaler = run("crashed", log=logs.append)
   assert logs == [f"[ppo] resuming from the snapshot at env step 64 ({tmp_path / 'crashed'})"]
   chex.assert_trees_all_equal(got_states, ref_states)
-  assert got_scaler == ref_scaler and ref_scaler["count"] == 2 * 96
+  assert got_scaler == ref_scaler and ref_scaler["count"] == [96, 96]   # one scaler per seed
   assert [h["step"] for h in got_history] == [48, 96]
   for got, ref in zip(got_history, ref_history):
     np.testing.assert_array_equal(got["returns"], ref["returns"])

@@ -184,6 +184,147 @@ def test_vmapped_update_equals_per_seed_updates(pairs):
     assert float(vm_info["samg_weight"][i]) == pytest.approx(float(info["samg_weight"]), abs=1e-6)
 
 
+# ----------------------------------------------------------------------------- paper App. C extras
+
+def test_weighted_penalty_is_the_p_weighted_mean_of_each_critics_gaps():
+  """SAMG paper App. C.1 (CQL): "an offline version of the [conservative] term still weighted by the
+  distribution-aware weight": per critic, mean_b p_b gap_b, by hand."""
+  gaps = jnp.array([[2.0, -1.0, 4.0, 3.0],
+                    [1.0, 1.0, 0.0, 5.0]])
+  p = jnp.array([1.0, 0.0, 0.5, 0.0])
+  # critic 0: (1*2 + 0*(-1) + 0.5*4 + 0*3) / 4 = 1.0;  critic 1: (1*1 + 0 + 0 + 0) / 4 = 0.25
+  np.testing.assert_allclose(samg.weighted_penalty(gaps, p), [1.0, 0.25])
+
+
+def test_cql_offline_penalty_weights_each_offline_rows_gap_by_p(pairs):
+  """SAMG paper App. C.1: CQL's conservative term (CORL `cql.py`, `ContinuousCQL._q_loss`; here
+  `cql.conservative_gap`) on offline rows, each row weighted by its p(s, a), times alpha_cql and the
+  weight w_off, summed over the critics. p is set by hand: [1, 0, 0.5, 0, ...]."""
+  state, _ = pairs("cql")
+  sac_state, params = state.base.sac, state.base.sac.critic.params
+  offline = tiny_batch(jax.random.PRNGKey(7))
+  p = jnp.zeros(B).at[0].set(1.0).at[2].set(0.5)
+  key = jax.random.PRNGKey(8)
+  config = dataclasses.replace(state.config, cql_offline_penalty=0.5)
+  penalty, _ = jax.jit(lambda: samg.cql_offline_penalty(params, sac_state, offline, p, key,
+                                                         alpha_prime=1.0, config=config))()
+  # by hand: each row's own CQL gap (the base's function on a one-row batch, the row's own key)
+  q = sac_state.critic.apply_fn(params, offline.observations, offline.actions)        # (N, B)
+  keys = jax.random.split(key, B)
+  gap_of = jax.jit(lambda b, q_b, k: cql.conservative_gap(params, sac_state, b, q_b, k))
+  rows = [jax.tree_util.tree_map(lambda x: x[i:i + 1], offline) for i in range(B)]
+  gaps = np.stack([np.asarray(gap_of(rows[i], q[:, i:i + 1], keys[i])) for i in range(B)], 1)
+  alpha_cql = state.config.base_config.cql_alpha
+  expected = 0.5 * alpha_cql * sum((1.0 * gaps[i, 0] + 0.5 * gaps[i, 2]) / B for i in range(2))
+  assert float(penalty) == pytest.approx(expected, rel=1e-5)
+  assert abs(expected) > 1e-3
+
+
+def test_samg_cql_update_adds_the_offline_term_and_is_cqls_own_at_zero_weight(pairs):
+  """SAMG paper App. C.1 on CQL: the critic loss gains the p-weighted conservative term on offline
+  rows. With p = 0 on every row the step is exactly CORL's CQL step (`cql.update`, which follows
+  CORL `ContinuousCQL.train`'s order): the composition changes nothing else. With p ~ 1 the term is
+  alpha_cql * sum_i mean_b p_b gap_i,b and the critic moves differently."""
+  state, other = pairs("cql")
+  state = state.replace(offline_params=other.offline_params)
+  batch, offline, key = tiny_batch(jax.random.PRNGKey(2)), tiny_batch(jax.random.PRNGKey(4)), jax.random.PRNGKey(3)
+  update = jax.jit(samg.update)
+  ref, _ = jax.jit(cql.update)(state.base, batch, key)
+  far = _far_from_offline(state)
+  new, info = update(far, batch, key, offline)
+  chex.assert_trees_all_close(new.base, ref, rtol=0, atol=0)           # bit for bit
+  assert float(info["samg_offline_penalty"]) == 0.0 and int(new.updates) == 1
+  # p ~ 1 on every row: the term is on, with the size of CQL's own alpha_cql * sum_i gap_i
+  near = state.replace(latent_std=state.latent_std * 1e3, offline_params=state.base.sac.critic.params)
+  new, info = update(near, batch, key, offline)
+  p_off = float(info["samg_offline_weight"])
+  assert p_off > 0.99
+  n_critics = state.config.base_config.num_critics
+  expected = state.config.base_config.cql_alpha * n_critics * float(info["samg_offline_gap"])
+  assert float(info["samg_offline_penalty"]) == pytest.approx(expected, rel=2e-3)
+  online_term = state.config.base_config.cql_alpha * n_critics * float(info["cql_gap"])   # CQL's own
+  assert float(info["critic_loss"]) == pytest.approx(
+      float(info["td_loss"]) + online_term + float(info["samg_offline_penalty"]), rel=1e-5)
+  diff = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), new.base.sac.critic.params,
+                                ref.sac.critic.params)
+  assert max(jax.tree_util.tree_leaves(diff)) > 1e-6
+  # the actor step does not see the offline rows (CQL's actor is on the online batch)
+  chex.assert_trees_all_close(new.base.sac.actor, ref.sac.actor, rtol=0, atol=0)
+
+
+def test_update_with_offline_splits_offline_rows_then_online_rows():
+  """The online loop's mixed batch (`replay.sample_mixed`, offline rows first) at
+  OFFLINE_FRACTION = 0.5 is split into equal halves; `uses_offline_rows` only for CQL with w_off > 0."""
+  off, on = tiny_batch(jax.random.PRNGKey(0), 4), tiny_batch(jax.random.PRNGKey(1), 4)
+  mixed = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), off, on)
+  got_off, got_on = samg.split_offline_rows(mixed)
+  chex.assert_trees_all_close((got_off, got_on), (off, on))
+  assert samg.OFFLINE_FRACTION == 0.5
+  assert tiny_config("cql").uses_offline_rows
+  assert not tiny_config("cql", cql_offline_penalty=0.0).uses_offline_rows
+  assert not tiny_config("iql").uses_offline_rows and not tiny_config("awac").uses_offline_rows
+
+
+def test_guidance_is_on_before_the_cutoff_step_and_off_after_it():
+  """SAMG paper App. C.4: "we cut the offline guidance and revert to the vanilla algorithms after a
+  specific period": with guidance_steps = 3, updates 0, 1, 2 keep p; 3, 4 set p = 0 (jnp.where on
+  the traced counter, so it jits and vmaps); None keeps the guidance always."""
+  updates = jnp.arange(5)
+  np.testing.assert_array_equal(samg.guidance_active(updates, 3), [True, True, True, False, False])
+  np.testing.assert_array_equal(samg.guidance_active(updates, None), [True] * 5)
+  np.testing.assert_array_equal(samg.guidance_active(updates, 0), [False] * 5)
+  p = jnp.full((5, 2), 0.7)
+  gated = jax.jit(jax.vmap(lambda w, u: samg.gate_weights(w, u, 3)))(p, updates)
+  np.testing.assert_allclose(gated, [[0.7, 0.7]] * 3 + [[0.0, 0.0]] * 2)
+
+
+def test_after_the_cutoff_samg_is_the_base_algorithm(pairs):
+  """SAMG paper App. C.4 on IQL: with guidance_steps = 2 and p ~ 1, update 1 (the second) still
+  bootstraps from V_off (eq. 4 with p = 1); update 2 is exactly IQL's own update (p = 0)."""
+  state, other = pairs("iql")
+  config = dataclasses.replace(state.config, guidance_steps=2)
+  state = state.replace(config=config, offline_params=other.base.value.params,
+                        latent_std=state.latent_std * 1e3)           # p ~ 1 everywhere
+  batch, key = tiny_batch(jax.random.PRNGKey(2)), jax.random.PRNGKey(3)
+  update = jax.jit(samg.update)
+  before, info = update(state.replace(updates=jnp.int32(1)), batch, key)
+  assert float(info["samg_weight"]) > 0.99 and float(info["samg_guidance"]) == 1.0
+  ref, ref_info = BASE_UPDATE["iql"](state.base, batch, key)
+  assert abs(float(info["target_mean"]) - float(ref_info["target_mean"])) > 1e-4
+  assert int(before.updates) == 2
+  after, info = update(before.replace(base=state.base), batch, key)
+  assert float(info["samg_weight"]) == 0.0 and float(info["samg_guidance"]) == 0.0
+  chex.assert_trees_all_close(after.base, ref, rtol=1e-6, atol=1e-7)
+  assert int(after.updates) == 3
+
+
+def test_deterministic_iql_explores_with_corls_clipped_noise():
+  """CORL `finetune/iql.py` (online loop, `iql_deterministic`): noise = (randn * expl_noise)
+  .clamp(-noise_clip, noise_clip), action = clamp(action + noise, -max_action, max_action), with
+  `expl_noise` 0.03 and `noise_clip` 0.5 (its TrainConfig defaults)."""
+  assert samg.Config().exploration_noise == 0.03 and samg.Config().exploration_noise_clip == 0.5
+  cfg = tiny_config("iql")
+  cfg = dataclasses.replace(cfg, base_config=dataclasses.replace(cfg.base_config, deterministic=True))
+  state = jax.jit(lambda k: samg.init(k, OBS, ACT, cfg))(jax.random.PRNGKey(0))
+  obs = jax.random.normal(jax.random.PRNGKey(5), (4000, OBS))
+  act = jax.jit(samg.act, static_argnums=3)
+  key = jax.random.PRNGKey(1)
+  greedy = np.asarray(act(state, obs, key, False))
+  noisy = np.asarray(act(state, obs, key, True))
+  z = np.asarray(jax.random.normal(jax.random.split(key)[1], greedy.shape))
+  np.testing.assert_allclose(noisy, np.clip(greedy + np.clip(0.03 * z, -0.5, 0.5), -1.0, 1.0),
+                             rtol=1e-6, atol=1e-6)
+  assert np.std(noisy - greedy) == pytest.approx(0.03, rel=0.05)
+  # the clip: with std 10 almost every draw sits at the +-0.5 bound
+  loud = state.replace(config=dataclasses.replace(state.config, exploration_noise=10.0))
+  delta = np.asarray(act(loud, obs, key, True)) - greedy
+  np.testing.assert_allclose(delta, np.clip(greedy + np.clip(10.0 * z, -0.5, 0.5), -1.0, 1.0) - greedy,
+                             atol=1e-6, rtol=0)
+  inside = np.abs(greedy) < 0.5                       # where the action bound cannot cut the noise
+  assert np.abs(delta).max() <= 0.5 + 1e-6
+  assert np.isclose(np.abs(delta[inside]), 0.5, atol=1e-6).mean() > 0.95
+
+
 def test_act_explores_around_a_deterministic_iql_actor():
   cfg = tiny_config("iql")
   cfg = dataclasses.replace(cfg, base_config=dataclasses.replace(cfg.base_config, deterministic=True))
@@ -267,7 +408,8 @@ class _Flags(dict):
 @pytest.mark.parametrize("bad, message", [
     ({"samg_threshold": 1.5}, "--samg_threshold must lie in [0, 1]"),
     ({"samg_prefill": 0, "warmup_steps": 0}, "--samg_prefill + --warmup_steps must be at least 1"),
-    ({"utd": 0}, "--utd must be at least 1")])
+    ({"utd": 0}, "--utd must be at least 1"),
+    ({"samg_guidance_steps": -1}, "--samg_guidance_steps must not be negative")])
 def test_pipeline_rejects_bad_flags_before_any_work(bad, message):
   from experiments import pipeline_samg
   from o2o_jax.errors import O2OError
@@ -276,3 +418,36 @@ def test_pipeline_rejects_bad_flags_before_any_work(bad, message):
   flags.update(bad)
   with pytest.raises(O2OError, match=re.escape(message)):
     pipeline_samg.run(flags)
+
+
+class _StopAtPretrain(Exception):
+  pass
+
+
+@pytest.mark.parametrize("agent, budget, dims", [
+    ("samg_cql", "paper", (256, 256, 256)), ("samg_awac", "paper", (256, 256, 256)),
+    ("samg_iql", "paper", (256, 256)), ("samg_cql", "quick", (64, 64))])
+def test_paper_budget_keeps_each_base_algorithms_own_networks(agent, budget, dims, monkeypatch):
+  """--budget=paper trains the base with its own default architecture: CORL `cql.py` (actor and
+  critics 3x256, `q_n_hidden_layers: 3`), CORL `awac.py` (3x256), CORL `iql.py` (2x256); only
+  --budget=quick shrinks them (issue 19, point 2). At 'paper' the pipeline passes no sizes, so
+  phases.pretrain builds the base Config's defaults (with the dataset preset's overrides)."""
+  from experiments import pipeline_samg
+  seen = {}
+
+  def fake_pretrain(**kw):
+    seen.update(kw)
+    raise _StopAtPretrain
+
+  monkeypatch.setattr(pipeline_samg.phases, "pretrain", fake_pretrain)
+  flags = _Flags(agent=agent, budget=budget, seeds=1, seed=0, batch_size=16, samg_prefill=1000,
+                 samg_threshold=0.5, dataset="d", **{"from": None})
+  with pytest.raises(_StopAtPretrain):
+    pipeline_samg.run(flags)
+  base = agent.split("_")[1]
+  assert seen["algo"] == base
+  built = seen["hidden_dims"] or tuple(samg.BASES[base].Config().hidden_dims)
+  assert built == dims
+  assert (seen["hidden_dims"] is None) == (budget == "paper")
+  assert pipeline_samg.network_dims(["32", "32"]) == (32, 32)              # --hidden_dims wins
+  assert cql.Config().critic_hidden_dims is None                         # CQL's critics = its actor's

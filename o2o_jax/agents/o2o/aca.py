@@ -10,7 +10,10 @@ Offline stage, SAC+ML (`offline_step`, also `update` for the registry name "sacm
          the current Z under stop-gradient (no target network)
   actor: L_pi = lambda E[alpha log pi(a~|s) - min_k Q_k(s,a~)] - E_D[log pi(a|s)],
          lambda = alpha_ML / E|Q| (detached), alpha_ML = 30                                 (§3a)
-  temperature: SAC's.
+  temperature: SAC's, on its own sample a ~ pi(.|s) of the actor before this step.
+Order of one step (d3rlpy's `SAC._update`, kept by the official `SACML._update`): temperature ->
+Q (+ Polyak) -> Z -> actor, so Q's and Z's targets and the actor loss use the alpha after this
+step's temperature step.
 From any other stochastic offline actor (CQL, IQL, AWAC, BC): `fit_baseline_step` fits Z alone with
 pi = pi0 fixed and alpha fixed (`init_alpha`, default 1) [recon, §3e].
 
@@ -25,10 +28,19 @@ Online (`online_update`), the re-parameterised critic
   critic: sum_k E[(R_k(s,a) + w c(log pi0(a|s)) - y)^2],
           y = r + gamma (1-d) [min_k R'_k(s',a') + w c(log pi0(a'|s')) - alpha log pi(a'|s')],
   actor:  E[alpha log pi(a~|s) - min_k R_k(s,a~) - w c(log pi0(a~|s))]  (gradient through a~ and c),
-  temperature: SAC's with target entropy -c_H |A|,
+  temperature: SAC's with target entropy -c_H |A|, on its own sample a ~ pi(.|s),
   w_t = max(w_{t-1} - w0 / (K 1000), w_min) per update.
+Order of one step (official `aca_agent/aca.py`, `ACA._update`): temperature -> critic (+ Polyak)
+-> actor -> w, so the critic target and the actor loss use the alpha after this step's
+temperature step.
 The log pi0 terms carry no gradient into the critic. Acting: a ~ pi online, tanh(mu) for evaluation.
-The SAC pieces (target, critic step, actor + temperature step) come from `agents.online.sac`.
+The SAC pieces (target, critic step, temperature step) come from `agents.online.sac`.
+
+States are not normalised in ACA's own chain (the official `run_sacml.py` and `run_aca.py` build
+SACML and ACA without a d3rlpy `scaler`): `experiments.pipeline_aca` pretrains SAC+ML on raw
+observations. Initialisation: Q, R and Z follow d3rlpy's default encoders and heads (PyTorch's
+nn.Linear default, `critic_init="torch"`), independent of the actor's options, which follow the
+offline actor (SAC+ML: also d3rlpy's default).
 """
 from __future__ import annotations
 
@@ -69,6 +81,7 @@ class Config(sac.Config):
   hidden_dims: Sequence[int] = (256, 256)
   log_std_min: float = -20.0                     # d3rlpy's squashed Gaussian
   log_std_max: float = 2.0
+  critic_init: str = "torch"                     # Q, R and Z (networks.INIT_SCHEMES): d3rlpy's default
   actor_kind: str = "tanh_gaussian"              # or "gaussian": IQL/AWAC's state-independent log std
   gaussian_tanh_mean: bool = True                # "gaussian" kind: mean = tanh(.) (IQL) or linear (AWAC)
   # offline SAC+ML
@@ -120,10 +133,9 @@ def make_networks(config: Config, act_dim: int):
   else:
     raise ValueError(f"actor_kind must be one of {ACTOR_KINDS} (got {config.actor_kind!r})")
   critic_hidden = tuple(config.critic_hidden_dims or config.hidden_dims)
-  critic = networks.CriticEnsemble(config.num_critics, critic_hidden, layer_norm=config.layer_norm,
-                                   orthogonal_init=config.orthogonal_init)
-  baseline = networks.ValueEnsemble(config.num_critics, critic_hidden, layer_norm=config.layer_norm,
-                                    orthogonal_init=config.orthogonal_init)
+  init = networks.init_options(config.critic_init)
+  critic = networks.CriticEnsemble(config.num_critics, critic_hidden, layer_norm=config.layer_norm, **init)
+  baseline = networks.ValueEnsemble(config.num_critics, critic_hidden, layer_norm=config.layer_norm, **init)
   return actor, critic, baseline
 
 
@@ -237,13 +249,29 @@ def sacml_actor_loss(actor_params, state: State, batch: Transition, key: PRNGKey
                 "log_probs": log_probs}
 
 
+def update_temperature(state: State, observations, key: PRNGKey):
+  """d3rlpy's `update_temp` (official `sacml_impl.py` / `aca_impl.py`): SAC's temperature step on a
+  fresh sample a ~ pi(.|s) of the current actor, without gradient into the actor."""
+  _, log_probs = sac.policy(state, observations).sample_and_log_prob(seed=key)
+  return sac.update_temperature(state, jax.lax.stop_gradient(log_probs))
+
+
+def update_actor(state: State, batch: Transition, key: PRNGKey, loss_fn):
+  """One actor step on `loss_fn(params, state, batch, key)` (no temperature step: it comes first)."""
+  grads, info = jax.grad(loss_fn, has_aux=True)(state.actor.params, state, batch, key)
+  info.pop("log_probs")
+  return state.replace(actor=state.actor.apply_gradients(grads=grads)), info
+
+
 def offline_step(state: State, batch: Transition, key: PRNGKey):
-  """One SAC+ML step: Q (SAC critic + Polyak), Z, actor, temperature (§3a)."""
-  k_critic, k_base, k_actor = jax.random.split(key, 3)
+  """One SAC+ML step in the official order (`SACML._update`): temperature, Q (SAC critic + Polyak),
+  Z, actor (§3a)."""
+  k_temp, k_critic, k_base, k_actor = jax.random.split(key, 4)
+  state, temp_info = update_temperature(state, batch.observations, k_temp)
   state, critic_info = sac.update_critic(state, batch, k_critic)
   state, base_info = update_baseline(state, batch, k_base)
-  state, actor_info = sac.update_actor(state, batch, k_actor, loss_fn=sacml_actor_loss)
-  return state.replace(step=state.step + 1), {**critic_info, **base_info, **actor_info}
+  state, actor_info = update_actor(state, batch, k_actor, sacml_actor_loss)
+  return state.replace(step=state.step + 1), {**critic_info, **base_info, **actor_info, **temp_info}
 
 
 update = offline_step      # the offline algorithm "sacml" of the registry
@@ -313,9 +341,11 @@ def online_actor_loss(actor_params, state: State, batch: Transition, key: PRNGKe
 
 
 def online_update(state: State, batch: Transition, key: PRNGKey):
-  """One online step: critic (+ Polyak), actor (clipped gradient) + temperature, then w decays."""
+  """One online step in the official order (`ACA._update`): temperature, critic (+ Polyak), actor
+  (clipped gradient), then w decays."""
   c = state.config
-  k_target, k_actor = jax.random.split(key)
+  k_temp, k_target, k_actor = jax.random.split(key, 3)
+  state, temp_info = update_temperature(state, batch.observations, k_temp)
   targets = online_target(state, batch, k_target)
   ref_data = jax.lax.stop_gradient(reference_term(state, batch.observations, batch.actions))
   grads, critic_info = jax.grad(online_critic_loss, has_aux=True)(state.critic.params, state, batch,
@@ -323,9 +353,9 @@ def online_update(state: State, batch: Transition, key: PRNGKey):
   critic = state.critic.apply_gradients(grads=grads)
   state = state.replace(critic=critic, target_critic_params=losses.polyak(
       state.target_critic_params, critic.params, c.tau))
-  state, actor_info = sac.update_actor(state, batch, k_actor, loss_fn=online_actor_loss)
+  state, actor_info = update_actor(state, batch, k_actor, online_actor_loss)
   weight = jnp.maximum(state.weight - c.w_init / (c.w_decay_k * 1000.0), c.w_min)
-  info = {**critic_info, **actor_info, "w": state.weight}
+  info = {**critic_info, **actor_info, **temp_info, "w": state.weight}
   return state.replace(weight=weight.astype(jnp.float32), step=state.step + 1), info
 
 

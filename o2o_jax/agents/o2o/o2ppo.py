@@ -9,10 +9,12 @@
        A_alpha(s, a) = alpha (log pi_ref(a|s) + H(pi_ref(.|s)))                      (eq. 17)
     per action dimension, floored by Clip(x) = softplus(x + 4) - 4                    (eq. 51)
     and averaged over dimensions (the released code's 1/|A|), so A_alpha <= alpha / 2; then scaled by
-    std(A) of the minibatch's GAE advantages (H.5: alpha = 2 gives the paper's "x 2 std(A)") and mixed
+    |std(A)| of the whole rollout's GAE advantages (H.5: alpha = 2 gives the paper's "x 2 std(A)")
+    and mixed
        A'(s, a) = A(s, a) + beta A_alpha(s, a),   beta = max(1 - t / T_beta, 0)       (eq. 18)
-    paired per sample (the paper), or broadcast over the minibatch (`aux_pairing="broadcast"`, the
-    released code's [B, B] matrix), then normalised.
+    paired per sample (the paper), or broadcast (`aux_pairing="broadcast"`, the released code's
+    [T, T] matrix over the rollout), then normalised over the whole rollout once, before the epochs
+    (OCR-CFT finetune/online_agent/ppo/ppo.py, `PPO.update`; std with Bessel's correction, torch's).
  3. Constrained fine-tuning (§4.3, G.3): pi_ref = pi_off at the start and later the best evaluated
     policy (or pi_on at an interval), per seed: `init_reference` / `refresh_reference`.
 PPO itself (GAE, clipped surrogate, minibatch epochs) is `agents.online.ppo`.
@@ -20,7 +22,6 @@ PPO itself (GAE, clipped surrogate, minibatch epochs) is `agents.online.ppo`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Optional
 
 import distrax
@@ -191,43 +192,69 @@ def beta_schedule(env_steps, beta_steps: int):
   return jnp.maximum(1.0 - env_steps / beta_steps, 0.0)
 
 
+def reference_advantage(advantages, aux):
+  """A_ref = A_alpha |std(A)| (H.5), std over the whole rollout's GAE advantages with Bessel's
+  correction (the reference's `get_reference_advantage(s, a) * torch.abs(adv.std())`)."""
+  return aux * jnp.abs(advantages.std(ddof=1))
+
+
+def broadcast_rows(advantages, aux, beta):
+  """The released code's [T, T] matrix over the rollout, M_ij = (A_i + beta A_ref,j) / (1 + beta),
+  normalised over all T^2 entries, as a function `rows(A_rows) -> (B, T)` of some rows' A_i (a
+  minibatch's: the surrogate pairs row i's ratio with every column). M is never built: its mean and
+  its variance over the grid are those of x_i + y_j, mean(x) + mean(y) and var(x) + var(y), with
+  Bessel's correction over T^2 entries; a minibatch's rows are B x T (1 MiB at 128 x 2048 in
+  float32, against 16 MiB per seed for the whole matrix)."""
+  a_ref = reference_advantage(advantages, aux)
+  x, y = advantages / (1.0 + beta), beta * a_ref / (1.0 + beta)
+  n = advantages.shape[0] ** 2
+  mean = x.mean() + y.mean()
+  std = jnp.sqrt((x.var() + y.var()) * n / (n - 1))
+
+  def rows(a_rows):
+    return ((a_rows[:, None] + beta * a_ref[None, :]) / (1.0 + beta) - mean) / (std + ppo.ADV_EPS)
+
+  return rows
+
+
 def mix_advantages(advantages, aux, beta, pairing: str = "paired"):
-  """A' = (A + beta A_ref) / (1 + beta), normalised, with A_ref = A_alpha std(A) (H.5).
-  'paired': sample i gets its own A_ref,i (eq. 18); 'broadcast': the released code's [B, B] matrix
-  M_ij = (A_i + beta A_ref,j) / (1 + beta). The 1 / (1 + beta) is the code's; normalisation removes it."""
-  a_ref = aux * advantages.std()
+  """A' = (A + beta A_ref) / (1 + beta) over the whole rollout, normalised over it, with
+  A_ref = A_alpha |std(A)| (H.5). 'paired': sample i gets its own A_ref,i (eq. 18), (T,);
+  'broadcast': the released code's [T, T] matrix M_ij = (A_i + beta A_ref,j) / (1 + beta) (built
+  whole here; the update builds only each minibatch's rows, `broadcast_rows`). The 1 / (1 + beta) is
+  the code's; normalisation removes it."""
   if pairing == "paired":
-    mixed = (advantages + beta * a_ref) / (1.0 + beta)
-  elif pairing == "broadcast":
-    mixed = (advantages[:, None] + beta * a_ref[None, :]) / (1.0 + beta)
-  else:
-    raise ValueError(f"unknown aux_pairing {pairing!r}")
-  return ppo.normalize(mixed)
+    return ppo.normalize((advantages + beta * reference_advantage(advantages, aux)) / (1.0 + beta))
+  if pairing == "broadcast":
+    return broadcast_rows(advantages, aux, beta)(advantages)
+  raise ValueError(f"unknown aux_pairing {pairing!r}")
 
 
 # ----------------------------------------------------------------------------- 3. fine-tuning
 
 def update(state: State, rollout: ppo.Rollout, key: PRNGKey):
-  """One PPO update with the mixed advantage of eq. 18 (Alg. 3 lines 9-13)."""
+  """One PPO update with the mixed advantage of eq. 18 (Alg. 3 lines 9-13): GAE, A_alpha of the
+  rollout, the mixed advantages normalised over the whole rollout, then the minibatch epochs."""
   c = state.config
   advantages, targets = ppo.compute_advantages(state.value, rollout, c)
   t = state.env_steps + c.rollout_length
-  info = {}
   if c.aux:
     beta = beta_schedule(t, c.beta_steps)
     aux = auxiliary_advantage(state.actor, state.reference_actor_params, rollout.observations,
                               rollout.actions, c)
-    shape = functools.partial(_mixed_minibatch, beta=beta, pairing=c.aux_pairing)
-    actor, value, info = ppo.train_epochs(state.actor, state.value, rollout, advantages, targets, key,
-                                          c, minibatch_advantages=shape, extra=aux)
+    if c.aux_pairing == "broadcast":   # each minibatch's rows of the rollout's [T, T] matrix
+      actor, value, info = ppo.train_epochs(state.actor, state.value, rollout, advantages, targets,
+                                            key, c, broadcast_rows(advantages, aux, beta))
+    else:
+      actor, value, info = ppo.train_epochs(state.actor, state.value, rollout,
+                                            mix_advantages(advantages, aux, beta, c.aux_pairing),
+                                            targets, key, c)
     info.update(beta=beta, aux_advantage=aux.mean(), aux_positive=jnp.mean(aux > 0))
   else:
-    actor, value, info = ppo.train_epochs(state.actor, state.value, rollout, advantages, targets, key, c)
+    actor, value, info = ppo.train_epochs(state.actor, state.value, rollout,
+                                          ppo.normalize(advantages), targets, key, c)
     info["beta"] = jnp.zeros(())
   info.update(advantage_mean=advantages.mean(), advantage_std=advantages.std(),
               log_std=actor.params["params"]["log_std"].mean())
   return state.replace(actor=actor, value=value, env_steps=t), info
 
-
-def _mixed_minibatch(advantages, aux, beta, pairing):
-  return mix_advantages(advantages, aux, beta, pairing)

@@ -8,15 +8,28 @@ Three phases, each a pure step over one `State` (vmap it over seeds); alpha is f
        a. = tanh(mu_off(s)) (clipped to +-0.9999),  a ~ pi_on(.|s) (no gradient)
        Q'(s, a) = min(Q'(s, a.) - alpha (log pi_off(a.|s) - log pi_off(a|s)), Q'(s, a))   (eq. 12)
        L = sum_i (Q_i(s, a) - Q'(s, a))^2 + sum_i (Q_i(s, a.) - Q'(s, a.))^2               (eq. 13)
-     with the SAC actor step (eq. 2, fixed alpha) first in each step and the targets frozen;
-     `finish_alignment` then copies the aligned critics into the targets.
+     plus the SAC actor step (eq. 2, fixed alpha) on the pre-update critic, targets frozen. Both
+     gradients are taken at the step's starting parameters, so a ~ pi_on comes from the actor
+     *before* its step (official `online_agent/sac.py`, `SAC.align_value`: `new_actions` are sampled
+     and the critic loss built before `actor_optimizer.step()`); `finish_alignment` then copies the
+     aligned critics into the targets.
  3. `finetune_step`    constrained fine-tuning, eqs. 37-39, with KL estimate f = log pi_on(a|s) -
      max(log pi_ref(a|s), -50) (a single-sample estimate summed over action dims):
        lambda step (once per env step: every `utd` updates) -> alpha step -> actor
        E[alpha log pi - min_i Q_i + lambda f] -> critic with
        y = r + gamma (1-d) [min_i Q'_i(s', a') - alpha log pi(a'|s') - lambda f(s', a')] -> Polyak.
-     alpha and lambda in the actor and critic losses are the values from before this step.
+     As in the official `SAC.update`, every loss is built at the step's starting parameters before
+     any optimiser step: alpha and lambda are the values from before this step, and a' ~ pi(.|s') in
+     the critic target comes from the actor *before* this step's actor update (`_q_loss` samples
+     `self.actor(next_observations)` before `actor_optimizer.step()`).
 The SAC building blocks (policy, temperature step, target update) come from `agents.online.sac`.
+
+Initialisation: the actor is the offline CQL actor (its options come from the offline agent's
+config, `experiments.phases.ACTOR_FIELDS`, so it was initialised by the offline algorithm's scheme;
+this module's actor init only matters for a fresh actor, without `actor_params`). The critic is new
+here and follows the official
+`finetune/O2SAC.py` (`CriticFunction` -> `net.py` `MLP`): `critic_init="ocr_cft"`, every layer
+orthogonal with gain 1.0, the output layer included, biases 0.
 """
 from __future__ import annotations
 
@@ -41,10 +54,12 @@ class Config:
   hidden_dims: Sequence[int] = (256, 256, 256)      # actor (must match the offline CQL actor)
   critic_hidden_dims: Sequence[int] = (256, 256, 256)
   critic_layer_norm: bool = True
+  critic_init: str = "ocr_cft"                      # networks.INIT_SCHEMES (official net.py MLP)
   log_std_min: float = -20.0
   log_std_max: float = 2.0
   learnable_log_std_scale: bool = True
-  orthogonal_init: bool = True
+  orthogonal_init: bool = True                      # actor only (the offline CQL actor's)
+  actor_init: Optional[str] = "tanh_gaussian_policy"  # actor only (the offline CQL actor's)
   actor_lr: float = 1e-4
   critic_lr: float = 3e-4
   alpha_lr: float = 3e-4
@@ -78,10 +93,11 @@ class State:
 
 def make_networks(config: Config, act_dim: int):
   actor = networks.TanhGaussianActor(act_dim, tuple(config.hidden_dims), config.log_std_min,
-                                     config.log_std_max, orthogonal_init=config.orthogonal_init,
-                                     learnable_log_std_scale=config.learnable_log_std_scale)
+                                     config.log_std_max,
+                                     learnable_log_std_scale=config.learnable_log_std_scale,
+                                     **networks.scheme_options(config.actor_init, config.orthogonal_init))
   critic = networks.CriticEnsemble(2, tuple(config.critic_hidden_dims), layer_norm=config.critic_layer_norm,
-                                   orthogonal_init=config.orthogonal_init)
+                                   **networks.init_options(config.critic_init))
   return actor, critic
 
 
@@ -172,15 +188,17 @@ def sac_actor_loss(actor_params, state: State, observations, key, lam=0.0):
 
 
 def align_step(state: State, batch: Transition, key: PRNGKey):
-  """SAC actor step at fixed alpha (pre-update critic), then the eq. 13 critic step; targets frozen."""
+  """The SAC actor step at fixed alpha and the eq. 13 critic step, both at the step's starting
+  parameters (official `SAC.align_value`): a ~ pi_on for the critic comes from the actor before its
+  step, and the actor ascends the critic before its step. Targets stay frozen."""
   k_actor, k_critic = jax.random.split(key)
-  grads, actor_info = jax.grad(sac_actor_loss, has_aux=True)(state.actor.params, state,
-                                                              batch.observations, k_actor)
-  state = state.replace(actor=state.actor.apply_gradients(grads=grads))
-  grads, info = jax.grad(align_critic_loss, has_aux=True)(state.critic.params, state,
-                                                           batch.observations, k_critic)
+  critic_grads, info = jax.grad(align_critic_loss, has_aux=True)(state.critic.params, state,
+                                                                  batch.observations, k_critic)
+  actor_grads, actor_info = jax.grad(sac_actor_loss, has_aux=True)(state.actor.params, state,
+                                                                    batch.observations, k_actor)
   actor_info = {k: v for k, v in actor_info.items() if k in ("actor_loss", "entropy")}
-  return state.replace(critic=state.critic.apply_gradients(grads=grads)), {**info, **actor_info}
+  return state.replace(actor=state.actor.apply_gradients(grads=actor_grads),
+                       critic=state.critic.apply_gradients(grads=critic_grads)), {**info, **actor_info}
 
 
 def finish_alignment(state: State) -> State:
@@ -222,6 +240,15 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
     state = jax.lax.cond(state.step % c.utd == 0, lambda s: lambda_step(s, obs, k_lambda)[0],
                          lambda s: s, state)
 
+  # The critic target (eq. 38) at the step's starting actor, alpha and lambda: a' ~ pi(.|s') is
+  # sampled before the actor step below (official `SAC.update` builds `_q_loss` before any step).
+  next_a, next_logp = dist(state, state.actor.params, batch.next_observations).sample_and_log_prob(
+      seed=k_next)
+  next_f = next_logp - jnp.maximum(
+      dist(state, state.reference_actor_params, batch.next_observations).log_prob(next_a), LOG_REF_MIN)
+  next_v = min_target_q(state, batch.next_observations, next_a) - alpha_now * next_logp - lam * next_f
+  targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_v)
+
   # alpha and actor steps (eq. 37): the actor gradient flows through a into log pi and log pi_ref.
   grads, actor_info = jax.grad(sac_actor_loss, has_aux=True)(state.actor.params, state, obs, k_actor, lam)
   logp = actor_info.pop("log_probs")
@@ -234,13 +261,7 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
   state = state.replace(temperature=state.temperature.apply_gradients(grads=temp_grads),
                         actor=state.actor.apply_gradients(grads=grads))
 
-  # critic step (eq. 38) with the soft, KL-penalised target, at the pre-step alpha and lambda.
-  next_dist = dist(state, state.actor.params, batch.next_observations)
-  next_a, next_logp = next_dist.sample_and_log_prob(seed=k_next)
-  next_f = next_logp - jnp.maximum(
-      dist(state, state.reference_actor_params, batch.next_observations).log_prob(next_a), LOG_REF_MIN)
-  next_v = min_target_q(state, batch.next_observations, next_a) - alpha_now * next_logp - lam * next_f
-  targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_v)
+  # critic step (eq. 38) on the target built above.
   grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, batch, targets)
   critic = state.critic.apply_gradients(grads=grads)
   state = state.replace(critic=critic, step=state.step + 1,

@@ -9,13 +9,22 @@ Three phases, each a pure step over one `State` (vmap it over seeds):
        a~ = clip(pi_on(s) + clip(eps, +-c), +-1),  d = min(||a~ - a.|| / sqrt|A|, sigma)
        Q* = A / (1 + k d^2) if A >= 0 else A (1 + k d^2)                        (never above A)
        L = sum_i (Q_i(s, a~) - min(Q*, Q'_i(s, a~)))^2 + sum_i (Q_i(s, a.) - A)^2
-     with the actor trained on -Q_1(s, pi_on(s)) (first, every step) and the targets frozen;
-     `finish_alignment` then copies the aligned critics (and actor) into the targets.
+     with the actor trained on -Q_1(s, pi_on(s)) every step and the targets frozen. Both gradients
+     are taken at the step's starting parameters: a~ is built from the actor *before* its step and
+     the actor ascends the critic before its step (official `online_agent/td3.py`,
+     `TD3.align_value`: `noisy_action` is built from `self.actor(state)` under no_grad before
+     `actor_optimizer.step()`). `finish_alignment` then copies the aligned critics (and actor) into
+     the targets.
  3. `finetune_step`    constrained fine-tuning, eqs. 45-47:
        y = r + gamma (1-d) [min_i Q'_i(s', a~') - lambda P],  P = mean_{B x |A|} (pi_on(s') - pi_ref(s'))^2
        every `policy_freq` steps: the lambda step (`lagrange`, f = (pi_ref(s) - pi_on(s))^2 per action
        dimension), then the actor on -Q_1 / mean|Q_1| + lambda mean (pi_on(s) - pi_ref(s))^2, then Polyak.
 Where the released code and the paper differ, the code is followed (BUILD_NOTES.md lists each case).
+
+Initialisation: the actor is the offline TD3+BC actor (initialised by the offline algorithm's
+scheme; this module's actor init only matters for a fresh actor, without `actor_params`). The critic is
+new here and follows the official `finetune/O2TD3.py` (`CriticFunction` -> `net.py` `MLP`):
+`critic_init="ocr_cft"`, every layer orthogonal with gain 1.0, the output layer included, biases 0.
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ class Config:
   hidden_dims: Sequence[int] = (256, 256)        # actor (must match the offline actor)
   critic_hidden_dims: Sequence[int] = (256, 256)
   critic_layer_norm: bool = True
+  critic_init: str = "ocr_cft"                    # networks.INIT_SCHEMES (official net.py MLP)
   actor_lr: float = 1e-4
   critic_lr: float = 3e-4
   discount: float = 0.99
@@ -74,7 +84,8 @@ class State:
 
 def make_networks(config: Config, act_dim: int):
   return (networks.DeterministicActor(act_dim, tuple(config.hidden_dims)),
-          networks.CriticEnsemble(2, tuple(config.critic_hidden_dims), layer_norm=config.critic_layer_norm))
+          networks.CriticEnsemble(2, tuple(config.critic_hidden_dims), layer_norm=config.critic_layer_norm,
+                                  **networks.init_options(config.critic_init)))
 
 
 def init(key: PRNGKey, obs_dim: int, act_dim: int, config: Config = Config(),
@@ -159,13 +170,15 @@ def plain_actor_loss(actor_params, state: State, observations):
 
 
 def align_step(state: State, batch: Transition, key: PRNGKey):
-  """Actor step on -Q_1 (pre-update critic), then the eq. 16 critic step; targets stay frozen."""
-  grads, actor_info = jax.grad(plain_actor_loss, has_aux=True)(state.actor.params, state,
-                                                                batch.observations)
-  state = state.replace(actor=state.actor.apply_gradients(grads=grads))
-  grads, info = jax.grad(align_critic_loss, has_aux=True)(state.critic.params, state,
-                                                           batch.observations, key)
-  return state.replace(critic=state.critic.apply_gradients(grads=grads)), {**info, **actor_info}
+  """The actor step on -Q_1 and the eq. 16 critic step, both at the step's starting parameters
+  (official `TD3.align_value`): the noisy action a~ comes from the actor before its step, and the
+  actor ascends the critic before its step. Targets stay frozen."""
+  critic_grads, info = jax.grad(align_critic_loss, has_aux=True)(state.critic.params, state,
+                                                                  batch.observations, key)
+  actor_grads, actor_info = jax.grad(plain_actor_loss, has_aux=True)(state.actor.params, state,
+                                                                      batch.observations)
+  return state.replace(actor=state.actor.apply_gradients(grads=actor_grads),
+                       critic=state.critic.apply_gradients(grads=critic_grads)), {**info, **actor_info}
 
 
 def finish_alignment(state: State) -> State:

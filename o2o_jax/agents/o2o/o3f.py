@@ -21,6 +21,12 @@ Reconstructed items (reference §4, each a Config option, see BUILD_NOTES.md):
     decay it (CORL's offline cosine schedule has reached 0 by then); `start_online` swaps in a
     constant-rate optimizer.
 
+Rewards: the IQL O3F builds on normalises locomotion rewards to r * 1000 / (max - min episode
+return) of the dataset (CORL `iql.py` `modify_reward`; AntMaze: r - 1), which sets the scale its
+beta = 3 AWR temperature and expectile were tuned at. The O3F chain's 'official' pre-training preset
+(experiments.presets) applies that transform; it travels in the checkpoint metadata and is applied to
+the offline buffer and every online reward alike (experiments.phases.load_data / online_phase).
+
 The state is IQL's own (`iql.State`), with this module's Config (a subclass of `iql.Config`), so an
 IQL checkpoint with any number of critics can be fine-tuned with O3F as it is.
 """

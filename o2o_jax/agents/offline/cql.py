@@ -35,6 +35,10 @@ class Config(sac.Config):
   log_std_min: float = -20.0
   learnable_log_std_scale: bool = True
   orthogonal_init: bool = True
+  # CORL cql.py: the critics pass orthogonal_init to `init_module_weights` (orthogonal sqrt 2, head
+  # 1e-2); `TanhGaussianPolicy` calls it without the flag (PyTorch default, xavier(1e-2) head).
+  actor_init: str = "tanh_gaussian_policy"
+  critic_init: str = "corl_cql_critic"
   cql_alpha: float = 10.0
   cql_n_actions: int = 10
   cql_temperature: float = 1.0
@@ -105,20 +109,27 @@ def critic_loss(critic_params, state: sac.State, batch: Transition, targets, key
                 "target_mean": targets.mean()}
 
 
-def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
+def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None, extra_critic_loss=None):
   """One CQL step (critic with the conservative penalty, actor, temperature, alpha').
   Every gradient is taken at the step's starting parameters, as CORL's `ContinuousCQL.train` does:
   the actor and temperature losses are built before the critic step (the actor ascends the
   *pre-update* critic), and the critic's target and sampled actions come from the pre-update actor.
   `next_value_hook(batch, next_actions, next_values) -> next_values`, when given, rewrites the
   bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
+  `extra_critic_loss(critic_params, sac_state, key, alpha_prime) -> (loss, metrics)`, when given, is
+  added to the critic loss (SAMG's p-weighted offline penalty); alpha' still follows CQL's own gap.
   """
   c = state.config
   k_critic, k_actor = jax.random.split(key)
   ap = jax.lax.stop_gradient(alpha_prime(state)) if c.lagrange else 1.0
+  loss_fn = functools.partial(critic_loss, alpha_prime=ap)
+  if extra_critic_loss is not None:
+    def loss_fn(critic_params, sac_state, b, targets, k):   # noqa: F811 (the extended loss)
+      loss, info = critic_loss(critic_params, sac_state, b, targets, k, alpha_prime=ap)
+      extra, extra_info = extra_critic_loss(critic_params, sac_state, jax.random.fold_in(k, 1), ap)
+      return loss + extra, {**info, **extra_info, "critic_loss": loss + extra}
   after_actor, actor_info = sac.update_actor(state.sac, batch, k_actor)
-  s, critic_info = sac.update_critic(state.sac, batch, k_critic,
-                                     loss_fn=functools.partial(critic_loss, alpha_prime=ap),
+  s, critic_info = sac.update_critic(state.sac, batch, k_critic, loss_fn=loss_fn,
                                      next_value_hook=next_value_hook)
   s = s.replace(actor=after_actor.actor, temperature=after_actor.temperature)
   gap = critic_info.pop("cql_gap")

@@ -6,7 +6,9 @@
             (done = terminated or truncated resets the recursion; only a termination stops the
             bootstrap: a time-limit end bootstraps from V of the real final observation)
   actor:    L_pi = -E[min(r A, clip(r, 1 - eps, 1 + eps) A)] - c_H E[H(pi(.|s))],
-            r = pi(a|s) / pi_old(a|s), A normalised per minibatch
+            r = pi(a|s) / pi_old(a|s), A normalised once over the whole rollout before the epochs
+            (A - mean) / (std + 1e-5), std with Bessel's correction as torch's `Tensor.std`
+            (OCR-CFT finetune/online_agent/ppo/ppo.py, `PPO.update`, "Trick 1")
   critic:   L_V = E[(V(s) - V-target)^2]  (no value clipping)
   Adam eps 1e-5, global grad-norm clip 0.5, learning rates decayed linearly in env steps,
   `epochs` passes over the rollout in `num_minibatches` shuffled minibatches — all of it one
@@ -31,7 +33,7 @@ from o2o_jax import networks
 from o2o_jax.agents.common import TrainState, make_train_state
 from o2o_jax.types import PRNGKey
 
-ADV_EPS = 1e-5   # advantage normalisation: (A - mean) / (std + 1e-5)
+ADV_EPS = 1e-5   # advantage normalisation: (A - mean) / (std + 1e-5), over the rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,9 @@ def check_config(config: Config) -> None:
   """Raises ValueError for settings the update cannot run with (launchers turn it into O2OError)."""
   if config.rollout_length < 1 or config.num_minibatches < 1 or config.epochs < 1:
     raise ValueError("rollout_length, num_minibatches and epochs must be positive")
+  if config.rollout_length < 2:
+    raise ValueError("the rollout length must be at least 2 (its advantages are normalised by their "
+                     "standard deviation)")
   if config.rollout_length % config.num_minibatches:
     raise ValueError(f"the rollout length ({config.rollout_length}) must be a multiple of the number "
                      f"of minibatches ({config.num_minibatches})")
@@ -188,20 +193,16 @@ def compute_advantages(value: TrainState, rollout: Rollout, config: Config):
 
 
 def normalize(advantages):
-  """(A - mean) / (std + 1e-5) over every entry (a vector, or the broadcast matrix of O2PPO)."""
-  return (advantages - advantages.mean()) / (advantages.std() + ADV_EPS)
-
-
-def default_minibatch_advantages(advantages, extra):
-  del extra
-  return normalize(advantages)
+  """(A - mean) / (std + 1e-5) over every entry; the std with Bessel's correction (n - 1), as torch's
+  `Tensor.std` in the reference. `update` applies it once to the whole rollout, before the epochs."""
+  return (advantages - advantages.mean()) / (advantages.std(ddof=1) + ADV_EPS)
 
 
 # ----------------------------------------------------------------------------- losses
 
 def clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps: float):
-  """-E[min(r A, clip(r, 1-eps, 1+eps) A)]. `advantages` (B,) pairs sample i with A_i; a (B, B)
-  matrix pairs the ratio of row i with every A_ij (the released O2PPO's broadcast), averaged."""
+  """-E[min(r A, clip(r, 1-eps, 1+eps) A)]. `advantages` (B,) pairs sample i with A_i; (B, T) rows
+  pair the ratio of row i with every A_ij (the released O2PPO's broadcast), averaged."""
   ratio = jnp.exp(log_probs - old_log_probs)
   r = ratio.reshape(ratio.shape + (1,) * (advantages.ndim - ratio.ndim))
   surrogate = jnp.minimum(r * advantages, jnp.clip(r, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
@@ -229,19 +230,19 @@ def value_loss(params, value: TrainState, mb: Rollout, targets):
 # ----------------------------------------------------------------------------- update
 
 def train_epochs(actor: TrainState, value: TrainState, rollout: Rollout, advantages, targets,
-                 key: PRNGKey, config: Config,
-                 minibatch_advantages: Callable = default_minibatch_advantages, extra=None):
+                 key: PRNGKey, config: Config, minibatch_advantages: Optional[Callable] = None):
   """`config.epochs` passes of shuffled minibatches (a scan over epochs of a scan over minibatches):
-  on each, the actor step, then the critic step (the released order). `minibatch_advantages(A_mb,
-  extra_mb)` shapes the minibatch's advantages (default: normalise); `extra` is a pytree of per-sample
-  arrays (T, ...) shuffled with the rollout. Returns (actor, value, mean metrics)."""
+  on each, the actor step, then the critic step (the released order). `advantages` (T,) are the
+  per-sample advantages, already shaped over the whole rollout (normalised), and shuffled with it;
+  `minibatch_advantages(A_mb)`, if given, maps a minibatch's entries to what its surrogate pairs
+  with its ratios ((B,), or (B, T) rows: O2PPO's broadcast). Returns (actor, value, mean metrics)."""
   n, mb_size = config.rollout_length, config.minibatch_size
-  samples = (rollout, advantages, targets, extra)
+  samples = (rollout, advantages, targets)
 
   def minibatch_step(carry, mb):
     actor, value = carry
-    mb_rollout, mb_adv, mb_targets, mb_extra = mb
-    shaped = minibatch_advantages(mb_adv, mb_extra)
+    mb_rollout, mb_adv, mb_targets = mb
+    shaped = mb_adv if minibatch_advantages is None else minibatch_advantages(mb_adv)
     grads, a_info = jax.grad(actor_loss, has_aux=True)(actor.params, actor, mb_rollout, shaped, config)
     actor = actor.apply_gradients(grads=grads)
     grads, v_info = jax.grad(value_loss, has_aux=True)(value.params, value, mb_rollout, mb_targets)
@@ -259,10 +260,12 @@ def train_epochs(actor: TrainState, value: TrainState, rollout: Rollout, advanta
 
 
 def update(state: State, rollout: Rollout, key: PRNGKey):
-  """One PPO update on a rollout of `config.rollout_length` steps: GAE, then the minibatch epochs."""
+  """One PPO update on a rollout of `config.rollout_length` steps: GAE, the advantages normalised
+  over the whole rollout, then the minibatch epochs."""
   c = state.config
   advantages, targets = compute_advantages(state.value, rollout, c)
-  actor, value, info = train_epochs(state.actor, state.value, rollout, advantages, targets, key, c)
+  actor, value, info = train_epochs(state.actor, state.value, rollout, normalize(advantages), targets,
+                                    key, c)
   info["advantage_mean"] = advantages.mean()
   info["log_std"] = actor.params["params"]["log_std"].mean()
   return state.replace(actor=actor, value=value, env_steps=state.env_steps + c.rollout_length), info

@@ -40,6 +40,9 @@ class Config:
   log_std_max: float = 2.0
   learnable_log_std_scale: bool = False                 # CORL's CQL actor
   orthogonal_init: bool = False
+  # Named init schemes (networks.INIT_SCHEMES) of the actor and the critics; None: orthogonal_init's.
+  actor_init: Optional[str] = None
+  critic_init: Optional[str] = None
 
 
 @flax.struct.dataclass
@@ -54,11 +57,13 @@ class State:
 
 def make_networks(config: Config, act_dim: int):
   actor = networks.TanhGaussianActor(act_dim, tuple(config.hidden_dims), config.log_std_min,
-                                     config.log_std_max, orthogonal_init=config.orthogonal_init,
-                                     learnable_log_std_scale=config.learnable_log_std_scale)
+                                     config.log_std_max,
+                                     learnable_log_std_scale=config.learnable_log_std_scale,
+                                     **networks.scheme_options(config.actor_init, config.orthogonal_init))
   critic = networks.CriticEnsemble(config.num_critics,
                                    tuple(config.critic_hidden_dims or config.hidden_dims),
-                                   layer_norm=config.layer_norm, orthogonal_init=config.orthogonal_init)
+                                   layer_norm=config.layer_norm,
+                                   **networks.scheme_options(config.critic_init, config.orthogonal_init))
   return actor, critic
 
 
