@@ -46,7 +46,8 @@ def test_temperature_loss_pushes_alpha_toward_target_entropy():
   g_high = jax.grad(losses.temperature_loss)(0.0, jnp.array([-3.0]), -1.0)
   g_low = jax.grad(losses.temperature_loss)(0.0, jnp.array([3.0]), -1.0)
   assert g_high > 0 and g_low < 0  # gradient descent: log_alpha -= lr * g
-  assert losses.temperature_loss(jnp.log(2.0), jnp.array([1.0, 3.0]), -1.0) == pytest.approx(-2.0 * 1.0)
+  # the references' -log(alpha) form (CORL cql.py `_alpha_and_alpha_loss`): -log 2 * mean([0, 2])
+  assert losses.temperature_loss(jnp.log(2.0), jnp.array([1.0, 3.0]), -1.0) == pytest.approx(-np.log(2.0))
 
 
 def test_smoothed_target_action_clips_noise_and_action():
