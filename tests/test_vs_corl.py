@@ -69,3 +69,6 @@ def test_summary_compares_final_scores_with_the_tolerance(tmp_path):
   assert s["corl_final"][:3] == pytest.approx((52.0, np.sqrt(8.0), 2))
   assert s["ours_final"][:3] == pytest.approx((42.0, 2.0, 3))
   assert s["diff"] == pytest.approx(-10.0) and s["tolerance"] == pytest.approx(5.0) and not s["within"]
+  # last-3 means over the two evaluations there are: CORL 30, 32 -> 31; ours 20.5, 22, 23.5 -> 22
+  assert s["corl_tail"][0] == pytest.approx(31.0) and s["ours_tail"][0] == pytest.approx(22.0)
+  assert not s["tail_within"]
