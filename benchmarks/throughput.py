@@ -62,6 +62,10 @@ class Settings:
   utd: int = 1                          # O2SAC's lambda-step period and the online loop's UTD
   dataset: str = "o2o/hopper/medium-v0"  # only picks the presets; the data are synthetic
   dataset_size: int = 100_000           # synthetic offline transitions
+  # True: the offline algorithms and the OCR-CFT agents keep their own network sizes (CQL 3x256, the
+  # O2SAC critic 3x256 with LayerNorm, ...), as the paper pipeline runs them (phases.BUDGETS["paper"]);
+  # `hidden` then applies to the other rows only.
+  own_dims: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +107,8 @@ def offline_config(name: str, s: Settings):
   from experiments import presets
   from o2o_jax.agents import registry
   agent = registry.get(name, registry.OFFLINE)
-  config = agent.Config(hidden_dims=_dims(s), **presets.offline_preset(name, s.dataset)["config"])
+  dims = {} if s.own_dims else {"hidden_dims": _dims(s)}
+  config = agent.Config(**dims, **presets.offline_preset(name, s.dataset)["config"])
   return agent, (dc.replace(config, max_steps=s.dataset_size)
                  if "max_steps" in {f.name for f in dc.fields(config)} else config)
 
@@ -187,7 +192,8 @@ def ocr(phase: str):
     from o2o_jax.agents import registry
     agent = registry.get(name, registry.O2O)
     source, source_config = offline_config(phases.SOURCE_ALGO[name], s)
-    config = phases.make_o2o_config(name, source_config, s.dataset, _dims(s), constrain=True)
+    config = phases.make_o2o_config(name, source_config, s.dataset, None if s.own_dims else _dims(s),
+                                    constrain=True)
 
     def reevaluate_init(key, obs_dim, act_dim, c):   # phases.offline_actor_params + phases.reevaluate
       k_source, k = jax.random.split(key)
@@ -604,27 +610,29 @@ def take_index_range(tree, n):
   return jax.tree_util.tree_map(lambda x: x[:n], tree)
 
 
-def measure_online(spec: Spec, states, data, s: Settings, steps: int):
-  """env-steps/s of `loops.run_online` (1 seed, UTD `s.utd`) with the phase's replay mixing; the
-  clock runs from step 200 (updates compiled and under way) to the last step, before the final
-  evaluation."""
+def measure_online(spec: Spec, states, data, s: Settings, steps: int, num_seeds: int = 1,
+                   warmup: int = 200):
+  """env-steps/s of `loops.run_online` (`num_seeds` seeds, the first of `states`, UTD `s.utd`) with
+  the phase's replay mixing; the clock runs from step `warmup` (random actions for the first half,
+  then updates, compiled and under way) to the last step, before the final evaluation."""
   from o2o_jax import envs, loops
   replay = dict(spec.online)
   offline = data if replay.get("offline_fraction", 0) > 0 or replay.get("offline_union") else None
-  config = loops.OnlineConfig(total_steps=steps + 200, start_steps=100, eval_every=10 ** 9,
+  config = loops.OnlineConfig(total_steps=steps + warmup, start_steps=max(1, warmup // 2),
+                              eval_every=10 ** 9,
                               eval_episodes=1, buffer_size=10_000, utd=s.utd,
                               batch_size=s.batch_size, **replay)
   marks = {}
 
   def on_step(t, *_):
-    if t in (200, steps + 200):
+    if t in (warmup, steps + warmup):
       marks[t] = time.perf_counter()
 
   loops.run_online(loops.Learner(spec.update, spec.act), states, make_env=lambda: envs.make_env(ENV_ID),
-                   num_seeds=1, seed=0, config=config, offline=offline,
+                   num_seeds=num_seeds, seed=0, config=config, offline=offline,
                    callbacks=loops.OnlineCallbacks(on_step=on_step), progress=False)
-  return {"env_steps_per_s": steps / (marks[steps + 200] - marks[200]), "utd": s.utd,
-          "replay": replay}
+  return {"env_steps_per_s": steps / (marks[steps + warmup] - marks[warmup]), "utd": s.utd,
+          "replay": replay, "seeds": num_seeds}
 
 
 # ----------------------------------------------------------------------------- report

@@ -11,6 +11,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from o2o_jax.errors import O2OError
+
 from o2o_jax.types import Transition, empty_transitions
 
 
@@ -68,7 +70,10 @@ def gather(data: Transition, indices: jax.Array) -> Transition:
 
 
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:
-  """Uniform sample with replacement from the filled rows."""
+  """Uniform sample with replacement from the filled rows. An empty buffer is an error when its size
+  is known on the host (eager calls); inside `jit` the loops only sample after inserting."""
+  if not isinstance(buffer.size, jax.core.Tracer) and int(jnp.min(buffer.size)) == 0:
+    raise O2OError("cannot sample from an empty replay buffer: insert transitions first")
   indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
   return gather(buffer.data, indices)
 
