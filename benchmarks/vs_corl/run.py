@@ -95,7 +95,7 @@ def run_corl(algo: str, dataset_id: str, seed: int, out: Path, speed: bool = Fal
          "--config_path", str(corl_config(corl_dir, algo, dataset_id)),
          "--env", f"{presets.d4rl_name(dataset_id)}-v2", "--device", "cpu",
          "--max_timesteps", str(steps), "--eval_freq", str(eval_every),
-         "--n_episodes", str(FLAGS.eval_episodes), "--seed", str(seed), "--checkpoints_path", "None"]
+         "--n_episodes", str(FLAGS.eval_episodes), "--seed", str(seed)]   # checkpoints_path defaults to None (no saving)
   t0 = time.time()
   with open(log.with_suffix(".stdout"), "w") as f:
     rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=out).returncode
