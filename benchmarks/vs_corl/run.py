@@ -29,28 +29,33 @@ from pathlib import Path
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("corl_dir", None, "A checkout of corl-team/CORL (never downloaded by this script).")
-flags.DEFINE_string("corl_python", "python", "Interpreter with CORL's requirements (torch, pyrallis, "
-                    "minari, gymnasium[mujoco]); usually a separate virtual environment.")
-flags.DEFINE_list("datasets", ["o2o/hopper/medium-v0", "o2o/walker2d/medium-v0"], "Minari dataset ids.")
-flags.DEFINE_list("algos", ["td3bc", "iql"], "Algorithms: td3bc, iql, cql.")
-flags.DEFINE_integer("seeds", 3, "Seeds of each implementation (CORL's run one after the other).")
-flags.DEFINE_integer("steps", 50_000, "Gradient updates per run.")
-flags.DEFINE_integer("eval_every", 5_000, "Updates between evaluations.")
-flags.DEFINE_integer("eval_episodes", 10, "Evaluation episodes.")
-flags.DEFINE_list("corl_seeds_for", [], "algo=N pairs that override --seeds for CORL (e.g. cql=1: its "
-                  "PyTorch run is slow).")
-flags.DEFINE_list("speed_seeds", ["1", "5"], "Seed counts of our update-rate measurement.")
-flags.DEFINE_float("speed_seconds", 20.0, "Seconds each of our update-rate measurements runs.")
-flags.DEFINE_integer("speed_steps", 3000, "Updates of CORL's update-rate run (no evaluation).")
-flags.DEFINE_integer("score_threads", 1, "Torch threads of CORL's score runs (OMP_NUM_THREADS): several "
-                     "runs share the machine, and oversubscribed OpenMP threads spin. The update-rate "
-                     "run uses torch's default (all cores), like ours.")
-flags.DEFINE_list("parts", ["scores", "speed"], "What to run: scores, speed.")
-flags.DEFINE_list("sides", ["corl", "ours"], "Whose score runs to run now (the other side's finished "
-                  "runs are still reported).")
-flags.DEFINE_string("out", "benchmarks/results/vs_corl", "Results folder.")
-flags.mark_flag_as_required("corl_dir")
+
+
+def define_flags():
+  """Defined only when run as a script, so importing this module (tests) leaves absl's global
+  flags free for the launchers."""
+  flags.DEFINE_string("corl_dir", None, "A checkout of corl-team/CORL (never downloaded by this script).")
+  flags.DEFINE_string("corl_python", "python", "Interpreter with CORL's requirements (torch, pyrallis, "
+                      "minari, gymnasium[mujoco]); usually a separate virtual environment.")
+  flags.DEFINE_list("datasets", ["o2o/hopper/medium-v0", "o2o/walker2d/medium-v0"], "Minari dataset ids.")
+  flags.DEFINE_list("algos", ["td3bc", "iql"], "Algorithms: td3bc, iql, cql.")
+  flags.DEFINE_integer("seeds", 3, "Seeds of each implementation (CORL's run one after the other).")
+  flags.DEFINE_integer("steps", 50_000, "Gradient updates per run.")
+  flags.DEFINE_integer("eval_every", 5_000, "Updates between evaluations.")
+  flags.DEFINE_integer("eval_episodes", 10, "Evaluation episodes.")
+  flags.DEFINE_list("corl_seeds_for", [], "algo=N pairs that override --seeds for CORL (e.g. cql=1: its "
+                    "PyTorch run is slow).")
+  flags.DEFINE_list("speed_seeds", ["1", "5"], "Seed counts of our update-rate measurement.")
+  flags.DEFINE_float("speed_seconds", 20.0, "Seconds each of our update-rate measurements runs.")
+  flags.DEFINE_integer("speed_steps", 3000, "Updates of CORL's update-rate run (no evaluation).")
+  flags.DEFINE_integer("score_threads", 1, "Torch threads of CORL's score runs (OMP_NUM_THREADS): several "
+                       "runs share the machine, and oversubscribed OpenMP threads spin. The update-rate "
+                       "run uses torch's default (all cores), like ours.")
+  flags.DEFINE_list("parts", ["scores", "speed"], "What to run: scores, speed.")
+  flags.DEFINE_list("sides", ["corl", "ours"], "Whose score runs to run now (the other side's finished "
+                    "runs are still reported).")
+  flags.DEFINE_string("out", "benchmarks/results/vs_corl", "Results folder.")
+  flags.mark_flag_as_required("corl_dir")
 
 CORL_SCRIPT = {"td3bc": "td3_bc", "iql": "iql", "cql": "cql"}
 # Our networks at CORL's sizes: TD3+BC and IQL 2x256, CQL 3x256 (`q_n_hidden_layers: 3`).
@@ -214,4 +219,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
