@@ -4,6 +4,9 @@
 # return (hopper 2600, halfcheetah 9708, walker2d 3700; confirmed on 50 episodes), or at 1M steps.
 # Resumable: rerunning this script continues every unfinished run from its latest snapshot
 # (runs/behaviour/<env>/progress); a finished env (meta.json present) only (re)generates its levels.
+# Across sessions (runs/ is not kept): every snapshot also writes a few-MB carry-over to
+# benchmarks/results/expert_policies/carry/<env> (SAC state + optimisers, returns so far, medium's
+# candidate actors); commit it, and a rerun on a fresh checkout continues from it (fresh buffer).
 # Single-threaded XLA per process and nice 19: three runs share the 2-core machine with other work.
 #   bash benchmarks/expert_policies.sh [env ...]      (default: hopper halfcheetah walker2d)
 set -u
@@ -16,7 +19,7 @@ for env in $envs; do
   if [ -f "runs/behaviour/$env/meta.json" ]; then
     args=(--from_policies)
   else
-    args=(--sac_steps=1000000 --eval_every=10000 --checkpoint_every=20000)
+    args=(--sac_steps=1000000 --eval_every=10000 --checkpoint_every=20000 --carry_dir="$out/carry")
   fi
   nohup nice -n 19 python -m experiments.make_dataset --env="$env" --policy_dir=runs/behaviour \
     --out=runs/datasets_expert --progress=false "${args[@]}" >> "$out/$env.log" 2>&1 &

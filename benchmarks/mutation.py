@@ -576,7 +576,8 @@ def write_report(out: Path, results: List[dict], meta: dict) -> None:
            f"deselected: `-k \"{DESELECT}\"`).", ""]
   if meta.get("previous_run"):
     p = meta["previous_run"]
-    lines += [f"Merged with the run of {p['started']} to {p['finished']} ({p['elapsed_min']:.1f} min): "
+    lines += [f"Merged with the run of {p['started']} to {p['finished']} ({p['elapsed_min']:.1f} min; "
+              f"{p['elapsed_min'] + meta.get('elapsed_min', 0):.1f} min in all): "
               f"{len(meta['rerun'])} mutant(s) run again here after new tests "
               f"({', '.join('`%s`' % x for x in meta['rerun'])}), the others carried over.", ""]
   if meta.get("baseline_failures"):

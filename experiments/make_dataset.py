@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,12 @@ flags.DEFINE_float("target_return", None, "Stop the SAC behaviour run at the fir
                    "confirmation); that checkpoint becomes the expert. Default: >= 80% of D4RL's "
                    "expert reference return (hopper 2600, halfcheetah 9708, walker2d 3700); 0 "
                    "trains all --sac_steps.")
+flags.DEFINE_string("carry_dir", None, "Also write a small carry-over of the SAC run (its state, "
+                    "optimisers and medium's candidate actors; a few MB, no replay buffer) to "
+                    "<carry_dir>/<env> at every snapshot, and continue from it when the local "
+                    "snapshots are gone (a new machine or session): commit that folder to carry a "
+                    "long behaviour run across sessions. The continued run refills a fresh buffer "
+                    "with its policy before updating again.")
 flags.DEFINE_integer("ref_episodes", 100, "Episodes for the reference (random/expert) scores.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 common.define_checkpoint_flag()
@@ -80,16 +87,22 @@ def main(argv):
       target = (generate.default_target_return(env_name) if FLAGS.target_return is None
                 else FLAGS.target_return or None)
       policy_dir.mkdir(parents=True, exist_ok=True)
+      carry_dir = Path(FLAGS.carry_dir) / env_name if FLAGS.carry_dir else None
+      if carry_dir is not None and (carry_dir / "metrics.csv").exists() and not (
+          policy_dir / "metrics.csv").exists():   # a new session: the curve so far comes along
+        shutil.copy(carry_dir / "metrics.csv", policy_dir / "metrics.csv")
       writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)   # truncated on resume
       snapshots = resume.Snapshots(policy_dir / "progress", FLAGS.checkpoint_every)
       policies = generate.train_behaviour_policy(
           env_name, FLAGS.sac_steps, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
           hidden_dims=[int(h) for h in FLAGS.hidden_dims], start_steps=FLAGS.start_steps,
           metrics_writer=writer, progress=FLAGS.progress, snapshots=snapshots,
-          target_return=target)
+          target_return=target, carry_dir=carry_dir)
       writer.close()
       policies.save(policy_dir)
       snapshots.discard()     # only once the policies (and the replay record) are on disk
+      for segment in policy_dir.glob("progress_from_*"):   # snapshots of runs continued from a carry
+        shutil.rmtree(segment, ignore_errors=True)
       log_lib.plot_curves(policy_dir / "metrics.csv", policy_dir / "curves.png",
                           ["eval/return", "eval/stochastic_return"], title=f"SAC on {policies.env_id}")
       print(f"[{env_name}] SAC behaviour policy: {policies.steps_trained} steps in {time.time() - t0:.0f}s; "

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -47,6 +48,10 @@ _LEVEL_SEED_BASE = {"random": 1_000_000, "medium": 2_000_000, "expert": 3_000_00
 D4RL_EXPERT_RETURNS = {"hopper": 3234.3, "halfcheetah": 12135.0, "walker2d": 4592.3, "ant": 3879.7}
 EXPERT_TARGET_FRACTION = 0.8
 CONFIRM_EPISODES = 50
+# A behaviour run carried across sessions keeps the actors up to the first checkpoint whose return
+# reaches this fraction of the target (medium's candidates), see `save_carry`.
+CARRY_KEEP_FRACTION = 0.5
+CARRY_REFILL_STEPS = 10_000
 
 
 # Issue #22's stated targets; the default is the larger of these and 80% of D4RL's return.
@@ -85,16 +90,30 @@ class BehaviourPolicies:
   target_return: Optional[float] = None   # the run stopped at the first checkpoint that reached it
   confirm_return: Optional[float] = None  # that checkpoint's CONFIRM_EPISODES-episode return
   steps_trained: Optional[int] = None     # env steps actually run (< sac_steps if the target stopped it)
+  continued_from: Optional[int] = None    # the last session's carry this run continued from, if any
 
   @property
   def expert_step(self) -> int:
     return self.steps[-1]
 
   @property
+  def medium_candidates(self) -> List[int]:
+    """Checkpoints medium may be chosen from: with a target return, those up to the first one that
+    reached half the target (a run carried across sessions keeps only these actors, see
+    `save_carry`; medium's 1/3 of the expert's return lies below that point); else all."""
+    if self.target_return is None:
+      return list(self.steps)
+    first = next((s for s, r in zip(self.steps, self.returns)
+                  if r >= CARRY_KEEP_FRACTION * self.target_return), None)
+    return [s for s in self.steps if first is None or s <= first]
+
+  @property
   def medium_step(self) -> int:
-    """The checkpoint whose return is closest to 1/3 of the final (expert) policy's return."""
+    """The checkpoint (of `medium_candidates`) whose return is closest to 1/3 of the final (expert)
+    policy's return."""
     target = self.returns[-1] / 3.0
-    return self.steps[int(np.argmin([abs(r - target) for r in self.returns]))]
+    candidates = self.medium_candidates
+    return candidates[int(np.argmin([abs(self.return_at(s) - target) for s in candidates]))]
 
   def return_at(self, step: int) -> float:
     return self.returns[self.steps.index(step)]
@@ -166,11 +185,52 @@ def evaluate_policy(make_env, policy_fn, episodes: int, seed: int = 0) -> np.nda
     ev.close()
 
 
+def save_carry(directory: str | os.PathLike, policies: "BehaviourPolicies", states, step: int,
+               lineage_start: int, eval_key, run: dict, metrics_csv: Optional[Path] = None) -> None:
+  """A compact, committable carry-over of a behaviour run at `step` (a few MB): the SAC state with its
+  optimisers, the evaluation key, every checkpoint's return, and the actors medium may be chosen
+  from (`medium_candidates`). The replay buffer and the transition record are not carried (hundreds
+  of MB): a run continued from a carry refills a fresh buffer with its current policy
+  (CARRY_REFILL_STEPS) before updating again, and medium-replay is re-collected from the checkpoint
+  sequence. Written to a sibling folder, then swapped in, so a crash never leaves half a carry."""
+  from flax import serialization
+  d = Path(directory)
+  tmp, old = d.with_name(d.name + ".tmp"), d.with_name(d.name + ".old")
+  shutil.rmtree(tmp, ignore_errors=True)
+  carried = dataclasses.replace(policies, replay=None)
+  carried.save(tmp, keep=carried.medium_candidates)
+  (tmp / "agent.msgpack").write_bytes(serialization.to_bytes(jax.device_get(states)))
+  (tmp / "carry.json").write_text(json.dumps(
+      {"step": step, "lineage_start": lineage_start, "run": run,
+       "eval_key": np.asarray(eval_key).tolist()}, indent=1))
+  if metrics_csv is not None and Path(metrics_csv).exists():
+    shutil.copy(metrics_csv, tmp / "metrics.csv")
+  shutil.rmtree(old, ignore_errors=True)
+  if d.exists():
+    d.rename(old)
+  tmp.rename(d)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def load_carry(directory: str | os.PathLike, states_template):
+  """(policies, states, carry dict) of a carry written by `save_carry`, or None if there is none."""
+  from flax import serialization
+  d = Path(directory)
+  if not (d / "carry.json").exists():
+    return None
+  carry = json.loads((d / "carry.json").read_text())
+  policies = BehaviourPolicies.load(d)
+  states = serialization.from_bytes(jax.device_get(states_template),
+                                    (d / "agent.msgpack").read_bytes())
+  return policies, states, carry
+
+
 def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_every: int = 10_000,
                            eval_episodes: int = 10, hidden_dims=(256, 256), start_steps: int = 5_000,
                            metrics_writer=None, progress: bool = True,
                            snapshots: Optional[resume.Snapshots] = None,
                            target_return: Optional[float] = None,
+                           carry_dir: Optional[str | os.PathLike] = None,
                            log=print) -> BehaviourPolicies:
   """One SAC run (UTD 1); keeps every checkpoint's actor, its stochastic return and all transitions.
 
@@ -181,7 +241,11 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
   With `snapshots`, the run is resumable like `loops.run_online`: each snapshot also holds the
   transition record so far, the actor checkpoints, their returns and the evaluation key, so a
   rerun continues the same run exactly. The training env's episode is cut at each snapshot step
-  (recorded as a truncation). The caller discards the snapshots once the policies are saved."""
+  (recorded as a truncation). The caller discards the snapshots once the policies are saved.
+
+  With `carry_dir` (and `snapshots`), each snapshot also writes a small carry-over there
+  (`save_carry`) that can be committed: a later session without the snapshots continues the run
+  from it, with a fresh buffer and no transition record (so medium-replay is re-collected)."""
   env_id = envs_lib.resolve_env_id(env_name)
   make_env = lambda: envs_lib.make_env(env_id)
   probe = make_env()
@@ -190,19 +254,40 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
   config = sac.Config(hidden_dims=tuple(hidden_dims))
   states = loops.init_states(sac, jax.random.split(jax.random.PRNGKey(seed), 1), obs_dim, act_dim,
                              config)
-  record = {"observations": np.zeros((sac_steps, obs_dim), np.float32),
-            "actions": np.zeros((sac_steps, act_dim), np.float32),
-            "rewards": np.zeros(sac_steps, np.float32),
-            "next_observations": np.zeros((sac_steps, obs_dim), np.float32),
-            "terminations": np.zeros(sac_steps, bool), "truncations": np.zeros(sac_steps, bool)}
-  policies = BehaviourPolicies(env_name, env_id, tuple(hidden_dims), obs_dim, act_dim, [], [], {},
-                               seed=seed, sac_steps=sac_steps, start_steps=start_steps,
-                               eval_every=eval_every, replay=record, target_return=target_return)
-  stochastic = _stochastic_policy(policies.hidden_dims, act_dim)
-  key_holder = [jax.random.PRNGKey(seed + 17)]
   run = {"env_id": env_id, "seed": seed, "sac_steps": sac_steps, "start_steps": start_steps,
          "eval_every": eval_every, "eval_episodes": eval_episodes, "hidden_dims": list(hidden_dims),
          "target_return": target_return}
+  policies = BehaviourPolicies(env_name, env_id, tuple(hidden_dims), obs_dim, act_dim, [], [], {},
+                               seed=seed, sac_steps=sac_steps, start_steps=start_steps,
+                               eval_every=eval_every, target_return=target_return)
+  key_holder = [jax.random.PRNGKey(seed + 17)]
+  first_step = 0               # > 0: this process continues the run from a carry at that step
+  carried = load_carry(carry_dir, states) if carry_dir is not None else None
+  if carried is not None:
+    carried_policies, carried_states, carry = carried
+    if carry["run"] != run:
+      raise O2OError(f"the carry in {carry_dir} belongs to another behaviour run ({carry['run']}, "
+                     f"this one is {run}): rerun with the same flags, or delete that folder")
+    lineage = carry["lineage_start"]
+    local = _lineage_snapshots(snapshots, lineage)
+    if local is not None and (local.latest_step() or 0) >= carry["step"]:
+      first_step, snapshots = lineage, local   # this session's own snapshots: resume exactly
+    else:
+      first_step, snapshots = carry["step"], _lineage_snapshots(snapshots, carry["step"])
+      log(f"[behaviour] continuing from the carry in {carry_dir} at step {first_step} with a fresh "
+          f"buffer ({CARRY_REFILL_STEPS} policy steps refill it before updates resume)")
+    states = carried_states
+    policies.steps[:], policies.returns[:] = carried_policies.steps, carried_policies.returns
+    policies.params.update(carried_policies.params)
+    key_holder[0] = jnp.asarray(carry["eval_key"], jnp.uint32)
+  run["continued_from"] = first_step
+  rows = sac_steps if first_step == 0 else 0   # a continued run keeps no transition record
+  record = {"observations": np.zeros((rows, obs_dim), np.float32),
+            "actions": np.zeros((rows, act_dim), np.float32),
+            "rewards": np.zeros(rows, np.float32),
+            "next_observations": np.zeros((rows, obs_dim), np.float32),
+            "terminations": np.zeros(rows, bool), "truncations": np.zeros(rows, bool)}
+  stochastic = _stochastic_policy(policies.hidden_dims, act_dim)
   # Every evaluation step, in order: the snapshot holds one actor slot per step (zeros until then).
   eval_steps = [t for t in range(1, sac_steps + 1) if t % eval_every == 0 or t == sac_steps]
   no_params = jax.tree_util.tree_map(lambda x: np.zeros(x.shape[1:], x.dtype),
@@ -212,7 +297,8 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
     actors = [policies.params.get(t, no_params) for t in eval_steps]
     tree = {"record": record, "eval_key": key_holder[0],
             "actors": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *actors)}
-    return tree, {"run": run, "steps": policies.steps, "returns": policies.returns}
+    return tree, {"run": run, "steps": policies.steps, "returns": policies.returns,
+                  "param_steps": sorted(policies.params)}
 
   def set_state(tree, meta):
     if meta["run"] != run:
@@ -223,15 +309,18 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
       record[k][:] = np.asarray(v)
     key_holder[0] = tree["eval_key"]
     policies.steps[:], policies.returns[:] = list(meta["steps"]), list(meta["returns"])
-    for t in policies.steps:
+    policies.params.clear()
+    for t in meta.get("param_steps", policies.steps):
       j = eval_steps.index(t)
       policies.params[t] = jax.tree_util.tree_map(lambda x: np.array(x[j]), tree["actors"])
 
   def on_restart(t):   # the env's episode is cut at a snapshot: a time-limit-like boundary
-    if not record["terminations"][t - 1]:
+    if rows and not record["terminations"][t - 1]:
       record["truncations"][t - 1] = True
 
   def on_step(t, tr: Transition, truncated):
+    if not rows:
+      return
     i = t - 1
     record["observations"][i], record["actions"][i] = tr.observations[0], tr.actions[0]
     record["rewards"][i], record["next_observations"][i] = tr.rewards[0], tr.next_observations[0]
@@ -259,24 +348,42 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
     if metrics_writer is not None:
       metrics_writer.write(t, row)
 
-  loops.run_online(sac, states, make_env=make_env, num_seeds=1, seed=seed,
-                   config=loops.OnlineConfig(total_steps=sac_steps, start_steps=start_steps,
+  def on_save(t, states_):
+    if carry_dir is not None:
+      save_carry(carry_dir, policies, states_, t, first_step, key_holder[0],
+                 {k: v for k, v in run.items() if k != "continued_from"},
+                 None if metrics_writer is None else metrics_writer.csv_path)
+
+  # A continued run refills its fresh buffer with the current policy (not uniform actions).
+  warmup = start_steps if first_step == 0 else first_step + max(start_steps, CARRY_REFILL_STEPS)
+  loops.run_online(sac, states, make_env=make_env, num_seeds=1, seed=seed + first_step,
+                   config=loops.OnlineConfig(total_steps=sac_steps, start_steps=warmup,
+                                             random_warmup=first_step == 0,
                                              eval_every=eval_every, eval_episodes=eval_episodes,
-                                             buffer_size=sac_steps),
+                                             buffer_size=sac_steps - first_step),
                    metrics_writer=metrics_writer,
                    callbacks=loops.OnlineCallbacks(
                        on_step=on_step, on_eval=on_eval, get_state=get_state, set_state=set_state,
-                       on_restart=on_restart,
+                       on_restart=on_restart, on_save=on_save,
                        should_stop=lambda t: policies.confirm_return is not None),
                    progress=progress, desc=f"SAC behaviour policy ({env_id})",
-                   snapshots=snapshots, phase="behaviour", log=log)
+                   snapshots=snapshots, phase="behaviour", first_step=first_step, log=log)
   done = policies.steps[-1]
   policies.steps_trained = done
-  if done < sac_steps:              # stopped at the target: the record ends with that step
+  policies.continued_from = first_step or None
+  if rows:   # the record ends with the last step trained
     policies.replay = {k: v[:done] for k, v in record.items()}
     if not policies.replay["terminations"][-1]:
       policies.replay["truncations"][-1] = True
   return policies
+
+
+def _lineage_snapshots(snapshots: Optional[resume.Snapshots], first_step: int):
+  """The local snapshots of the run segment that started at `first_step` (0: the run's own)."""
+  if snapshots is None or first_step == 0:
+    return snapshots
+  return resume.Snapshots(Path(snapshots.directory).with_name(
+      f"{Path(snapshots.directory).name}_from_{first_step}"), snapshots.every)
 
 
 # ------------------------------------------------------------------------------ collection

@@ -232,6 +232,8 @@ class OnlineCallbacks:
   # (step) -> True ends the run after this step's evaluation (e.g. a behaviour run that reached its
   # target return); asked only at evaluation steps, before that step's snapshot.
   should_stop: Optional[Callable[[int], bool]] = None
+  # (step, states): called just before each snapshot is saved (e.g. to export a compact carry-over).
+  on_save: Optional[Callable[[int, Any], None]] = None
 
 
 def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
@@ -240,7 +242,7 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
                normalized_score: Optional[Callable] = None, progress: bool = True,
                desc: str = "online", prefill: Optional[Transition] = None,
                snapshots: Optional[resume.Snapshots] = None, phase: str = "online",
-               reward_scale: float = 1.0, log: Callable = print) -> tuple:
+               reward_scale: float = 1.0, first_step: int = 0, log: Callable = print) -> tuple:
   """Online training of `num_seeds` vmapped agents, one host env per seed.
 
   `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)`.
@@ -248,6 +250,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   step — leaves (N, ...) shared by all seeds or (S, N, ...) per seed; the buffer grows by N rows.
   `reward_scale`: the offline data's reward transform, applied to the env rewards before they are
   stored, so online and offline batches share one reward scale (and `prefill` must be scaled too).
+  `first_step`: the run continues a longer one from `states` at this step, with a fresh buffer (the
+  envs restart there; steps up to `config.start_steps` only fill the buffer).
   With `snapshots`, every `snapshots.every` env steps (and on SIGINT/SIGTERM, then raising
   `errors.Interrupted`) the agent states, buffers and PRNG keys are saved, and the training envs
   restart their episodes with seeds derived from the step (so env state need not be saved); a rerun
@@ -293,6 +297,9 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
     history = resume.decode_history(meta)
     if callbacks.set_state is not None:
       callbacks.set_state(payload["callbacks"], meta.get("callbacks", {}))
+    train_envs.restart(start)
+  elif first_step:
+    start = first_step
     train_envs.restart(start)
   mesh = sharding.seed_mesh(num_seeds)     # seeds split over the local devices (identity on one)
   states, buffer, keys = sharding.place_seeds((states, buffer, keys), mesh)
@@ -363,6 +370,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
         if callbacks.on_restart is not None:
           callbacks.on_restart(t)
         action = None
+        if callbacks.on_save is not None:
+          callbacks.on_save(t, states)
         session.save(t, *payload_and_meta())
       session.stop_if_requested(t, (bar.close, train_envs.close, evaluator.close))
   bar.close()

@@ -123,6 +123,61 @@ def test_behaviour_run_resumes_exactly_after_a_crash(tmp_path, crash_at):
   assert ends[19] and ends[39]
 
 
+def test_behaviour_run_continues_across_sessions_from_its_carry(tmp_path, crash_at):
+  """A behaviour run writes a small carry-over at each snapshot. Killed at step 70 (snapshot and carry
+  at 60): rerun with its snapshots, it resumes them exactly; rerun without them (a new session, only
+  the committed carry left), it continues from the carry's SAC state at 60 with a fresh buffer, the
+  checkpoints and returns before 60 carried over, and no transition record."""
+  import shutil
+  from flax import serialization
+  from o2o_jax import resume
+
+  def train(name, carry, log=print):
+    return generate.train_behaviour_policy(
+        "hopper", 90, seed=0, eval_every=30, eval_episodes=1, hidden_dims=(8, 8), start_steps=20,
+        progress=False, snapshots=resume.Snapshots(tmp_path / name / "progress", 30),
+        target_return=1e9, carry_dir=tmp_path / carry, log=log)
+
+  ref = train("reference", "carry_ref")
+  crash_at("behaviour", 70)
+  with pytest.raises(Exception, match="crashed by the fault injection"):
+    train("crashed", "carry")
+  crash_at(None)
+  carry = json.loads((tmp_path / "carry" / "carry.json").read_text())
+  assert carry["step"] == 60 and carry["lineage_start"] == 0
+  shutil.copytree(tmp_path / "carry", tmp_path / "carry_copy")
+  logs = []
+  same_session = train("crashed", "carry", log=logs.append)
+  assert logs == [f"[behaviour] resuming from the snapshot at env step 60 "
+                  f"({tmp_path / 'crashed' / 'progress'})"]
+  assert same_session.returns == ref.returns and same_session.replay is not None
+
+  logs = []
+  new_session = train("fresh_machine", "carry_copy", log=logs.append)
+  assert logs[0].startswith("[behaviour] continuing from the carry") and "step 60" in logs[0]
+  assert new_session.steps == [30, 60, 90] and new_session.returns[:2] == ref.returns[:2]
+  assert new_session.continued_from == 60 and new_session.replay is None
+  for step in (30, 60):
+    for a, b in zip(jax.tree_util.tree_leaves(new_session.params[step]),
+                    jax.tree_util.tree_leaves(ref.params[step])):
+      np.testing.assert_array_equal(a, b)
+  # The carried SAC state is the one at step 60: its actor is that checkpoint's.
+  states = serialization.msgpack_restore((tmp_path / "carry_copy" / "agent.msgpack").read_bytes())
+  actor = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], states["actor"]["params"])
+  for a, b in zip(jax.tree_util.tree_leaves(actor), jax.tree_util.tree_leaves(ref.params[60])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_medium_is_chosen_before_the_run_first_reached_half_its_target():
+  """With a target, medium's candidates end at the first checkpoint that reached half of it (the
+  actors a carried run keeps); without one, every checkpoint is a candidate."""
+  p = generate.BehaviourPolicies("hopper", "Hopper-v5", (8,), 11, 3, [1, 2, 3, 4, 5],
+                                 [100.0, 250.0, 600.0, 390.0, 1200.0], {}, target_return=1000.0)
+  assert p.medium_candidates == [1, 2, 3] and p.medium_step == 2     # 1200/3 = 400: 250 beats 600
+  p.target_return = None
+  assert p.medium_candidates == [1, 2, 3, 4, 5] and p.medium_step == 4
+
+
 def test_behaviour_run_stops_at_the_first_confirmed_target(tmp_path):
   """With a target return, the SAC run ends at the first checkpoint whose evaluation and 50-episode
   confirmation both reach it: that checkpoint is the final (expert) policy, the transition record

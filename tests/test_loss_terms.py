@@ -25,7 +25,7 @@ import scipy.optimize
 
 from o2o_jax import networks
 from o2o_jax.agents.common import TrainState, make_train_state, strong_types
-from o2o_jax.agents.o2o import o2sac, o2td3
+from o2o_jax.agents.o2o import aca, o2sac, o2td3
 from o2o_jax.agents.offline import awac, cql, iql, td3_bc
 from o2o_jax.agents.online import sac, td3
 from o2o_jax.types import Transition
@@ -311,6 +311,35 @@ def test_awac_target_bootstraps_from_the_clipped_policy_action():
   assert float(info["target_mean"]) == pytest.approx(expected.mean(), abs=1e-5)
 
 
+def test_aca_baseline_target_bootstraps_log_pi_plus_z_minus_the_entropy_term():
+  """ACA's offline baseline Z (SAC+ML stage, aca.py docstring §3a, the aligned critic log pi + Z):
+  L_Z = sum_j mean_i (log pi(a_i|s_i) + Z_j(s_i) - y_i)^2,
+  y = r + gamma (1-d) [log pi(a'|s') + min_j Z_j(s') - alpha log pi(a'|s')], a' ~ pi(.|s').
+  Hand case: the real tanh-Gaussian (mu(s) = b + s[:2], sigma = exp([-0.5, 0.2])) with the key's eps
+  reproduced, log pi(a|s) of the data actions by the change of variables at atanh(a), linear
+  baselines Z_j(s) = v_j . s + c_j whose minimum switches member between rows, alpha 0.5, gamma 0.9,
+  row 2 terminal."""
+  z_params = {"v": np.array([[0.4, -0.2, 0.1], [-0.3, 0.5, 0.2]]), "c": np.array([0.1, -0.2])}
+  cfg = aca.Config(hidden_dims=(8,), init_alpha=0.5, discount=GAMMA)
+  state = aca.init(KEY, OBS, ACT, cfg).replace(
+      actor=fake_ts(SAC_ACTOR, tanh_gaussian_actor),
+      baseline=fake_ts(z_params, lambda p, o: jnp.einsum("...o,no->n...", o, p["v"]) + p["c"][:, None]))
+  loss, _ = aca.baseline_loss(state.baseline.params, state, BATCH, SAC_KEY)
+  sigma = np.exp(SAC_ACTOR["log_std"])
+  eps = np.asarray(jax.random.normal(SAC_KEY, (len(R), ACT)), np.float64)
+  u_next = SAC_ACTOR["b"] + S2[:, :ACT] + sigma * eps
+  logp_next = np.sum(-0.5 * eps ** 2 - 0.5 * LOG_2PI - np.log(sigma) - np.log(1 - np.tanh(u_next) ** 2), -1)
+  u_data = np.arctanh(A_DATA)
+  z_data = (u_data - SAC_ACTOR["b"] - S[:, :ACT]) / sigma
+  logp_data = np.sum(-0.5 * z_data ** 2 - 0.5 * LOG_2PI - np.log(sigma) - np.log(1 - A_DATA ** 2), -1)
+  z_next = S2 @ z_params["v"].T + z_params["c"]
+  assert len(set(z_next.argmin(1))) == 2
+  y = R + GAMMA * MASK * (logp_next + z_next.min(1) - 0.5 * logp_next)
+  z = S @ z_params["v"].T + z_params["c"]                                  # (B, N)
+  expected = np.sum(np.mean((logp_data[:, None] + z - y[:, None]) ** 2, 0))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
 # --- IQL: a linear value V(s) = v . s + v0 ---------------------------------------------------------
 
 V_PARAMS = {"v": np.array([-1.0, 0.8, 0.4]), "v0": np.array(-0.5)}
@@ -416,7 +445,8 @@ def test_td3_actor_ascends_the_first_critic_to_its_optimum():
 
 def test_o2td3_alignment_actor_ascends_the_first_critic_to_its_optimum():
   """O2TD3's alignment actor step: -E[Q_1(s, pi_on(s))] (official `TD3.align_value`: `actor_q =
-  self.critic_1(state, self.actor(state))`, `actor_loss = -actor_q.mean()`). Same hand case as TD3's: a -> c_1."""
+  self.critic_1(state, self.actor(state))`, `actor_loss = -actor_q.mean()`). Same hand case as
+  TD3's: a -> c_1."""
   cfg = o2td3.Config(hidden_dims=(8,), critic_hidden_dims=(8,))
   state = deterministic_quadratic_state(o2td3.init(KEY, OBS, ACT, cfg), offset=0.0)
   traj = actor_trajectory(o2td3.align_step, state, 150)["a"]
@@ -730,16 +760,22 @@ def polyak_case(agent):
   if agent == "awac":
     state = with_critics(awac.init(KEY, OBS, ACT, awac.Config(hidden_dims=(8,), tau=POLYAK_TAU)), 0.1)
     return state.replace(actor=fake_ts({"b": B_TARGET}, unsquashed_point_actor)), awac.update, False
+  if agent == "aca":     # online: R_k in the critic's place, pi0 = a second tanh-Gaussian
+    state = with_critics(aca.init(KEY, OBS, ACT, aca.Config(hidden_dims=(8,), tau=POLYAK_TAU)), 0.1)
+    return (state.replace(actor=fake_ts(SAC_ACTOR, tanh_gaussian_actor),
+                          offline_actor_params=f32({"b": B_OFF, "log_std": np.array([0.1, -0.4])})),
+            aca.online_update, False)
   raise ValueError(agent)
 
 
-@pytest.mark.parametrize("agent", ["td3", "o2td3", "sac", "o2sac", "iql", "awac"])
+@pytest.mark.parametrize("agent", ["td3", "o2td3", "sac", "o2sac", "iql", "awac", "aca"])
 def test_polyak_targets_move_toward_the_updated_networks(agent):
   """theta' <- tau theta + (1 - tau) theta' with theta the networks *after* this step's update (CORL
   `soft_update(target, source, tau)`: `target_param.data.copy_((1 - tau) * target_param.data + tau *
   source_param.data)`, called after the optimiser steps; official OCR-CFT the same). Hand case: tau
   0.25, Adam lr 0.1 on the fake networks, so the online parameters move visibly in one step and the
-  pre- and post-update networks give different targets."""
+  pre- and post-update networks give different targets. ACA's online step moves its R-critic's target the
+  same way (`aca.online_update`: the Polyak update follows the critic step, d3rlpy's SAC order)."""
   state, update, has_target_actor = polyak_case(agent)
   new, _ = jax.jit(update)(state, BATCH, KEY)
   pairs = [(new.critic.params, new.target_critic_params, state.critic.params, TARGET_CRITIC)]
