@@ -363,15 +363,21 @@ def main(argv):
   if "official" in FLAGS.sides:
     prepare_checkout(Path(FLAGS.official_dir).resolve(), checkout, agent, official_env_name(dataset_id),
                      steps)
-    seeds = [run_official_seed(agent, dataset_id, s, checkout, work / "official", steps)
-             for s in range(n_official)]
-    result["official"] = {"seeds": seeds}
+    # Seeds already in the results file are kept (a later session's checkout has no work dir); the
+    # file is rewritten after each seed, so a finished seed survives the session that ran it.
+    have = {row["seed"]: row for row in result.get("official", {}).get("seeds", [])}
+    for s in range(n_official):
+      if s not in have:
+        have[s] = run_official_seed(agent, dataset_id, s, checkout, work / "official", steps)
+        result["official"] = {"seeds": [have[k] for k in sorted(have)]}
+        result_file.write_text(json.dumps(result, indent=1))
   elif (work / "official").exists():
     done = [s for s in range(n_official) if (work / "official" / f"seed{s}" / "drift.json").exists()]
     if done:
-      result["official"] = {"seeds": [collect_official_seed(agent, dataset_id, s, checkout,
-                                                             work / "official" / f"seed{s}")
-                                      for s in done]}
+      have = {row["seed"]: row for row in result.get("official", {}).get("seeds", [])}
+      have.update({s: collect_official_seed(agent, dataset_id, s, checkout, work / "official" / f"seed{s}")
+                   for s in done})
+      result["official"] = {"seeds": [have[k] for k in sorted(have)]}
   if "ours" in FLAGS.sides:
     result["ours"] = run_ours(agent, dataset_id, FLAGS.seeds, steps, work / "ours")
   elif (work / "ours" / "ours.done").exists():
