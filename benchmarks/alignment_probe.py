@@ -80,10 +80,12 @@ def main(argv):
   def step(state, key):
     k_batch, k_critic, k_probe = jax.random.split(key, 3)
     obs = observations[jax.random.randint(k_batch, (FLAGS.batch_size,), 0, observations.shape[0])]
-    if not FLAGS.freeze_actor:
-      grads, _ = jax.grad(o2td3.plain_actor_loss, has_aux=True)(state.actor.params, state, obs)
-      state = state.replace(actor=state.actor.apply_gradients(grads=grads))
+    # Both gradients at the step's starting parameters, as `o2td3.align_step` (official
+    # `TD3.align_value`): the critic's noisy action comes from the actor before its step.
     grads, info = jax.grad(critic_loss, has_aux=True)(state.critic.params, state, obs, k_critic)
+    if not FLAGS.freeze_actor:
+      actor_grads, _ = jax.grad(o2td3.plain_actor_loss, has_aux=True)(state.actor.params, state, obs)
+      state = state.replace(actor=state.actor.apply_gradients(grads=actor_grads))
     state = state.replace(critic=state.critic.apply_gradients(grads=grads))
     return state, {"align_loss": info["align_loss"], "retain_loss": info["retain_loss"],
                    "anchor_is_max": anchor_is_max(state, obs, k_probe)}

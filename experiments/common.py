@@ -2,6 +2,7 @@
 and the --budget flag."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -61,9 +62,31 @@ def enable_compilation_cache():
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run(main):
-  """absl's app.run with the project's error boundary: an O2OError prints one line and exits 2."""
+@contextlib.contextmanager
+def error_boundary():
+  """An O2OError prints one line and exits 2; an interruption exits 130 (after its snapshot)."""
+  try:
+    yield
+  except Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(130)
+  except O2OError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+def run(main, argv_filter=None):
+  """absl's app.run with the project's error boundary: an O2OError prints one line and exits 2.
+  `argv_filter(argv) -> argv` first takes out the arguments absl must not see (it rejects unknown
+  flags), e.g. experiments.finetune's `--config.<field>=<value>`."""
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  argv = sys.argv
+  if argv_filter is not None:
+    with error_boundary():
+      argv = argv_filter(argv)
 
   def wrapped(argv):
     # Our own messages are printed; library chatter (orbax, XLA backend probing) stays quiet.
@@ -74,23 +97,14 @@ def run(main):
     enable_compilation_cache()
     compile_time.install()
     t0 = time.time()
-    try:
+    with error_boundary():
       status = main(argv)
       # Every launcher's last line: how much of its wall time went to compilation.
       print(f"[{Path(sys.argv[0]).stem}] {time.time() - t0:.0f}s wall, "
             f"{compile_time.snapshot().describe()}", flush=True)
       return status
-    except Interrupted as e:
-      print(f"interrupted: {e}", file=sys.stderr)
-      sys.exit(130)
-    except O2OError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    except KeyboardInterrupt:
-      print("interrupted", file=sys.stderr)
-      sys.exit(130)
 
-  app.run(wrapped)
+  app.run(wrapped, argv=argv)
 
 
 def finetune_budget(defaults_by_budget, flag_values, positive=(),

@@ -18,21 +18,46 @@ from pathlib import Path
 from absl import flags
 
 from experiments import common, presets
+from o2o_jax import config as config_lib
+from o2o_jax.errors import O2OError
 
 FLAGS = flags.FLAGS
-# OCR-CFT off-policy agents run the phases below; every other agent has its own pipeline module
-# (experiments/pipeline_<name>.py exposing `run(FLAGS, budget_values)`), dispatched in main().
-OCR_CFT_OFF_POLICY = ("o2td3", "o2sac")
-MULTI_PROCESS_AGENTS = OCR_CFT_OFF_POLICY + ("o2ppo",)     # agents whose pipeline runs on jax.distributed
+# The OCR-CFT off-policy agents (o2td3, o2sac) run the phases below; every other agent has its own
+# pipeline module (experiments/pipeline_<name>.py exposing `run(FLAGS)`), dispatched in main().
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
 OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
 OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
 OTHER_PIPELINES.update({"o3f": "experiments.pipeline_o3f", "aca": "experiments.pipeline_aca"})
-PRESET_AGENTS = ("o2td3", "o2sac", "o3f")     # the agents whose pre-training --preset sets
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
-flags.DEFINE_enum("agent", "o2td3", list(OCR_CFT_OFF_POLICY) + list(OTHER_PIPELINES),
+
+# The shared flags (defined in this file) each agent's pipeline reads, found by reading main() with
+# phases.py and each pipeline_*.py `run(FLAGS)`; a key of a pipeline's BUDGETS that is also a flag
+# counts, since common.budget_values reads it. One given explicitly to an agent that does not read
+# it is an error (check_agent_flags), never silently ignored.
+EVERY_AGENT_FLAGS = ("agent", "dataset", "from", "seeds", "seed", "budget", "pretrain_steps",
+                     "online_steps", "eval_every", "eval_episodes", "hidden_dims", "batch_size",
+                     "out_dir", "run_name", "restart", "progress", "checkpoint_every")
+_DISTRIBUTED = ("num_processes", "process_id", "coordinator_address")   # jax.distributed pipelines
+_OCR_CFT_FLAGS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "warmup_steps",
+                  "critic_hidden", "utd", "reevaluate", "align", "constrain", "reference", "buffer",
+                  "tau_start", "tau_end") + _DISTRIBUTED
+_READS = {
+    "o2td3": _OCR_CFT_FLAGS, "o2sac": _OCR_CFT_FLAGS,
+    "o2ppo": ("offline_algo", "reevaluate_steps") + _DISTRIBUTED,     # on-policy: no warmup, no UTD
+    **{a: ("warmup_steps", "utd") for a in ("samg_cql", "samg_awac", "samg_iql")},  # base = the name
+    "o3f": ("offline_algo", "preset", "warmup_steps", "utd"),
+    "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
+}
+AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
+# What to do instead, for the flags whose absence is a known limitation rather than a design choice.
+NOT_APPLICABLE_HINTS = {
+    "num_processes": "run it in one process, or one job per seed range with different --seed; the "
+                     "pretrain and train_online launchers take it",
+    "preset": "its pipeline has its own pre-training settings, see --helpfull"}
+CONFIG_OVERRIDES = {}     # --config.<field>=<value>, taken out of argv before absl parses it (main)
+flags.DEFINE_enum("agent", "o2td3", list(AGENT_FLAGS),
                   "O2O agent: o2td3 (from TD3+BC), o2sac (from CQL), o2ppo (from IQL), ...")
 flags.DEFINE_string("dataset", "o2o/hopper/medium-v0", "Minari dataset id (default: the embedded one).")
 flags.DEFINE_string("from", None, "Run directory of an earlier phase (pretrain, reevaluate or align) "
@@ -97,16 +122,56 @@ common.define_checkpoint_flag()
 common.define_distributed_flags()
 
 
+def own_flags(agent: str) -> set:
+  """The agent-specific flags of `agent`: those its pipeline module defines, less those named for
+  another agent of the same module (--samg_cql_offline_penalty is samg_cql's alone)."""
+  module = OTHER_PIPELINES.get(agent)
+  if module is None:
+    return set()
+  siblings = [a for a, m in OTHER_PIPELINES.items() if m == module and a != agent]
+  return {f.name for f in FLAGS.get_flags_for_module(module)
+          if not any(f.name.startswith(a + "_") for a in siblings)}
+
+
+def check_agent_flags(agent: str, given) -> None:
+  """An O2OError for the first flag in `given` (names given on the command line) that `agent` does
+  not read: a shared flag missing from AGENT_FLAGS[agent], or another agent's own flag."""
+  shared = set().union(*AGENT_FLAGS.values())
+  takes, own = set(AGENT_FLAGS[agent]), own_flags(agent)
+  others = set().union(*(own_flags(a) for a in AGENT_FLAGS)) - own
+  for name in sorted(given):
+    if (name in shared and name not in takes) or name in others:
+      hint = NOT_APPLICABLE_HINTS.get(name)
+      prefixes = sorted({n.split("_")[0] + "_*" for n in own})
+      raise O2OError(f"--{name} does not apply to --agent={agent} ({hint + '; ' if hint else ''}"
+                     f"{agent} takes " + ", ".join(f"--{n}" for n in sorted(takes) + prefixes) + ")")
+
+
+def take_config_overrides(argv):
+  """common.run's argv filter: --config.<field>=<value> go to CONFIG_OVERRIDES (absl would reject
+  them as unknown flags)."""
+  raw, rest = config_lib.parse_overrides(argv)
+  CONFIG_OVERRIDES.update(raw)
+  return rest
+
+
+def check_config_overrides(agent: str, raw) -> None:
+  """Checks `raw` against the agent's Config (unknown field, wrong type: one-line O2OError). The
+  pipelines do not take them yet, so valid ones are refused too rather than silently ignored."""
+  if not raw:
+    return
+  from o2o_jax.agents import registry
+  config_lib.apply_overrides(registry.get(agent, registry.O2O).Config(), raw)
+  raise O2OError(f"{', '.join(config_lib.PREFIX + k for k in raw)}: valid for {agent}'s Config, but "
+                 f"--config. overrides are checked, not yet applied by the {agent} pipeline (issue "
+                 "#20); use its flags (--helpfull)")
+
+
 def main(argv):
   del argv
-  from o2o_jax.errors import O2OError
-  if FLAGS.num_processes > 1 and FLAGS.agent not in MULTI_PROCESS_AGENTS:
-    raise O2OError(f"--num_processes > 1 is supported for {', '.join(MULTI_PROCESS_AGENTS)} (and the "
-                   f"pretrain and train_online launchers), not yet for {FLAGS.agent}: run it in one "
-                   "process, or one job per seed range with different --seed")
-  if FLAGS["preset"].present and FLAGS.agent not in PRESET_AGENTS:
-    raise O2OError(f"--preset applies to {', '.join(PRESET_AGENTS)}, not to --agent={FLAGS.agent} "
-                   "(its pipeline has its own pre-training settings, see --helpfull)")
+  # Both checks come before any training (and before joining a multi-process run).
+  check_agent_flags(FLAGS.agent, [name for name in FLAGS if FLAGS[name].present])
+  check_config_overrides(FLAGS.agent, CONFIG_OVERRIDES)
   common.initialize_distributed(FLAGS)
   if FLAGS.agent in OTHER_PIPELINES:
     importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
@@ -179,4 +244,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, argv_filter=take_config_overrides)

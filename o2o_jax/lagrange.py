@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from o2o_jax.agents.common import TrainState, make_train_state
+from o2o_jax.train_state import TrainState, make_train_state
 
 
 def init(initial_value: float = 1.0, learning_rate: float = 5e-5) -> TrainState:

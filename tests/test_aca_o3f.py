@@ -309,8 +309,7 @@ def test_aca_zfit_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_p
 # ----------------------------------------------------------------------------- launchers
 
 TINY = ["--seeds=2", "--budget=quick", "--pretrain_steps=30", "--online_steps=40", "--warmup_steps=10",
-        "--eval_every=20", "--eval_episodes=1", "--hidden_dims=8,8", "--critic_hidden=8,8",
-        "--batch_size=16", "--progress=false"]
+        "--eval_every=20", "--eval_episodes=1", "--hidden_dims=8,8", "--batch_size=16", "--progress=false"]
 
 
 def _finetune(*args):

@@ -1,31 +1,11 @@
-"""Pieces every agent shares: the optimiser-carrying train state and the critic regression loss."""
+"""Pieces every agent shares: the optimiser-carrying train state (from `o2o_jax.train_state`) and the
+critic regression loss."""
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import optax
-from flax.training import train_state
-
 from o2o_jax import losses
-
-
-class TrainState(train_state.TrainState):
-  """flax's TrainState (params, apply_fn, tx, opt_state, step)."""
-
-
-def make_train_state(module, params, learning_rate, grad_clip: float | None = None,
-                     eps: float = 1e-8) -> TrainState:
-  tx = optax.adam(learning_rate, eps=eps)
-  if grad_clip is not None:
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-  apply_fn = None if module is None else module.apply
-  return strong_types(TrainState.create(apply_fn=apply_fn, params=params, tx=tx))
-
-
-def strong_types(tree):
-  """Replaces weakly-typed leaves (python scalars such as TrainState.step=0) by strongly-typed
-  arrays: a weak leaf turns strong after the first update, which would trigger a recompilation."""
-  return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), tree)
+# Re-exported: every agent takes the train state from here; it lives in the library layer so that
+# building blocks (lagrange) need no agent import.
+from o2o_jax.train_state import TrainState, make_train_state, strong_types  # noqa: F401
 
 
 def critic_loss(critic_params, state, batch, targets, key=None):
