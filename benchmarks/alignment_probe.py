@@ -41,6 +41,7 @@ def main(argv):
   from experiments import phases
   from o2o_jax.agents.common import TrainState
   from o2o_jax.agents.o2o import o2td3
+  from o2o_jax.data import prepared
   cfg, agent, _, states, meta = phases._restore_o2o(Path(getattr(FLAGS, "from")))
   if agent is not o2td3:
     raise SystemExit(f"--from is a {cfg['agent']} run; this probe is for o2td3")
@@ -49,8 +50,8 @@ def main(argv):
     fresh = lambda c: TrainState.create(apply_fn=c.apply_fn, params=c.params,
                                         tx=optax.adam(FLAGS.critic_lr))
     states = states.replace(config=config, critic=jax.vmap(fresh)(states.critic))
-  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
-                          meta["reward_transform"]["scale"])
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                            meta["reward_transform"]["scale"])
   observations = data.device.observations
 
   def anchor_is_max(state, obs, key):

@@ -1,7 +1,7 @@
 """Mutation score of the RL maths (issue #24): a curated list of named mutations of
-`o2o_jax/losses.py`, `o2o_jax/lagrange.py` and `o2o_jax/agents/**`, applied one at a time to a
-scratch copy of the tree (never to the working tree), each run against the fast test files of the
-module it touches. A mutant is *killed* when a test fails (or the run errors or times out), and
+`o2o_jax/losses.py`, `o2o_jax/lagrange.py`, `o2o_jax/agents/**` and `o2o_jax/data/returns.py`,
+applied one at a time to a scratch copy of the tree (never to the working tree), each run against the
+fast test files of the module it touches. A mutant is *killed* when a test fails (or the run errors or times out), and
 *survives* when every test passes.
 
   python -m benchmarks.mutation --out=benchmarks/results/mutation            # every mutant
@@ -89,6 +89,7 @@ TEST_FILES: Dict[str, List[str]] = {
     "o2o_jax/agents/o2o/o2td3.py": [L, TERMS, OCR, EQUIV],
     "o2o_jax/agents/o2o/o2sac.py": [L, TERMS, OCR, EQUIV],
     "o2o_jax/agents/o2o/o2ppo.py": [TERMS, O2PPO_T, EQUIV],
+    "o2o_jax/data/returns.py": [O2PPO_T],
     "o2o_jax/agents/o2o/aca.py": [TERMS, L, ACA_T, EQUIV],
     "o2o_jax/agents/o2o/o3f.py": [ACA_T, EQUIV],
     "o2o_jax/agents/o2o/samg.py": [TERMS, SAMG_T, EQUIV],
@@ -118,6 +119,7 @@ TD3BC, CQL, IQL, AWAC, BC = (A + "offline/td3_bc.py", A + "offline/cql.py", A + 
 O2TD3, O2SAC, O2PPO, ACA, O3F, SAMG, O2C, COMMON = (
     A + "o2o/o2td3.py", A + "o2o/o2sac.py", A + "o2o/o2ppo.py", A + "o2o/aca.py", A + "o2o/o3f.py",
     A + "o2o/samg.py", A + "o2o/common.py", A + "common.py")
+RETURNS = "o2o_jax/data/returns.py"     # O2PPO's Monte-Carlo returns (moved from o2ppo.py)
 
 MUTANTS: List[Mutant] = [
     # ---------------------------------------------------------------- losses.py
@@ -379,7 +381,7 @@ MUTANTS: List[Mutant] = [
     M("o2ppo_mix_sign", O2PPO, "ppo.normalize((advantages + beta * reference_advantage(advantages, aux)) / (1.0 + beta))",
       "ppo.normalize((advantages - beta * reference_advantage(advantages, aux)) / (1.0 + beta))", "sign",
       "eq. 18 auxiliary advantage sign"),
-    M("o2ppo_mc_no_mask", O2PPO, "g = r + discount * (1.0 - end) * g_next", "g = r + discount * g_next", "mask",
+    M("o2ppo_mc_no_mask", RETURNS, "g = r + discount * (1.0 - end) * g_next", "g = r + discount * g_next", "mask",
       "MC returns across episode ends"),
     M("o2ppo_beta_no_floor", O2PPO, "jnp.maximum(1.0 - env_steps / beta_steps, 0.0)", "(1.0 - env_steps / beta_steps)",
       "other", "beta goes negative"),

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from o2o_jax import compile_time, distributed, envs, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
-from o2o_jax.data import load_dataset
+from o2o_jax.data import load_dataset, prepared
 from o2o_jax.errors import O2OError
 from o2o_jax.types import Transition, seed_keys
 
@@ -72,97 +72,7 @@ def pretrain_steps(budget: str, algo: str, given: Optional[int] = None) -> int:
   return BUDGETS[budget]["pretrain_steps"]
 
 
-# ----------------------------------------------------------------------------- data and restore
-
-@dataclasses.dataclass
-class Data:
-  dataset: Any
-  env_id: str
-  make_env: Callable
-  obs_mean: np.ndarray
-  obs_std: np.ndarray
-  reward_scale: float
-  device: Transition           # normalised observations, rewards r * scale + shift, on the device once
-  reward_shift: float = 0.0
-
-  def normalized_score(self, returns):
-    return self.dataset.normalized_score(returns)
-
-  def without_shift(self) -> "Data":
-    """The same data with rewards r * scale only (what the online phase's buffers hold; the shift is
-    added to every batch inside the update, `shift_rewards`). Shares every other array."""
-    if not self.reward_shift:
-      return self
-    rewards = jnp.asarray(self.dataset.transitions.rewards * self.reward_scale)
-    return dataclasses.replace(self, device=self.device.replace(rewards=rewards), reward_shift=0.0)
-
-
-def shift_rewards(update: Callable, shift: float) -> Callable:
-  """`update(state, batch, key, ...)` with `shift` added to the batch's rewards (the additive part of
-  the reward transform, e.g. AntMaze's 10r - 5 or r - 1), for buffers holding r * scale."""
-  if not shift:
-    return update
-
-  def shifted(state, batch, key, *args, **kwargs):
-    return update(state, batch.replace(rewards=batch.rewards + jnp.float32(shift)), key, *args, **kwargs)
-  return shifted
-
-
-def reward_transform(meta: Dict[str, Any]) -> Tuple[float, float]:
-  """(scale, shift) of a checkpoint's reward transform (older checkpoints: no shift)."""
-  t = meta["reward_transform"]
-  return float(t["scale"]), float(t.get("shift", 0.0))
-
-
-def load_data(dataset_id: str, obs_mean=None, obs_std=None, reward_scale: float = 1.0,
-              normalize_states: bool = True, batch_size: int = 256,
-              reward_shift: float = 0.0) -> Data:
-  dataset = load_dataset(dataset_id)
-  if batch_size > dataset.size:
-    raise O2OError(f"--batch_size ({batch_size}) is larger than the dataset ({dataset.size} transitions)")
-  env_id = envs.dataset_env_id(dataset)
-  make_env = lambda: envs.make_env(env_id, dataset.eval_env_spec)
-  probe = make_env()
-  envs.check_dataset_matches_env(dataset, probe)
-  probe.close()
-  if obs_mean is None:
-    obs_mean = dataset.obs_mean if normalize_states else np.zeros_like(dataset.obs_mean)
-    obs_std = dataset.obs_std if normalize_states else np.ones_like(dataset.obs_std)
-  mean, std = np.asarray(obs_mean, np.float32), np.asarray(obs_std, np.float32)
-  t = dataset.transitions
-  device = Transition(observations=jnp.asarray((t.observations - mean) / std),
-                      actions=jnp.asarray(t.actions),
-                      rewards=jnp.asarray(t.rewards * reward_scale + np.float32(reward_shift)),
-                      next_observations=jnp.asarray((t.next_observations - mean) / std),
-                      terminals=jnp.asarray(t.terminals))
-  return Data(dataset, env_id, make_env, mean, std, float(reward_scale), device, float(reward_shift))
-
-
-def config_from_dict(cls, values: Dict[str, Any]):
-  """A frozen agent Config from its JSON form (lists back to tuples)."""
-  names = {f.name for f in dataclasses.fields(cls)}
-  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
-
-
-def finished(run_dir: Path, steps: int) -> bool:
-  return (run_dir / "config.json").exists() and Checkpointer(run_dir / "checkpoints").latest_step() == steps
-
-
-# Checkpoint metadata holding one value per seed (sliced like the states in a multi-process run).
-PER_SEED_META = ("eval_score", "offline_score", "online_score", "final_score")
-
-
-def restore(run_dir: Path, template):
-  """(state, metadata) of a phase's result checkpoint; `template` holds every seed of the run. In a
-  multi-process run (`o2o_jax.distributed`) both come back as this process's seed slice."""
-  state, meta, step = Checkpointer(run_dir / "checkpoints").restore(template)
-  if distributed.process_count() > 1:
-    local = distributed.local_seed_count(jax.tree_util.tree_leaves(template)[0].shape[0])
-    state = distributed.local_slice(state, local)
-    meta = {k: distributed.local_slice(np.asarray(v), local) if k in PER_SEED_META else v
-            for k, v in meta.items()}
-  return state, meta
-
+# ----------------------------------------------------------------------------- phase helpers
 
 def _plot(run_dir: Path, keys: Sequence[str], title: str) -> None:
   """curves.png from the run's metrics.csv (by the primary process, which wrote it)."""
@@ -232,8 +142,8 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
     normalize_states = p.get("normalize_states", True)
   dataset = load_dataset(dataset_id)
   scale, shift = presets.reward_transform(p, dataset.episode_returns)
-  data = load_data(dataset_id, reward_scale=scale, reward_shift=shift,
-                   normalize_states=normalize_states, batch_size=batch_size)
+  data = prepared.load_data(dataset_id, reward_scale=scale, reward_shift=shift,
+                            normalize_states=normalize_states, batch_size=batch_size)
   loop_config = loops.OfflineConfig(num_steps=num_steps, batch_size=batch_size,
                                     chunk=chunk or min(eval_every, 5_000), eval_every=eval_every,
                                     eval_episodes=eval_episodes)
@@ -252,7 +162,7 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
         + f", which {algo} here does not implement (recorded in config.json)")
   run_dir = runs.run_dir_for(out_dir, "pretrain", algo, dataset_id, run_name or f"seed{seed}x{seeds}")
   resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
-  if resumed and finished(run_dir, num_steps):
+  if resumed and runs.finished(run_dir, num_steps):
     log(f"[pretrain] reusing the finished run {run_dir}")
     return run_dir
   ds = data.dataset
@@ -310,11 +220,11 @@ def offline_actor_params(pretrain_dir: Path):
   if cfg.get("phase") != "pretrain":
     raise O2OError(f"{pretrain_dir} is a '{cfg.get('phase')}' run, not a pretrain run")
   agent = registry.get(cfg["algo"], registry.OFFLINE)
-  agent_config = config_from_dict(agent.Config, cfg["agent_config"])
+  agent_config = runs.config_from_dict(agent.Config, cfg["agent_config"])
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
   template = loops.init_shapes(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], agent_config)
-  states, meta = restore(pretrain_dir, template)
+  states, meta = runs.restore_result(pretrain_dir, template)
   return states.actor.params, agent_config, meta
 
 
@@ -492,7 +402,7 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
   actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
   o2o_config = make_o2o_config(agent_name, actor_config, meta["dataset_id"], critic_hidden, constrain,
                                overrides)
-  scale, shift = reward_transform(meta)
+  scale, shift = prepared.reward_transform(meta)
   extra = {"agent_config": dataclasses.asdict(o2o_config), "batch_size": batch_size,
            "reward_transform": {"scale": scale, "shift": shift}}
   gaps = o2o_preset_gaps(agent_name, meta["dataset_id"])
@@ -503,11 +413,11 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
         + f", which {agent_name} here does not implement (recorded in config.json)")
   prev, config, run_dir, resumed = _o2o_run(
       "reevaluate", agent_name, pretrain_dir, steps, run_name, out_dir, restart, extra, log)
-  if resumed and finished(run_dir, steps):
+  if resumed and runs.finished(run_dir, steps):
     log(f"[reevaluate] reusing the finished run {run_dir}")
     return run_dir
-  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                   batch_size=batch_size, reward_shift=shift)
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                            batch_size=batch_size, reward_shift=shift)
   check_actor_fits(agent_name, agent, o2o_config, prev["algo"], meta, actor_params)
   local = distributed.local_seed_count(prev["seeds"])
   states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config, p)))(
@@ -551,9 +461,9 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
 def _restore_o2o(from_dir: Path):
   cfg = runs.read_config(from_dir)
   agent = registry.get(cfg["agent"], registry.O2O)
-  agent_config = config_from_dict(agent.Config, cfg["agent_config"])
+  agent_config = runs.config_from_dict(agent.Config, cfg["agent_config"])
   meta = Checkpointer(from_dir / "checkpoints").read_metadata()
-  states, meta = restore(from_dir, _o2o_template(agent, cfg, meta, agent_config))
+  states, meta = runs.restore_result(from_dir, _o2o_template(agent, cfg, meta, agent_config))
   return cfg, agent, agent_config, states, meta
 
 
@@ -567,13 +477,13 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
       "align", cfg["agent"], reevaluate_dir, steps, run_name, out_dir, restart,
       {"agent_config": dataclasses.asdict(agent_config), "batch_size": batch_size,
        "offline_algo": cfg.get("offline_algo", meta.get("offline_algo")),
-       "reward_transform": dict(zip(("scale", "shift"), reward_transform(meta)))}, log)
-  if resumed and finished(run_dir, steps):
+       "reward_transform": dict(zip(("scale", "shift"), prepared.reward_transform(meta)))}, log)
+  if resumed and runs.finished(run_dir, steps):
     log(f"[align] reusing the finished run {run_dir}")
     return run_dir
-  scale, shift = reward_transform(meta)
-  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                   batch_size=batch_size, reward_shift=shift)
+  scale, shift = prepared.reward_transform(meta)
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                            batch_size=batch_size, reward_shift=shift)
   log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
   local = distributed.local_seed_count(cfg["seeds"])
   writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
@@ -678,7 +588,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
   states = states.replace(config=agent_config)
   if settings["actor_grad_clip"] is not None:
     states = clip_actor_gradients(states, settings["actor_grad_clip"])
-  scale, shift = reward_transform(meta)
+  scale, shift = prepared.reward_transform(meta)
   extra = {"agent_config": dataclasses.asdict(agent_config), "utd": utd, "buffer": buffer,
            "reference": reference, "warmup_steps": warmup_steps, "eval_every": eval_every,
            "eval_episodes": eval_episodes, "batch_size": batch_size,
@@ -689,12 +599,12 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
                                    if k in settings}
   prev, config, run_dir, resumed = _o2o_run(
       "finetune", cfg["agent"], align_dir, online_steps, run_name, out_dir, restart, extra, log)
-  if resumed and finished(run_dir, online_steps):
+  if resumed and runs.finished(run_dir, online_steps):
     log(f"[finetune] reusing the finished run {run_dir}")
     print((run_dir / "summary.txt").read_text() if (run_dir / "summary.txt").exists() else "")
     return run_dir
-  data = load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                   batch_size=batch_size, reward_shift=shift)
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                            batch_size=batch_size, reward_shift=shift)
   offline_score = np.asarray(meta["offline_score"] if "offline_score" in meta else
                              meta["online_score"], np.float32)
   online_score = np.asarray(meta["online_score"], np.float32)
@@ -739,7 +649,7 @@ BUFFER_MODES = {"half": "a separate online buffer; half of each batch from the o
 PART_EPISODES = 50
 
 
-def replay_mode(buffer: str, data: Data) -> Dict[str, Any]:
+def replay_mode(buffer: str, data: prepared.Data) -> Dict[str, Any]:
   """online_phase keyword arguments for a --buffer mode."""
   if buffer == "half":
     return {"offline_fraction": 0.5}
@@ -762,7 +672,7 @@ def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str
   config written or checked; `done` (with the summary printed) if that run already finished."""
   run_dir = runs.run_dir_for(out_dir, "finetune", agent_name, dataset_id, run_name)
   resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and finished(run_dir, online_steps):
+  if resumed and runs.finished(run_dir, online_steps):
     log(f"[finetune] reusing the finished run {run_dir}")
     summary = run_dir / "summary.txt"
     print(summary.read_text() if summary.exists() else "")
@@ -770,11 +680,11 @@ def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str
   return run_dir, False
 
 
-def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, meta: Dict[str, Any],
-                 seeds: int, seed: int, agent_name: str, dataset_id: str, online_steps: int,
-                 warmup_steps: int, eval_every: int, eval_episodes: int, utd: int, batch_size: int,
-                 offline_fraction: float, start_scores: Dict[str, np.ndarray],
-                 offline_union: bool = False,
+def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: prepared.Data,
+                 meta: Dict[str, Any], seeds: int, seed: int, agent_name: str, dataset_id: str,
+                 online_steps: int, warmup_steps: int, eval_every: int, eval_episodes: int,
+                 utd: int, batch_size: int, offline_fraction: float,
+                 start_scores: Dict[str, np.ndarray], offline_union: bool = False,
                  on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
                  random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
                  progress: bool = True, checkpoint_every: Optional[int] = CHECKPOINT_EVERY,
@@ -786,12 +696,12 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: Data, m
   e.g. {"offline": pi_off scores}) beside the best and final scores. Online rewards are stored with
   the offline data's reward scale (`data.reward_scale`); `prefill` must carry scaled rewards, r *
   scale. A reward shift (`data.reward_shift`, e.g. AntMaze's 10r - 5) is not stored: every buffer
-  holds r * scale and the shift is added to each batch inside the update (`shift_rewards`), so
-  offline and online rows get the same transform. `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
+  holds r * scale and the shift is added to each batch inside the update
+  (`prepared.shift_rewards`), so offline and online rows get the same transform. `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
   `checkpoint_every` env steps under <run_dir>/progress (see loops.run_online)."""
   local = distributed.local_seed_count(seeds)
   if data.reward_shift:
-    learner = loops.Learner(shift_rewards(learner.update, data.reward_shift), learner.act)
+    learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act)
     data = data.without_shift()
   writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
   snapshots = _snapshots(run_dir, checkpoint_every)

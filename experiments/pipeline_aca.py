@@ -36,6 +36,7 @@ from o2o_jax import loops, networks, runs
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import aca
 from o2o_jax.checkpoints import Checkpointer
+from o2o_jax.data import prepared
 from o2o_jax.errors import O2OError
 from o2o_jax.types import seed_keys
 
@@ -92,11 +93,11 @@ def actor_config_fields(actor_module) -> dict:
 def _restore_pretrain(pretrain_dir: Path):
   cfg = runs.read_config(pretrain_dir)
   module = registry.get(cfg["algo"], registry.OFFLINE)
-  base_config = phases.config_from_dict(module.Config, cfg["agent_config"])
+  base_config = runs.config_from_dict(module.Config, cfg["agent_config"])
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
   template = loops.init_shapes(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], base_config)
-  states, meta = phases.restore(pretrain_dir, template)
+  states, meta = runs.restore_result(pretrain_dir, template)
   return cfg, states, meta
 
 
@@ -121,7 +122,7 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
                 "batch_size": batch_size}
   run_dir = runs.run_dir_for(out_dir, "zfit", "aca", cfg["dataset"], run_name)
   resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and phases.finished(run_dir, steps):
+  if resumed and runs.finished(run_dir, steps):
     log(f"[zfit] reusing the finished run {run_dir}")
     return run_dir
   obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
@@ -132,8 +133,8 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
     raise O2OError(f"the {cfg['algo']} actor does not fit ACA's actor (different network layout)")
   states = _zfit_init(config, obs_dim, act_dim)(seed_keys(seed + 1, seeds), base_states.actor.params)
   # Z serves the online critic, which sees raw env rewards: no reward transform here.
-  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
-                          batch_size=batch_size)
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
+                            batch_size=batch_size)
   log(f"[zfit] aca: fitting Z to the frozen {cfg['algo']} actor for {steps} steps (alpha "
       f"{zfit_alpha}) -> {run_dir}")
   writer, ckpt = phases._writer_and_ckpt(run_dir, seeds, keep_rows=True)
@@ -166,7 +167,7 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
              log=print) -> Path:
   """The switch and online SAC on the re-parameterised critic, from a sacml pretrain or a zfit run."""
   cfg = runs.read_config(offline_dir)
-  base = phases.config_from_dict(aca.Config, cfg["agent_config"])
+  base = runs.config_from_dict(aca.Config, cfg["agent_config"])
   meta = Checkpointer(offline_dir / "checkpoints").read_metadata()
   obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
   env, level = presets.dataset_env_and_level(cfg["dataset"])
@@ -188,10 +189,10 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
   if done:
     return run_dir
   template = loops.init_shapes(aca, seed_keys(seed, seeds), obs_dim, act_dim, base)
-  states, meta = phases.restore(offline_dir, template)
+  states, meta = runs.restore_result(offline_dir, template)
   states = jax.jit(jax.vmap(functools.partial(aca.start_online, act_dim=act_dim, config=config)))(states)
-  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
-                          batch_size=batch_size)
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
+                            batch_size=batch_size)
   ds = data.dataset
   rows = ds.top_episode_indices(config.top_n_trajectories)
   prefill = jax.tree_util.tree_map(lambda x: x[rows], data.device) if len(rows) else None

@@ -149,11 +149,11 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
                progress: bool, checkpoint_every: Optional[int] = None, log=print) -> Path:
   """Policy re-evaluation for O2PPO: V fitted to the offline Monte-Carlo returns (its own run dir)."""
   import jax
-  import numpy as np
   from experiments import phases
   from o2o_jax import distributed, envs, loops, onpolicy, runs
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.agents import registry
+  from o2o_jax.data import prepared
   from o2o_jax.errors import O2OError
   from o2o_jax.types import seed_keys
 
@@ -161,8 +161,8 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
   if prev.get("phase") != "pretrain":
     raise O2OError(f"{pretrain_dir} is a '{prev.get('phase')}' run, not a pretrain run")
   # The run config needs only the offline config; the actor is restored once the run must train.
-  actor_config = phases.config_from_dict(registry.get(prev["algo"], registry.OFFLINE).Config,
-                                         prev["agent_config"])
+  actor_config = runs.config_from_dict(registry.get(prev["algo"], registry.OFFLINE).Config,
+                                       prev["agent_config"])
   config = _value_config(actor_config, prev["algo"], value_hidden)
   dataset_id = prev["dataset"]
   run_config = {"phase": "reevaluate", "agent": AGENT, "dataset": dataset_id, "env": prev["env"],
@@ -171,24 +171,17 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
                 "offline_algo": prev["algo"], "agent_config": dataclasses.asdict(config)}
   run_dir = runs.run_dir_for(out_dir, "reevaluate", AGENT, dataset_id, run_name)
   resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and phases.finished(run_dir, steps):
+  if resumed and runs.finished(run_dir, steps):
     log(f"[reevaluate] reusing the finished run {run_dir}")
     return run_dir
   actor_params, actor_config, meta = phases.offline_actor_params(pretrain_dir)
   _check_actor(prev["algo"], actor_config, config, meta, actor_params)
-  data = phases.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
+  data = prepared.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
   ds = data.dataset
   if batch_size > ds.size:
     raise O2OError(f"--o2ppo_value_batch_size ({batch_size}) is larger than the dataset ({ds.size} "
                    "transitions)")
-  ends = o2ppo.episode_end_flags(ds.size, ds.episode_starts, ds.episode_lengths)
-  rewards = np.asarray(ds.transitions.rewards, np.float32)
-  scaler = None
-  if reward_scaling == "dynamic":   # running return reset at terminals only, as the reference
-    scaler = onpolicy.RewardScaler(config.discount)
-    rewards = scaler.scale_dataset(rewards, np.asarray(ds.transitions.terminals))
-  returns = jax.jit(o2ppo.mc_returns, static_argnums=2)(jax.numpy.asarray(rewards),
-                                                         jax.numpy.asarray(ends), config.discount)
+  returns, scaler = onpolicy.value_targets(ds, config.discount, reward_scaling == "dynamic")
   returns_data = data.device.replace(rewards=returns)  # V targets travel in the rewards field
   local = distributed.local_seed_count(prev["seeds"])   # this process's seeds (all with one)
   states = jax.jit(jax.vmap(lambda k, p: o2ppo.init_value_fit(k, meta["obs_dim"], meta["act_dim"],
@@ -251,6 +244,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.agents.online import ppo
   from o2o_jax.checkpoints import Checkpointer
+  from o2o_jax.data import prepared
   from o2o_jax.errors import O2OError
   from o2o_jax.types import seed_keys
 
@@ -259,7 +253,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
     raise O2OError(f"{reevaluate_dir} is not an o2ppo re-evaluation run")
   dataset_id = prev["dataset"]
   preset = dataset_preset(dataset_id)
-  fit_config = phases.config_from_dict(o2ppo.Config, prev["agent_config"])
+  fit_config = runs.config_from_dict(o2ppo.Config, prev["agent_config"])
   config = dataclasses.replace(
       fit_config, rollout_length=rollout_length, lr_decay_steps=online_steps,
       beta_steps=beta_steps or online_steps * preset["beta_factor"],
@@ -294,7 +288,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
     return o2ppo.init_value_fit(k, obs_dim, act_dim, fit_config, params)
 
   # The restore template only needs shapes: eval_shape compiles nothing. Restored: this process's seeds.
-  fitted, meta = phases.restore(reevaluate_dir, jax.eval_shape(jax.vmap(fit_template), keys))
+  fitted, meta = runs.restore_result(reevaluate_dir, jax.eval_shape(jax.vmap(fit_template), keys))
   offline_score = jnp.asarray(meta["offline_score"], jnp.float32)
 
   def start(k, actor_params, value_params, score):   # pi_ref = pi_off, best score = pi_off's
@@ -304,7 +298,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   states = jax.jit(jax.vmap(start))(seed_keys(prev["seed"] + 2, local),
                                     fitted.offline_actor_params, fitted.value.params, offline_score)
   refresh = jax.jit(jax.vmap(o2ppo.refresh_reference))
-  data = phases.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
+  data = prepared.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
   reward_fn = None
   if meta.get("reward_scaler"):   # one scaler per seed, each from the dataset pass's statistics
     reward_fn = onpolicy.RewardScaler(config.discount, local, meta["reward_scaler"])

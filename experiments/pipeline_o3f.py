@@ -12,7 +12,7 @@
   python -m experiments.finetune --agent=o3f --from=runs/pretrain/iql5/... --o3f_omega=1
 
 The reward transform of the IQL run (its checkpoint metadata) is applied to the offline buffer and to
-every online reward (phases.load_data / phases.online_phase), so both share one scale.
+every online reward (o2o_jax.data.prepared.load_data / phases.online_phase), so both share one scale.
 
 Agent-specific flags are defined here at import (prefix --o3f_); the shared ones (dataset, seeds,
 budget, ...) come from experiments/finetune.py.
@@ -33,6 +33,7 @@ from o2o_jax import loops, runs
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import o3f
 from o2o_jax.checkpoints import Checkpointer
+from o2o_jax.data import prepared
 from o2o_jax.errors import O2OError
 from o2o_jax.types import seed_keys
 
@@ -60,11 +61,11 @@ def restore_iql(pretrain_dir: Path):
     raise O2OError(f"{pretrain_dir} is not a pretrain run of IQL (phase {cfg.get('phase')!r}, algo "
                    f"{cfg.get('algo')!r}): o3f fine-tunes an iql5 or iql run")
   module = registry.get(cfg["algo"], registry.OFFLINE)
-  base_config = phases.config_from_dict(module.Config, cfg["agent_config"])
+  base_config = runs.config_from_dict(module.Config, cfg["agent_config"])
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
   template = loops.init_states(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], base_config)
-  states, meta = phases.restore(pretrain_dir, template)
+  states, meta = runs.restore_result(pretrain_dir, template)
   return cfg, base_config, states, meta
 
 
@@ -81,7 +82,7 @@ def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: 
   run_config = {"phase": "finetune", "agent": "o3f", "dataset": cfg["dataset"], "env": cfg["env"],
                 "seeds": seeds, "seed": seed, "from": str(pretrain_dir), "steps": online_steps,
                 "offline_algo": cfg["algo"], "preset": cfg.get("preset"),
-                "reward_transform": dict(zip(("scale", "shift"), phases.reward_transform(meta))),
+                "reward_transform": dict(zip(("scale", "shift"), prepared.reward_transform(meta))),
                 "agent_config": dataclasses.asdict(config), "utd": utd,
                 "warmup_steps": warmup_steps, "eval_every": eval_every,
                 "eval_episodes": eval_episodes, "batch_size": batch_size}
@@ -93,9 +94,9 @@ def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: 
   states = jax.jit(jax.vmap(functools.partial(o3f.start_online, config=config)))(states)
   # The buffer starts as the whole dataset, with the IQL run's reward transform (the online loop
   # stores env rewards with the same scale; online_phase adds a shift to every batch).
-  scale, shift = phases.reward_transform(meta)
-  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                          batch_size=batch_size, reward_shift=shift)
+  scale, shift = prepared.reward_transform(meta)
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                            batch_size=batch_size, reward_shift=shift)
   log(f"[finetune] o3f from {cfg['algo']} ({config.num_critics} critics"
       f"{', deterministic actor' if config.deterministic else ''}): {online_steps} online steps, "
       f"UTD {utd}, best of {config.num_candidates} candidates (sigma {config.sigma}, omega "

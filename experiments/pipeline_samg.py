@@ -29,13 +29,14 @@ import numpy as np
 from absl import flags
 
 from experiments import common, phases, presets
-from o2o_jax import distributed, envs, loops, resume, runs
+from o2o_jax import distributed, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import samg
 from o2o_jax.checkpoints import Checkpointer
+from o2o_jax.data import prepared
 from o2o_jax.errors import O2OError
-from o2o_jax.types import Transition, seed_keys
+from o2o_jax.types import seed_keys
 
 AGENTS = ("samg_cql", "samg_awac", "samg_iql")
 # --budget: 'paper' = the OCR-CFT protocol (1M offline steps, 100k online, eval every 1k with 10
@@ -133,10 +134,11 @@ def train_cvae(*, dataset_id: str, config: samg.Config, seeds: int, seed: int, s
                 "steps": steps, "batch_size": batch_size, "cvae_config": cvae_config_fields(config)}
   run_dir = runs.run_dir_for(out_dir, "cvae", "samg", dataset_id, run_name)
   resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and phases.finished(run_dir, steps):
+  if resumed and runs.finished(run_dir, steps):
     log(f"[cvae] reusing the finished run {run_dir}")
     return run_dir
-  data = phases.load_data(dataset_id, normalize_states=not config.cvae_raw_states, batch_size=batch_size)
+  data = prepared.load_data(dataset_id, normalize_states=not config.cvae_raw_states,
+                            batch_size=batch_size)
   ds = data.device
   obs_dim, act_dim = ds.observations.shape[-1], ds.actions.shape[-1]
   states = _cvae_init(config, obs_dim, act_dim)(seed_keys(seed + 2, seeds))
@@ -203,33 +205,11 @@ def restore_cvae(cvae_dir: Path, config: samg.Config, seeds: int, seed: int, obs
   template = _cvae_template(config, cfg["seeds"], cfg["seed"], obs_dim, act_dim)
   if cfg["seeds"] != seeds:
     raise O2OError(f"the C-VAE run {cvae_dir} has {cfg['seeds']} seeds, the offline run {seeds}")
-  restored, _ = phases.restore(cvae_dir, template)
+  restored, _ = runs.restore_result(cvae_dir, template)
   return restored
 
 
 # ----------------------------------------------------------------------------- online phase
-
-def collect_prefill(act, states, make_env, num_seeds: int, seed: int, steps: int, obs_mean, obs_std,
-                    reward_scale: float) -> Transition:
-  """`steps` transitions per seed of the (offline) policy acting as online (`act(..., explore=True)`),
-  with normalised observations and scaled rewards, as the online loop stores them: leaves
-  (S, steps, ...)."""
-  train_envs = envs.SeedEnvs(make_env, num_seeds, seed)
-  policy = jax.jit(lambda s, o, keys, t: jax.vmap(lambda s_, o_, k: act(s_, o_, jax.random.fold_in(k, t),
-                                                                        True))(s, o, keys))
-  norm = lambda o: ((o - obs_mean) / obs_std).astype(np.float32)
-  keys = seed_keys(seed, num_seeds)
-  rows = []
-  for t in range(steps):
-    obs = train_envs.obs
-    actions = np.asarray(policy(states, jnp.asarray(norm(obs)), keys, t), np.float32)
-    next_obs, rewards, terminated, _ = train_envs.step(actions)
-    rows.append((norm(obs), actions, (rewards * reward_scale).astype(np.float32), norm(next_obs),
-                 terminated.astype(np.float32)))
-  train_envs.close()
-  fields = [np.stack([r[i] for r in rows], axis=1) for i in range(5)]
-  return Transition(*[jnp.asarray(f) for f in fields])
-
 
 def _offline_run(pretrain_dir: Path, base: str, extra_steps: int):
   """Restores a finished pretrain run of the base algorithm: (cfg, base config, states, meta)."""
@@ -238,7 +218,7 @@ def _offline_run(pretrain_dir: Path, base: str, extra_steps: int):
     raise O2OError(f"{pretrain_dir} is not a pretrain run of {base} (phase {cfg.get('phase')!r}, algo "
                    f"{cfg.get('algo')!r}): samg_{base} fine-tunes a {base} run")
   module = registry.get(base, registry.OFFLINE)
-  base_config = phases.config_from_dict(module.Config, cfg["agent_config"])
+  base_config = runs.config_from_dict(module.Config, cfg["agent_config"])
   if base == "iql":
     # CORL fine-tunes IQL with the actor's cosine schedule spanning offline + online steps; the
     # offline run's schedule ended at its own length (lr 0), so the horizon is extended here.
@@ -246,7 +226,7 @@ def _offline_run(pretrain_dir: Path, base: str, extra_steps: int):
   meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
   template = loops.init_shapes(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
                                meta["act_dim"], base_config)
-  states, meta = phases.restore(pretrain_dir, template)
+  states, meta = runs.restore_result(pretrain_dir, template)
   return cfg, base_config, states, meta
 
 
@@ -279,11 +259,11 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
   states = jax.jit(jax.vmap(lambda b, p, m, s: samg.from_offline(b, p, m, s, obs_mean, obs_std,
                                                                  config)))(
       base_states, cv["cvae"].vae.params, cv["latent_mean"], cv["latent_std"])
-  data = phases.load_data(meta["dataset_id"], obs_mean, obs_std, scale, batch_size=batch_size)
+  data = prepared.load_data(meta["dataset_id"], obs_mean, obs_std, scale, batch_size=batch_size)
   offline_score = np.asarray(meta["eval_score"], np.float32)
   t0 = time.time()
-  prefill = collect_prefill(samg.act, states, data.make_env, seeds, seed + 7_919, prefill_steps,
-                            obs_mean, obs_std, scale) if prefill_steps > 0 else None
+  prefill = loops.collect_prefill(samg.act, states, data.make_env, seeds, seed + 7_919, prefill_steps,
+                                  obs_mean, obs_std, scale) if prefill_steps > 0 else None
   offline_use = (f"{batch_size} offline rows per update for the p-weighted CQL term (weight "
                  f"{config.cql_offline_penalty})" if offline_fraction else "no offline data")
   guidance = ("for the whole run" if config.guidance_steps is None

@@ -4,6 +4,7 @@
   `lax.scan`; `run_offline` alternates chunks with evaluations.
 - Online: `run_online` steps one host env per seed; per env step there is one device call that
   inserts the transition, runs `utd` updates (a `lax.scan`) and returns the next action.
+  `collect_prefill` gathers a policy's transitions the way `run_online` stores them (its `prefill`).
 - Evaluation: `make_eval_policy` + `envs.Evaluator` (all seeds' episodes batched).
 """
 from __future__ import annotations
@@ -378,6 +379,29 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   train_envs.close()
   evaluator.close()
   return states, buffer, history
+
+
+def collect_prefill(act, states, make_env, num_seeds: int, seed: int, steps: int, obs_mean, obs_std,
+                    reward_scale: float) -> Transition:
+  """`steps` transitions per seed of the (offline) policy acting as online (`act(..., explore=True)`),
+  with normalised observations and scaled rewards, as the online loop stores them: leaves
+  (S, steps, ...)."""
+  from o2o_jax import envs as envs_lib
+  train_envs = envs_lib.SeedEnvs(make_env, num_seeds, seed)
+  policy = jax.jit(lambda s, o, keys, t: jax.vmap(lambda s_, o_, k: act(s_, o_, jax.random.fold_in(k, t),
+                                                                        True))(s, o, keys))
+  norm = lambda o: ((o - obs_mean) / obs_std).astype(np.float32)
+  keys = seed_keys(seed, num_seeds)
+  rows = []
+  for t in range(steps):
+    obs = train_envs.obs
+    actions = np.asarray(policy(states, jnp.asarray(norm(obs)), keys, t), np.float32)
+    next_obs, rewards, terminated, _ = train_envs.step(actions)
+    rows.append((norm(obs), actions, (rewards * reward_scale).astype(np.float32), norm(next_obs),
+                 terminated.astype(np.float32)))
+  train_envs.close()
+  fields = [np.stack([r[i] for r in rows], axis=1) for i in range(5)]
+  return Transition(*[jnp.asarray(f) for f in fields])
 
 
 # ----------------------------------------------------------------------------------------- offline run

@@ -34,6 +34,7 @@ import numpy as np
 from o2o_jax import envs as envs_lib
 from o2o_jax import logging as log_lib
 from o2o_jax import distributed, loops, resume
+from o2o_jax.data import returns as data_returns
 from o2o_jax.agents.online.ppo import Rollout
 from o2o_jax.types import seed_keys
 
@@ -146,6 +147,20 @@ class RewardScaler:
         running = 0.0
     self.count[:], self.mean[:], self.m2[:] = count, mean, m2
     return out
+
+
+def value_targets(dataset, discount: float, dynamic_scaling: bool):
+  """(returns, scaler) of O2PPO's policy re-evaluation: the discounted Monte-Carlo returns-to-go of
+  every transition of the offline `dataset` (`o2o_jax.data.returns`; V targets, on the device), of
+  the dataset's rewards scaled first by Uni-O4's dynamic reward scaling when `dynamic_scaling`
+  (`RewardScaler.scale_dataset`; its statistics then seed the online phase). `scaler`: that
+  `RewardScaler`, None without the scaling."""
+  rewards = np.asarray(dataset.transitions.rewards, np.float32)
+  scaler = None
+  if dynamic_scaling:   # running return reset at terminals only, as the reference
+    scaler = RewardScaler(discount)
+    rewards = scaler.scale_dataset(rewards, np.asarray(dataset.transitions.terminals))
+  return data_returns.returns_to_go(dataset, discount, rewards), scaler
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,13 +1,21 @@
 """Run directories: `runs/<phase>/<agent>/<dataset>/<run-name>/` holding config.json, metrics.csv,
 tensorboard/, checkpoints/ and curves.png. Re-running the same command in the same directory resumes;
-a directory that holds a *different* run is refused, never silently overwritten."""
+a directory that holds a *different* run is refused, never silently overwritten. A finished phase's
+result (its checkpoint and the agent Config in its config.json) is read back with `finished`,
+`config_from_dict` and `restore_result`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable
 
+import jax
+import numpy as np
+
+from o2o_jax import distributed
+from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.errors import RunDirError
 
 # Keys that may differ between an interrupted run and its resumption.
@@ -23,7 +31,6 @@ def prepare_run_dir(run_dir: str | Path, config: Dict[str, Any], restart: bool =
   """Creates the run dir and writes config.json. Returns True if an existing run of the same config
   is there to resume. Raises RunDirError if the directory holds a different run. In a multi-process
   run (`distributed`) the primary process does this and the others wait for it."""
-  from o2o_jax import distributed
   if distributed.process_count() == 1:
     return _prepare_run_dir(Path(run_dir), config, restart, tolerant)
   resumed = (_prepare_run_dir(Path(run_dir), config, restart, tolerant)
@@ -65,3 +72,29 @@ def read_config(run_dir: str | Path) -> Dict[str, Any]:
     raise RunDirError(f"{run_dir} is not a run directory (no config.json): pass the folder a "
                       "launcher printed as its run directory")
   return json.loads(path.read_text())
+
+
+def config_from_dict(cls, values: Dict[str, Any]):
+  """A frozen agent Config from its JSON form (lists back to tuples)."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+  return (run_dir / "config.json").exists() and Checkpointer(run_dir / "checkpoints").latest_step() == steps
+
+
+# Checkpoint metadata holding one value per seed (sliced like the states in a multi-process run).
+PER_SEED_META = ("eval_score", "offline_score", "online_score", "final_score")
+
+
+def restore_result(run_dir: Path, template):
+  """(state, metadata) of a phase's result checkpoint; `template` holds every seed of the run. In a
+  multi-process run (`o2o_jax.distributed`) both come back as this process's seed slice."""
+  state, meta, step = Checkpointer(run_dir / "checkpoints").restore(template)
+  if distributed.process_count() > 1:
+    local = distributed.local_seed_count(jax.tree_util.tree_leaves(template)[0].shape[0])
+    state = distributed.local_slice(state, local)
+    meta = {k: distributed.local_slice(np.asarray(v), local) if k in PER_SEED_META else v
+            for k, v in meta.items()}
+  return state, meta

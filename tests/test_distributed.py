@@ -126,7 +126,6 @@ def test_o2ppo_two_processes_of_one_seed_equal_one_process_of_two(tiny_hopper_da
   (issue #19: seeds never interact). (A multi-process run cannot start `--from` a one-process run's
   checkpoint: orbax refuses its single-device sharding in process 1, "Topology mismatch".)"""
   import jax
-  from experiments import phases
   from o2o_jax import runs
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.checkpoints import Checkpointer
@@ -147,7 +146,7 @@ def test_o2ppo_two_processes_of_one_seed_equal_one_process_of_two(tiny_hopper_da
   keys_s, s = _per_seed_columns(single_dir / "metrics.csv", last="seed1")
   assert keys_m == keys_s
   np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-4)
-  config = phases.config_from_dict(o2ppo.Config, runs.read_config(single_dir)["agent_config"])
+  config = runs.config_from_dict(o2ppo.Config, runs.read_config(single_dir)["agent_config"])
   template = jax.eval_shape(jax.vmap(lambda k: o2ppo.init(k, 11, 3, config)), seed_keys(0, 2))
   (state_m, meta_m, _), (state_s, meta_s, _) = (Checkpointer(d / "checkpoints").restore(template)
                                                 for d in (multi_dir, single_dir))

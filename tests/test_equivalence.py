@@ -321,9 +321,8 @@ def test_o2sac_two_processes_of_one_seed_equal_one_process_of_two(o2sac_referenc
                                                                   tmp_path):
   """O2SAC's whole chain over `jax.distributed` (2 processes x 1 seed) against the one-process run of
   2 seeds: every later phase restores the previous phase's checkpoint of both seeds and slices this
-  process's seed out of it (`phases.restore`), and process 0 gathers and writes every seed. Per-seed
-  metrics and every phase's result checkpoint agree (float tolerance: a vmap of 1 vs 2)."""
-  from experiments import phases
+  process's seed out of it (`runs.restore_result`), and process 0 gathers and writes every seed.
+  Per-seed metrics and every phase's result checkpoint agree (float tolerance: a vmap of 1 vs 2)."""
   from o2o_jax import runs
   from o2o_jax.agents import registry
   from o2o_jax.checkpoints import Checkpointer
@@ -342,7 +341,7 @@ def test_o2sac_two_processes_of_one_seed_equal_one_process_of_two(o2sac_referenc
     np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-4, err_msg=phase)
     cfg = runs.read_config(ref)
     agent = registry.get(agent_name)
-    config = phases.config_from_dict(agent.Config, cfg["agent_config"])
+    config = runs.config_from_dict(agent.Config, cfg["agent_config"])
     meta = Checkpointer(ref / "checkpoints").read_metadata()
     template = loops.init_shapes(agent, seed_keys(0, 2), meta["obs_dim"], meta["act_dim"], config)
     (state_m, _, step_m), (state_s, _, step_s) = (Checkpointer(d / "checkpoints").restore(template)

@@ -13,6 +13,7 @@ import pytest
 
 from o2o_jax.agents.o2o import o2ppo
 from o2o_jax.agents.online import ppo
+from o2o_jax.data import returns as data_returns
 from o2o_jax.types import seed_keys, take_index
 
 OBS, ACT = 4, 3
@@ -22,17 +23,17 @@ CONFIG = o2ppo.Config(hidden_dims=(16, 16), value_hidden_dims=(16, 16), rollout_
 
 def test_mc_returns_stop_at_episode_boundaries():
   # Two episodes: [0, 1] and [2, 3, 4]; the first ends by a time limit, so no terminal flag marks it.
-  ends = o2ppo.episode_end_flags(5, np.array([0, 2]), np.array([2, 3]))
+  ends = data_returns.episode_end_flags(5, np.array([0, 2]), np.array([2, 3]))
   np.testing.assert_array_equal(ends, [0, 1, 0, 0, 1])
-  g = o2ppo.mc_returns(jnp.ones(5), jnp.asarray(ends), 0.5)
+  g = data_returns.mc_returns(jnp.ones(5), jnp.asarray(ends), 0.5)
   np.testing.assert_allclose(g, [1.5, 1.0, 1.75, 1.5, 1.0])
 
 
 def test_mc_returns_on_a_dataset_with_truncated_and_terminated_episodes(tiny_hopper_dataset):
   from o2o_jax.data import load_dataset
   ds = load_dataset(tiny_hopper_dataset.dataset_id)
-  ends = o2ppo.episode_end_flags(ds.size, ds.episode_starts, ds.episode_lengths)
-  g = np.asarray(o2ppo.mc_returns(jnp.asarray(ds.transitions.rewards), jnp.asarray(ends), 0.99))
+  ends = data_returns.episode_end_flags(ds.size, ds.episode_starts, ds.episode_lengths)
+  g = np.asarray(data_returns.mc_returns(jnp.asarray(ds.transitions.rewards), jnp.asarray(ends), 0.99))
   for ep, start in zip(tiny_hopper_dataset.episodes, ds.episode_starts):
     r = ep.rewards
     expected = [sum(0.99 ** k * r[t + k] for k in range(len(r) - t)) for t in range(len(r))]

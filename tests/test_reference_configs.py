@@ -14,6 +14,7 @@ import pytest
 
 from experiments import phases, presets
 from o2o_jax.agents import registry
+from o2o_jax.data import prepared
 from o2o_jax.errors import O2OError
 from o2o_jax.types import Transition
 
@@ -206,8 +207,8 @@ def test_online_rewards_get_the_offline_transform(tiny_hopper_dataset, tmp_path,
   """Online and offline rows share one reward transform (OCR-CFT finetune/O2SAC.py
   `modify_reward_online(env, r, reward_scale, reward_bias)` on AntMaze, as offline): the buffers
   hold r * scale (loops.run_online's `reward_scale`) and the shift is added to each batch."""
-  data = phases.load_data(tiny_hopper_dataset.dataset_id, reward_scale=10.0, reward_shift=-5.0,
-                          batch_size=4)
+  data = prepared.load_data(tiny_hopper_dataset.dataset_id, reward_scale=10.0, reward_shift=-5.0,
+                            batch_size=4)
   raw = np.asarray(data.dataset.transitions.rewards, np.float32)
   np.testing.assert_allclose(np.asarray(data.device.rewards), raw * 10.0 - 5.0, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(data.without_shift().device.rewards), raw * 10.0, rtol=1e-6)

@@ -156,11 +156,12 @@ def our_update_rate(algo: str, dataset_id: str, seeds: int) -> float:
   """Seed-updates/s of our jitted update chunk (lax.scan over 500 updates) on the same data."""
   import jax
   import numpy as np
-  from experiments import phases, presets
+  from experiments import presets
   from o2o_jax import loops
   from o2o_jax.agents import registry
+  from o2o_jax.data import prepared
   preset = presets.offline_preset(algo, dataset_id, "corl")
-  data = phases.load_data(dataset_id)
+  data = prepared.load_data(dataset_id)
   agent = registry.get(algo, registry.OFFLINE)
   config = agent.Config(**{**preset["config"],
                            "hidden_dims": tuple(int(h) for h in HIDDEN[algo].split(","))})

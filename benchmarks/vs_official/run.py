@@ -309,9 +309,10 @@ def our_drift(align_dir: Path, n_states: int) -> Dict[str, List[float]]:
   import numpy as np
   from experiments import phases
   from o2o_jax.agents.o2o.common import actor_drift
+  from o2o_jax.data import prepared
   _, agent, _, states, meta = phases._restore_o2o(align_dir)
-  data = phases.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
-                          meta["reward_transform"]["scale"])
+  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
+                            meta["reward_transform"]["scale"])
   obs = data.device.observations[:n_states]
   key = jax.random.PRNGKey(0)
   on, off = jax.vmap(lambda s: (agent.act(s, obs, key, explore=False),

@@ -2,9 +2,9 @@
 
  1. Policy re-evaluation (§4.1, G.3): V(s) (tanh MLP, as the released code) regressed on the discounted
     Monte-Carlo returns of the offline trajectories, G_t = r_t + gamma G_{t+1} within t's own episode.
-    `value_fit_step` over a `ValueFitState`; `mc_returns` computes the targets. (The released code
-    misspells the timeout key, so its returns run on across time-limit ends into the next episode;
-    here every episode end, terminated, truncated or cut, stops the sum.)
+    `value_fit_step` over a `ValueFitState`; `o2o_jax.data.returns.mc_returns` computes the targets.
+    (The released code misspells the timeout key, so its returns run on across time-limit ends into
+    the next episode; here every episode end, terminated, truncated or cut, stops the sum.)
  2. Value alignment = the auxiliary advantage used during fine-tuning (§4.2):
        A_alpha(s, a) = alpha (log pi_ref(a|s) + H(pi_ref(.|s)))                      (eq. 17)
     per action dimension, floored by Clip(x) = softplus(x + 4) - 4                    (eq. 51)
@@ -28,7 +28,6 @@ import distrax
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from o2o_jax.agents.common import TrainState, make_train_state
 from o2o_jax.agents.o2o import common
@@ -80,24 +79,6 @@ def init_value_fit(key: PRNGKey, obs_dim: int, act_dim: int, config: Config,
   return ValueFitState(value=make_train_state(value, value.init(key, jnp.zeros((1, obs_dim))),
                                               config.value_fit_lr),
                        offline_actor_params=actor_params, config=config)
-
-
-def episode_end_flags(size: int, episode_starts, episode_lengths) -> np.ndarray:
-  """1.0 at the last transition of every episode (terminated, truncated or cut by the dataset)."""
-  ends = np.zeros(size, np.float32)
-  ends[np.asarray(episode_starts) + np.asarray(episode_lengths) - 1] = 1.0
-  return ends
-
-
-def mc_returns(rewards, episode_ends, discount: float):
-  """G_t = r_t + gamma (1 - end_t) G_{t+1}: the discounted return to the end of t's episode."""
-  def backward(g_next, x):
-    r, end = x
-    g = r + discount * (1.0 - end) * g_next
-    return g, g
-
-  _, g = jax.lax.scan(backward, jnp.zeros((), rewards.dtype), (rewards, episode_ends), reverse=True)
-  return g
 
 
 def value_fit_step(state: ValueFitState, batch: Transition, key: PRNGKey):

@@ -25,7 +25,8 @@ Rewards: the IQL O3F builds on normalises locomotion rewards to r * 1000 / (max 
 return) of the dataset (CORL `iql.py` `modify_reward`; AntMaze: r - 1), which sets the scale its
 beta = 3 AWR temperature and expectile were tuned at. The O3F chain's 'official' pre-training preset
 (experiments.presets) applies that transform; it travels in the checkpoint metadata and is applied to
-the offline buffer and every online reward alike (experiments.phases.load_data / online_phase).
+the offline buffer and every online reward alike (o2o_jax.data.prepared.load_data /
+experiments.phases.online_phase).
 
 The state is IQL's own (`iql.State`), with this module's Config (a subclass of `iql.Config`), so an
 IQL checkpoint with any number of critics can be fine-tuned with O3F as it is.
