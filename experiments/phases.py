@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import presets
-from o2o_jax import compile_time, distributed, envs, loops, resume, runs
-from o2o_jax import logging as log_lib
+from o2o_jax import distributed, loops, runs
+from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.data import load_dataset, prepared
@@ -72,40 +72,8 @@ def pretrain_steps(budget: str, algo: str, given: Optional[int] = None) -> int:
   return BUDGETS[budget]["pretrain_steps"]
 
 
-# ----------------------------------------------------------------------------- phase helpers
-
-def _plot(run_dir: Path, keys: Sequence[str], title: str) -> None:
-  """curves.png from the run's metrics.csv (by the primary process, which wrote it)."""
-  if distributed.is_primary():
-    log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", list(keys), title=title)
-
-
-def _summary_line(name: str, scores) -> str:
-  scores = np.asarray(scores, np.float64)
-  return (f"{name:<24s} " + " ".join(f"{x:7.1f}" for x in scores)
-          + f"   mean {scores.mean():6.1f} +- {scores.std():5.1f}")
-
-
-def _writer_and_ckpt(run_dir: Path, local_seeds: int, keep_rows: bool = False):
-  """The metrics writer and the result checkpointer of a phase. `keep_rows`: the loop resumes and
-  truncates metrics.csv itself (to the snapshot's step); otherwise the phase starts from scratch.
-  Both take this process's `local_seeds` and, in a multi-process run, gather every process's seeds
-  into the primary's files."""
-  writer = log_lib.MetricsWriter(run_dir) if distributed.is_primary() else None
-  if writer is not None and not keep_rows:
-    writer.truncate_after(0)
-  return (distributed.GatheredWriter(writer, local_seeds),
-          distributed.GatheredCheckpointer(Checkpointer(run_dir / "checkpoints"), local_seeds))
-
-
-# Steps (offline updates or online env steps) between resumable snapshots of a running phase.
-CHECKPOINT_EVERY = 10_000
-
-
-def _snapshots(run_dir: Path, checkpoint_every: Optional[int]) -> resume.Snapshots:
-  """The resumable snapshots of a phase (`checkpoint_every` None: the default interval)."""
-  return resume.Snapshots(run_dir / "progress",
-                          CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every)
+# Steps between resumable snapshots of a running phase (the library's default, o2o_jax.phase).
+CHECKPOINT_EVERY = phase_lib.CHECKPOINT_EVERY
 
 
 # ----------------------------------------------------------------------------- pretrain
@@ -160,47 +128,31 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
     log(f"[pretrain] note: the {preset} preset's reference also sets "
         + ", ".join(f"{k}={v}" for k, v in p["unsupported"].items())
         + f", which {algo} here does not implement (recorded in config.json)")
-  run_dir = runs.run_dir_for(out_dir, "pretrain", algo, dataset_id, run_name or f"seed{seed}x{seeds}")
-  resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
-  if resumed and runs.finished(run_dir, num_steps):
-    log(f"[pretrain] reusing the finished run {run_dir}")
-    return run_dir
-  ds = data.dataset
-  log(f"[pretrain] {algo} on {dataset_id} ({ds.size} transitions, {len(ds.episode_returns)} episodes, "
-      f"dataset mean normalised return {float(np.mean(ds.normalized_score(ds.episode_returns))):.1f}) "
-      f"-> {run_dir}")
-  local = distributed.local_seed_count(seeds)     # this process's seeds (all of them with one)
-  states = loops.init_states(agent, seed_keys(seed, local), ds.observation_dim, ds.action_dim,
-                             agent_config)
-  metadata = {"config": config, "phase": "pretrain", "algo": algo, "dataset_id": dataset_id,
-              "env_id": data.env_id, "obs_dim": ds.observation_dim, "act_dim": ds.action_dim,
-              "obs_mean": data.obs_mean, "obs_std": data.obs_std,
-              "reward_transform": {"scale": scale, "shift": shift},
-              "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
-  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
-  snapshots = _snapshots(run_dir, checkpoint_every)
-  t0, c0 = time.time(), compile_time.snapshot()
+  spec = phase_lib.OfflinePhase(
+      phase="pretrain", agent=algo, dataset_id=dataset_id, run_name=run_name or f"seed{seed}x{seeds}",
+      config=config, loop=loop_config, score_key="eval_score", desc=f"pretrain {algo}",
+      summary=lambda final, timing: (f"[pretrain] done in {timing}; final normalised score per seed: "
+                                     + ", ".join(f"{x:.1f}" for x in final)),
+      plot_keys=("eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"),
+      plot_title=f"{algo} on {dataset_id}", out_dir=out_dir, restart=restart, progress=progress,
+      checkpoint_every=checkpoint_every)
 
-  def on_eval(step, s, returns):
-    ckpt.save(step, s, {**metadata, "step": step,
-                        "eval_score": data.normalized_score(returns).mean(1)})
+  def build(run_dir):
+    ds = data.dataset
+    log(f"[pretrain] {algo} on {dataset_id} ({ds.size} transitions, {len(ds.episode_returns)} episodes, "
+        f"dataset mean normalised return {float(np.mean(ds.normalized_score(ds.episode_returns))):.1f}) "
+        f"-> {run_dir}")
+    local = distributed.local_seed_count(seeds)     # this process's seeds (all of them with one)
+    states = loops.init_states(agent, seed_keys(seed, local), ds.observation_dim, ds.action_dim,
+                               agent_config)
+    metadata = {"config": config, "phase": "pretrain", "algo": algo, "dataset_id": dataset_id,
+                "env_id": data.env_id, "obs_dim": ds.observation_dim, "act_dim": ds.action_dim,
+                "obs_mean": data.obs_mean, "obs_std": data.obs_std,
+                "reward_transform": {"scale": scale, "shift": shift},
+                "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
+    return phase_lib.Training(agent, states, data.device, data, metadata)
 
-  states, history = loops.run_offline(
-      agent, states, data.device, make_env=data.make_env, num_seeds=local, seed=seed,
-      config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
-      normalized_score=data.normalized_score, on_eval=on_eval, snapshots=snapshots,
-      phase="pretrain", progress=progress and distributed.is_primary(), desc=f"pretrain {algo}",
-      log=log)
-  writer.close()
-  ckpt.close()
-  snapshots.discard()
-  _plot(run_dir, ["eval/normalized_score", "train/critic_loss", "train/actor_loss", "train/bc_loss"],
-        f"{algo} on {dataset_id}")
-  final = distributed.gather_seeds(data.normalized_score(history[-1]["returns"]).mean(1))
-  log(f"[pretrain] done in {time.time() - t0:.0f}s ({(compile_time.snapshot() - c0).describe()}); "
-      "final normalised score per seed: "
-      + ", ".join(f"{x:.1f}" for x in final))
-  return run_dir
+  return phase_lib.run_offline_phase(spec, build, log)
 
 
 def run_preset(run_dir: Path, cfg: Dict[str, Any], given: Optional[str] = None) -> str:
@@ -377,15 +329,20 @@ def _o2o_template(agent, cfg: Dict[str, Any], meta: Dict[str, Any], agent_config
                            meta["act_dim"], agent_config)
 
 
-def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: Optional[str],
-             out_dir: str, restart: bool, extra: Dict[str, Any], log):
-  """Common set-up of reevaluate/align: previous config, data, run dir, agent module."""
+def _o2o_config(phase: str, agent_name: str, from_dir: Path, steps: int, extra: Dict[str, Any]):
+  """(previous phase's config, this phase's config) of reevaluate/align/finetune."""
   prev = runs.read_config(from_dir)
-  dataset_id = prev["dataset"]
-  config = {"phase": phase, "agent": agent_name, "dataset": dataset_id, "env": prev["env"],
+  config = {"phase": phase, "agent": agent_name, "dataset": prev["dataset"], "env": prev["env"],
             "seeds": prev["seeds"], "seed": prev["seed"], "from": str(from_dir), "steps": steps,
             "preset": prev.get("preset"), **extra}
-  run_dir = runs.run_dir_for(out_dir, phase, agent_name, dataset_id,
+  return prev, config
+
+
+def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: Optional[str],
+             out_dir: str, restart: bool, extra: Dict[str, Any], log):
+  """Common set-up of an O2O phase: previous config, config, run dir (prepared), resumed."""
+  prev, config = _o2o_config(phase, agent_name, from_dir, steps, extra)
+  run_dir = runs.run_dir_for(out_dir, phase, agent_name, prev["dataset"],
                              run_name or f"seed{prev['seed']}x{prev['seeds']}")
   resumed = runs.prepare_run_dir(run_dir, config, restart=restart)
   return prev, config, run_dir, resumed
@@ -397,7 +354,8 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
                overrides: Optional[Dict[str, Any]] = None, out_dir: str = "runs",
                run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
                checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
-  """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE)."""
+  """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE); `steps` 0 (the
+  ablation --reevaluate=false): the fresh critic, pi_off evaluated once."""
   agent = registry.get(agent_name, registry.O2O)
   actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
   o2o_config = make_o2o_config(agent_name, actor_config, meta["dataset_id"], critic_hidden, constrain,
@@ -411,51 +369,32 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
     log(f"[reevaluate] note: the released {agent_name} config for this dataset also sets "
         + ", ".join(f"{k}={v}" for k, v in gaps.items())
         + f", which {agent_name} here does not implement (recorded in config.json)")
-  prev, config, run_dir, resumed = _o2o_run(
-      "reevaluate", agent_name, pretrain_dir, steps, run_name, out_dir, restart, extra, log)
-  if resumed and runs.finished(run_dir, steps):
-    log(f"[reevaluate] reusing the finished run {run_dir}")
-    return run_dir
-  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                            batch_size=batch_size, reward_shift=shift)
-  check_actor_fits(agent_name, agent, o2o_config, prev["algo"], meta, actor_params)
-  local = distributed.local_seed_count(prev["seeds"])
-  states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config, p)))(
-      seed_keys(prev["seed"] + 1, local), actor_params)
-  log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
-      f"steps -> {run_dir}")
-  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=steps > 0)
-  snapshots = _snapshots(run_dir, checkpoint_every)
-  out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
-                                      "obs_std", "reward_transform")}, "phase": "reevaluate",
-              "agent": agent_name, "offline_algo": prev["algo"]}
-  scores = {}
+  prev, config = _o2o_config("reevaluate", agent_name, pretrain_dir, steps, extra)
+  spec = phase_lib.OfflinePhase(
+      phase="reevaluate", agent=agent_name, dataset_id=prev["dataset"],
+      run_name=run_name or f"seed{prev['seed']}x{prev['seeds']}", config=config,
+      loop=loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
+                               eval_every=steps, eval_episodes=eval_episodes),
+      score_key="offline_score", desc="re-evaluate",
+      summary=lambda scores, _: phase_lib.summary_line("[reevaluate] pi_off score", scores),
+      out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
 
-  def on_eval(step, s, returns):
-    score = data.normalized_score(returns).mean(1)
-    scores["offline"] = distributed.gather_seeds(score)
-    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": score})
+  def build(run_dir):
+    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                              batch_size=batch_size, reward_shift=shift)
+    check_actor_fits(agent_name, agent, o2o_config, prev["algo"], meta, actor_params)
+    local = distributed.local_seed_count(prev["seeds"])
+    states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config,
+                                                      p)))(seed_keys(prev["seed"] + 1, local), actor_params)
+    log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
+        f"steps -> {run_dir}")
+    out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
+                                        "obs_std", "reward_transform")}, "phase": "reevaluate",
+                "agent": agent_name, "offline_algo": prev["algo"]}
+    return phase_lib.Training(loops.Learner(agent.reevaluate_step, agent.offline_act), states,
+                              data.device, data, out_meta)
 
-  if steps == 0:   # ablation --reevaluate=false: a fresh critic, pi_off evaluated once
-    evaluator = envs.Evaluator(data.make_env, local, eval_episodes)
-    on_eval(0, states, evaluator.run(lambda o: loops.make_eval_policy(
-        agent.offline_act, data.obs_mean, data.obs_std)(states, o)))
-    evaluator.close()
-  else:
-    loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
-                                      eval_every=steps, eval_episodes=eval_episodes)
-    loops.run_offline(loops.Learner(agent.reevaluate_step, agent.offline_act), states, data.device,
-                      make_env=data.make_env, num_seeds=local, seed=prev["seed"],
-                      config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
-                      metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                      snapshots=snapshots, phase="reevaluate",
-                      progress=progress and distributed.is_primary(),
-                      desc="re-evaluate", log=log)
-  writer.close()
-  ckpt.close()
-  snapshots.discard()
-  log(_summary_line("[reevaluate] pi_off score", scores["offline"]))
-  return run_dir
+  return phase_lib.run_offline_phase(spec, build, log)
 
 
 def _restore_o2o(from_dir: Path):
@@ -473,48 +412,31 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
           log=print) -> Path:
   """Value alignment of the re-evaluated critic, with the actor trained at the same time."""
   cfg, agent, agent_config, states, meta = _restore_o2o(reevaluate_dir)
-  prev, config, run_dir, resumed = _o2o_run(
-      "align", cfg["agent"], reevaluate_dir, steps, run_name, out_dir, restart,
+  scale, shift = prepared.reward_transform(meta)
+  prev, config = _o2o_config(
+      "align", cfg["agent"], reevaluate_dir, steps,
       {"agent_config": dataclasses.asdict(agent_config), "batch_size": batch_size,
        "offline_algo": cfg.get("offline_algo", meta.get("offline_algo")),
-       "reward_transform": dict(zip(("scale", "shift"), prepared.reward_transform(meta)))}, log)
-  if resumed and runs.finished(run_dir, steps):
-    log(f"[align] reusing the finished run {run_dir}")
-    return run_dir
-  scale, shift = prepared.reward_transform(meta)
-  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                            batch_size=batch_size, reward_shift=shift)
-  log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
-  local = distributed.local_seed_count(cfg["seeds"])
-  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
-  snapshots = _snapshots(run_dir, checkpoint_every)
-  out_meta = {**meta, "phase": "align"}
-  scores = {}
+       "reward_transform": {"scale": scale, "shift": shift}})
+  spec = phase_lib.OfflinePhase(
+      phase="align", agent=cfg["agent"], dataset_id=prev["dataset"],
+      run_name=run_name or f"seed{prev['seed']}x{prev['seeds']}", config=config,
+      loop=loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(eval_every, 5_000),
+                               eval_every=eval_every, eval_episodes=eval_episodes),
+      score_key="online_score", desc="align", finish=jax.jit(jax.vmap(agent.finish_alignment)),
+      summary=lambda scores, _: phase_lib.summary_line("[align] pi_on score", scores),
+      plot_keys=("eval/normalized_score", "train/align_loss", "train/q_anchor", "train/actor_drift"),
+      plot_title=f"{cfg['agent']} alignment", out_dir=out_dir, restart=restart, progress=progress,
+      checkpoint_every=checkpoint_every)
 
-  def on_eval(step, s, returns):
-    score = data.normalized_score(returns).mean(1)
-    scores["online"] = distributed.gather_seeds(score)
-    if step >= steps:
-      s = jax.jit(jax.vmap(agent.finish_alignment))(s)
-    ckpt.save(step, s, {**out_meta, "step": step, "online_score": score})
-    return s
+  def build(run_dir):
+    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                              batch_size=batch_size, reward_shift=shift)
+    log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
+    return phase_lib.Training(loops.Learner(agent.align_step, agent.act), states, data.device, data,
+                              {**meta, "phase": "align"})
 
-  loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size,
-                                    chunk=min(eval_every, 5_000), eval_every=eval_every,
-                                    eval_episodes=eval_episodes)
-  loops.run_offline(loops.Learner(agent.align_step, agent.act), states, data.device,
-                    make_env=data.make_env, num_seeds=local, seed=cfg["seed"],
-                    config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
-                    metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                    snapshots=snapshots, phase="align", progress=progress and distributed.is_primary(),
-                    desc="align", log=log)
-  writer.close()
-  ckpt.close()
-  snapshots.discard()
-  _plot(run_dir, ["eval/normalized_score", "train/align_loss", "train/q_anchor",
-                  "train/actor_drift"], f"{cfg['agent']} alignment")
-  log(_summary_line("[align] pi_on score", scores["online"]))
-  return run_dir
+  return phase_lib.run_offline_phase(spec, build, log)
 
 
 def skip_phase(from_dir: Path, phase: str, out_dir: str, run_name: Optional[str], log=print) -> Path:
@@ -703,8 +625,8 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: prepare
   if data.reward_shift:
     learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act)
     data = data.without_shift()
-  writer, ckpt = _writer_and_ckpt(run_dir, local, keep_rows=True)
-  snapshots = _snapshots(run_dir, checkpoint_every)
+  writer, ckpt = phase_lib.writer_and_checkpointer(run_dir, local)
+  snapshots = phase_lib.snapshots(run_dir, checkpoint_every)
 
   def on_eval_(step, s, returns):
     score = data.normalized_score(returns).mean(1)
@@ -741,7 +663,7 @@ def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: prepare
   scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
             for h in history]
   start_scores = {k: distributed.gather_seeds(np.asarray(v)) for k, v in start_scores.items()}
-  _plot(run_dir, plot_keys, f"{agent_name} fine-tuning on {dataset_id}")
+  phase_lib.plot(run_dir, plot_keys, f"{agent_name} fine-tuning on {dataset_id}")
   return write_summary(run_dir, dataset_id=dataset_id, agent_name=agent_name, seeds=seeds,
                        start_scores=start_scores, scores=scores, wall_time_s=time.time() - t0)
 
@@ -758,9 +680,9 @@ def write_summary(run_dir: Path, *, dataset_id: str, agent_name: str, seeds: int
   if distributed.is_primary():
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
   lines = [f"normalised scores on {dataset_id} ({seeds} seeds; per seed, mean +- std)"]
-  lines += [_summary_line(START_LABELS.get(k, k), v) for k, v in start_scores.items()]
-  lines += [_summary_line("best fine-tuned", summary["best"]),
-            _summary_line("final fine-tuned", summary["final"])]
+  lines += [phase_lib.summary_line(START_LABELS.get(k, k), v) for k, v in start_scores.items()]
+  lines += [phase_lib.summary_line("best fine-tuned", summary["best"]),
+            phase_lib.summary_line("final fine-tuned", summary["final"])]
   if distributed.is_primary():
     (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -33,6 +33,7 @@ from absl import flags
 
 from experiments import common, phases, presets
 from o2o_jax import loops, networks, runs
+from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import aca
 from o2o_jax.checkpoints import Checkpointer
@@ -120,45 +121,35 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
                 "seeds": seeds, "seed": seed, "from": str(pretrain_dir), "steps": steps,
                 "offline_algo": cfg["algo"], "agent_config": dataclasses.asdict(config),
                 "batch_size": batch_size}
-  run_dir = runs.run_dir_for(out_dir, "zfit", "aca", cfg["dataset"], run_name)
-  resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and runs.finished(run_dir, steps):
-    log(f"[zfit] reusing the finished run {run_dir}")
-    return run_dir
-  obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
-  expected = jax.eval_shape(lambda: aca.init(jax.random.PRNGKey(0), obs_dim, act_dim, config).actor.params)
-  given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                                 base_states.actor.params)
-  if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(given):
-    raise O2OError(f"the {cfg['algo']} actor does not fit ACA's actor (different network layout)")
-  states = _zfit_init(config, obs_dim, act_dim)(seed_keys(seed + 1, seeds), base_states.actor.params)
-  # Z serves the online critic, which sees raw env rewards: no reward transform here.
-  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
-                            batch_size=batch_size)
-  log(f"[zfit] aca: fitting Z to the frozen {cfg['algo']} actor for {steps} steps (alpha "
-      f"{zfit_alpha}) -> {run_dir}")
-  writer, ckpt = phases._writer_and_ckpt(run_dir, seeds, keep_rows=True)
-  snapshots = phases._snapshots(run_dir, checkpoint_every)
-  out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
-                                      "obs_std")},
-              "reward_transform": {"scale": 1.0, "shift": 0.0}, "phase": "zfit", "agent": "aca",
-              "offline_algo": cfg["algo"]}
+  spec = phase_lib.OfflinePhase(
+      phase="zfit", agent="aca", dataset_id=cfg["dataset"], run_name=run_name, config=run_config,
+      loop=loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
+                               eval_every=steps, eval_episodes=eval_episodes),
+      score_key="eval_score", desc="aca z-fit", out_dir=out_dir, restart=restart, progress=progress,
+      checkpoint_every=checkpoint_every)
 
-  def on_eval(step, s, returns):
-    ckpt.save(step, s, {**out_meta, "step": step,
-                        "eval_score": data.normalized_score(returns).mean(1)})
+  def build(run_dir):
+    obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
+    expected = jax.eval_shape(lambda: aca.init(jax.random.PRNGKey(0), obs_dim, act_dim,
+                                               config).actor.params)
+    given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                   base_states.actor.params)
+    if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(given):
+      raise O2OError(f"the {cfg['algo']} actor does not fit ACA's actor (different network layout)")
+    states = _zfit_init(config, obs_dim, act_dim)(seed_keys(seed + 1, seeds), base_states.actor.params)
+    # Z serves the online critic, which sees raw env rewards: no reward transform here.
+    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
+                              batch_size=batch_size)
+    log(f"[zfit] aca: fitting Z to the frozen {cfg['algo']} actor for {steps} steps (alpha "
+        f"{zfit_alpha}) -> {run_dir}")
+    out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
+                                        "obs_std")},
+                "reward_transform": {"scale": 1.0, "shift": 0.0}, "phase": "zfit", "agent": "aca",
+                "offline_algo": cfg["algo"]}
+    return phase_lib.Training(loops.Learner(aca.fit_baseline_step, aca.act), states, data.device,
+                              data, out_meta)
 
-  loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
-                                    eval_every=steps, eval_episodes=eval_episodes)
-  loops.run_offline(loops.Learner(aca.fit_baseline_step, aca.act), states, data.device,
-                    make_env=data.make_env, num_seeds=seeds, seed=seed, config=loop_config,
-                    obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
-                    normalized_score=data.normalized_score, on_eval=on_eval, snapshots=snapshots,
-                    phase="zfit", progress=progress, desc="aca z-fit", log=log)
-  writer.close()
-  ckpt.close()
-  snapshots.discard()
-  return run_dir
+  return phase_lib.run_offline_phase(spec, build, log)
 
 
 def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: int, eval_every: int,

@@ -150,7 +150,8 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
   """Policy re-evaluation for O2PPO: V fitted to the offline Monte-Carlo returns (its own run dir)."""
   import jax
   from experiments import phases
-  from o2o_jax import distributed, envs, loops, onpolicy, runs
+  from o2o_jax import distributed, loops, onpolicy, runs
+  from o2o_jax import phase as phase_lib
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.agents import registry
   from o2o_jax.data import prepared
@@ -169,63 +170,45 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
                 "seeds": prev["seeds"], "seed": prev["seed"], "from": str(pretrain_dir), "steps": steps,
                 "batch_size": batch_size, "reward_scaling": reward_scaling,
                 "offline_algo": prev["algo"], "agent_config": dataclasses.asdict(config)}
-  run_dir = runs.run_dir_for(out_dir, "reevaluate", AGENT, dataset_id, run_name)
-  resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and runs.finished(run_dir, steps):
-    log(f"[reevaluate] reusing the finished run {run_dir}")
-    return run_dir
-  actor_params, actor_config, meta = phases.offline_actor_params(pretrain_dir)
-  _check_actor(prev["algo"], actor_config, config, meta, actor_params)
-  data = prepared.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
-  ds = data.dataset
-  if batch_size > ds.size:
-    raise O2OError(f"--o2ppo_value_batch_size ({batch_size}) is larger than the dataset ({ds.size} "
-                   "transitions)")
-  returns, scaler = onpolicy.value_targets(ds, config.discount, reward_scaling == "dynamic")
-  returns_data = data.device.replace(rewards=returns)  # V targets travel in the rewards field
-  local = distributed.local_seed_count(prev["seeds"])   # this process's seeds (all with one)
-  states = jax.jit(jax.vmap(lambda k, p: o2ppo.init_value_fit(k, meta["obs_dim"], meta["act_dim"],
-                                                               config, p)))(
-      seed_keys(prev["seed"] + 1, local), actor_params)
-  log(f"[reevaluate] o2ppo: fitting V to the Monte-Carlo returns of {len(ds.episode_starts)} episodes "
-      f"(mean return-to-go {float(returns.mean()):.1f}) for {steps} steps -> {run_dir}")
-  writer, ckpt = phases._writer_and_ckpt(run_dir, local, keep_rows=steps > 0)
-  snapshots = phases._snapshots(run_dir, checkpoint_every)
-  # The dataset pass's scaler statistics (count, mean, S), which every seed starts the online phase from.
-  dataset_stats = None
-  if scaler is not None:
-    dataset_stats = {k: v for k, v in scaler.per_seed(0).items() if k != "running"}
-  out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
-                                      "obs_std")},
-              "reward_transform": {"scale": 1.0, "shift": 0.0, "dynamic": reward_scaling == "dynamic"},
-              "reward_scaler": dataset_stats,
-              "phase": "reevaluate", "agent": AGENT, "offline_algo": prev["algo"]}
-  scores = {}
+  spec = phase_lib.OfflinePhase(
+      phase="reevaluate", agent=AGENT, dataset_id=dataset_id, run_name=run_name, config=run_config,
+      loop=loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
+                               eval_every=steps, eval_episodes=eval_episodes),
+      score_key="offline_score", desc="fit V",
+      summary=lambda scores, _: phase_lib.summary_line("[reevaluate] pi_off score", scores),
+      out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
 
-  def on_eval(step, s, ret):
-    score = data.normalized_score(ret).mean(1)
-    scores["offline"] = distributed.gather_seeds(score)
-    ckpt.save(step, s, {**out_meta, "step": step, "offline_score": score})
+  def build(run_dir):
+    actor_params, actor_config, meta = phases.offline_actor_params(pretrain_dir)
+    _check_actor(prev["algo"], actor_config, config, meta, actor_params)
+    data = prepared.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
+    ds = data.dataset
+    if batch_size > ds.size:
+      raise O2OError(f"--o2ppo_value_batch_size ({batch_size}) is larger than the dataset ({ds.size} "
+                     "transitions)")
+    returns, scaler = onpolicy.value_targets(ds, config.discount, reward_scaling == "dynamic")
+    local = distributed.local_seed_count(prev["seeds"])   # this process's seeds (all with one)
+    states = jax.jit(jax.vmap(lambda k, p: o2ppo.init_value_fit(k, meta["obs_dim"], meta["act_dim"],
+                                                                 config, p)))(
+        seed_keys(prev["seed"] + 1, local), actor_params)
+    log(f"[reevaluate] o2ppo: fitting V to the Monte-Carlo returns of {len(ds.episode_starts)} "
+        f"episodes (mean return-to-go {float(returns.mean()):.1f}) for {steps} steps -> {run_dir}")
+    # The dataset pass's scaler statistics (count, mean, S), which every seed starts the online
+    # phase from.
+    dataset_stats = None
+    if scaler is not None:
+      dataset_stats = {k: v for k, v in scaler.per_seed(0).items() if k != "running"}
+    out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
+                                        "obs_std")},
+                "reward_transform": {"scale": 1.0, "shift": 0.0,
+                                     "dynamic": reward_scaling == "dynamic"},
+                "reward_scaler": dataset_stats,
+                "phase": "reevaluate", "agent": AGENT, "offline_algo": prev["algo"]}
+    # V targets travel in the rewards field.
+    return phase_lib.Training(loops.Learner(o2ppo.value_fit_step, o2ppo.offline_act), states,
+                              data.device.replace(rewards=returns), data, out_meta)
 
-  if steps == 0:   # ablation: a fresh V, pi_off evaluated once
-    evaluator = envs.Evaluator(data.make_env, local, eval_episodes)
-    on_eval(0, states, evaluator.run(lambda o: loops.make_eval_policy(
-        o2ppo.offline_act, data.obs_mean, data.obs_std)(states, o)))
-    evaluator.close()
-  else:
-    loop_config = loops.OfflineConfig(num_steps=steps, batch_size=batch_size, chunk=min(steps, 5_000),
-                                      eval_every=steps, eval_episodes=eval_episodes)
-    loops.run_offline(loops.Learner(o2ppo.value_fit_step, o2ppo.offline_act), states, returns_data,
-                      make_env=data.make_env, num_seeds=local, seed=prev["seed"],
-                      config=loop_config, obs_mean=data.obs_mean, obs_std=data.obs_std,
-                      metrics_writer=writer, normalized_score=data.normalized_score, on_eval=on_eval,
-                      snapshots=snapshots, phase="reevaluate",
-                      progress=progress and distributed.is_primary(), desc="fit V", log=log)
-  writer.close()
-  ckpt.close()
-  snapshots.discard()
-  log(phases._summary_line("[reevaluate] pi_off score", scores["offline"]))
-  return run_dir
+  return phase_lib.run_offline_phase(spec, build, log)
 
 
 def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, eval_every: int,
@@ -239,8 +222,8 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   import jax.numpy as jnp
   import numpy as np
   from experiments import phases
-  from o2o_jax import logging as log_lib
   from o2o_jax import distributed, onpolicy, runs
+  from o2o_jax import phase as phase_lib
   from o2o_jax.agents.o2o import o2ppo
   from o2o_jax.agents.online import ppo
   from o2o_jax.checkpoints import Checkpointer
@@ -307,8 +290,8 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   log(f"[finetune] {what}: {online_steps} online steps, rollouts of {rollout_length}, "
       f"{config.epochs} epochs, beta over {config.beta_steps} steps, reference {reference} -> {run_dir}")
 
-  writer, ckpt = phases._writer_and_ckpt(run_dir, local, keep_rows=True)
-  snapshots = phases._snapshots(run_dir, checkpoint_every)
+  writer, ckpt = phase_lib.writer_and_checkpointer(run_dir, local)
+  snapshots = phase_lib.snapshots(run_dir, checkpoint_every)
   if snapshots.latest_step() is None:
     writer.write(0, {"eval/normalized_score": np.asarray(offline_score),
                      "eval/offline_score": np.asarray(offline_score)})
@@ -343,10 +326,8 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
             for h in history]
   start_scores = {"offline": distributed.gather_seeds(np.asarray(offline_score))}
-  if distributed.is_primary():
-    log_lib.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                        ["eval/normalized_score", "train/beta", "train/approx_kl", "train/value_loss"],
-                        title=f"{'O2PPO' if config.aux else 'direct PPO'} fine-tuning on {dataset_id}")
+  phase_lib.plot(run_dir, ["eval/normalized_score", "train/beta", "train/approx_kl", "train/value_loss"],
+                 f"{'O2PPO' if config.aux else 'direct PPO'} fine-tuning on {dataset_id}")
   phases.write_summary(run_dir, dataset_id=dataset_id, agent_name=AGENT if config.aux else "ppo",
                        seeds=prev["seeds"], start_scores=start_scores, scores=scores,
                        wall_time_s=time.time() - t0)

@@ -30,6 +30,7 @@ from absl import flags
 
 from experiments import common, phases, presets
 from o2o_jax import distributed, loops, resume, runs
+from o2o_jax import phase as phase_lib
 from o2o_jax import logging as log_lib
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import samg
@@ -147,7 +148,7 @@ def train_cvae(*, dataset_id: str, config: samg.Config, seeds: int, seed: int, s
       f"-> {run_dir}")
   writer = log_lib.MetricsWriter(run_dir)
   key, t0, step, metrics = jax.random.PRNGKey(seed + 3), time.time(), 0, {}
-  snapshots = phases._snapshots(run_dir, checkpoint_every)
+  snapshots = phase_lib.snapshots(run_dir, checkpoint_every)
   session = resume.Session(snapshots, "cvae", log=log)
   restored, _, step = session.restore({"cvae": loops.unalias(states), "key": key})
   states, key = restored["cvae"], restored["key"]
