@@ -8,6 +8,8 @@
 Each phase reads the previous phase's run directory (`from_dir`) and writes its own; a phase whose run
 directory already holds a finished checkpoint is reused, not rerun. Observation statistics and the
 reward transform travel in every checkpoint's metadata, so every phase preprocesses identically.
+pretrain, reevaluate and align are `o2o_jax.phase.OfflinePhase` specs run by the library's offline-phase
+skeleton (`phase.run_offline_phase`); only their states, data, config and metadata are built here.
 """
 from __future__ import annotations
 
