@@ -11,14 +11,16 @@ JAX on the CPU) on the embedded dataset (o2o/hopper/medium-v0) with 2 seeds and 
 
   o2td3          pretrain (td3bc), reevaluate, align, finetune
   o2td3_skips    --reevaluate=false --align=false: reevaluate at 0 steps (the ablation) and skip_phase
+  o2td3_part     --buffer=part: the buffer seeded with the top offline episodes
   o2ppo          pretrain (iql), reevaluate (the V fit), finetune
   aca_cql        pretrain (cql), zfit (Z fitted to the CQL actor), finetune
   samg_cql       pretrain (cql), cvae (the C-VAE), finetune
+  o3f            pretrain (iql5), finetune (the buffer starts as the whole dataset)
 
 and writes, per scenario and per phase run directory (relative path), a fingerprint: metrics.csv
 without its timing/throughput columns (perf/*, time*, wall*), config.json, and a SHA-256 of every
 array leaf of the final result checkpoint (restored without a template, so by orbax's own tree) and
-of its JSON metadata. The scenario's output root is replaced by '<out>' everywhere, so runs in
+of its JSON metadata, and an online phase's summary.json without its wall_time_s. The scenario's output root is replaced by '<out>' everywhere, so runs in
 different directories compare equal. Each scenario's output root is removed first.
 """
 from __future__ import annotations
@@ -44,6 +46,9 @@ SCENARIOS = {
     "o2td3_skips": ["--agent=o2td3", "--pretrain_steps=40", "--reevaluate_steps=20", "--align_steps=20",
                     "--online_steps=60", "--warmup_steps=20", "--eval_every=30", "--critic_hidden=8,8",
                     "--reevaluate=false", "--align=false"],
+    "o2td3_part": ["--agent=o2td3", "--pretrain_steps=40", "--reevaluate_steps=20", "--align_steps=20",
+                   "--online_steps=60", "--warmup_steps=20", "--eval_every=30", "--critic_hidden=8,8",
+                   "--buffer=part"],
     "o2ppo": ["--agent=o2ppo", "--pretrain_steps=40", "--reevaluate_steps=20", "--online_steps=128",
               "--ppo_rollout_length=64", "--ppo_minibatches=4", "--o2ppo_epochs=2", "--eval_every=64",
               "--o2ppo_value_hidden=8,8", "--o2ppo_value_batch_size=16"],
@@ -51,6 +56,8 @@ SCENARIOS = {
                 "--critic_hidden=8,8", "--online_steps=40", "--warmup_steps=10", "--eval_every=20"],
     "samg_cql": ["--agent=samg_cql", "--pretrain_steps=40", "--samg_cvae_steps=40", "--samg_cvae_hidden=8",
                  "--online_steps=40", "--samg_prefill=20", "--eval_every=20"],
+    "o3f": ["--agent=o3f", "--pretrain_steps=40", "--online_steps=40", "--eval_every=20",
+            "--o3f_num_candidates=8"],
 }
 DROP_PREFIXES = ("perf/", "time", "wall")
 
@@ -83,6 +90,14 @@ def _checkpoint(ckpt_dir: Path, root: str):
           "meta": json.loads(meta)}
 
 
+def _summary(path: Path, root: str):
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text().replace(root, "<out>"))
+  summary.pop("wall_time_s", None)
+  return summary
+
+
 def fingerprint(root: Path):
   out = {}
   for cfg in sorted(root.rglob("config.json")):
@@ -91,6 +106,7 @@ def fingerprint(root: Path):
         "config": json.loads(cfg.read_text().replace(str(root), "<out>")),
         "metrics": _metrics(run / "metrics.csv", str(root)),
         "checkpoint": _checkpoint(run / "checkpoints", str(root)) if (run / "checkpoints").exists() else None,
+        "summary": _summary(run / "summary.json", str(root)),
         "files": sorted(str(p.relative_to(run)) for p in run.iterdir()
                         if p.name not in ("tensorboard",)),
     }

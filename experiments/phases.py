@@ -9,15 +9,15 @@ Each phase reads the previous phase's run directory (`from_dir`) and writes its 
 directory already holds a finished checkpoint is reused, not rerun. Observation statistics and the
 reward transform travel in every checkpoint's metadata, so every phase preprocesses identically.
 pretrain, reevaluate and align are `o2o_jax.phase.OfflinePhase` specs run by the library's offline-phase
-skeleton (`phase.run_offline_phase`); only their states, data, config and metadata are built here.
+skeleton (`phase.run_offline_phase`); finetune (O2TD3/O2SAC), like O3F's, ACA's and SAMG's online
+phases (pipeline_*.py), is an `o2o_jax.phase.OnlinePhase` spec run by its online skeleton
+(`phase.run_online_phase`). Only their states, data, config and metadata are built here.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.data import load_dataset, prepared
 from o2o_jax.errors import O2OError
-from o2o_jax.types import Transition, seed_keys
+from o2o_jax.types import seed_keys
 
 PHASES = ("pretrain", "reevaluate", "align", "finetune")
 # --budget: 'paper' = the paper's step counts (1M offline, 500k re-evaluation, 500k alignment, 100k
@@ -521,45 +521,47 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
     extra["reference_interval"] = {k: settings[k] for k in ("interval_steps", "update_n",
                                                             "actor_grad_clip", "tau_end_divisor")
                                    if k in settings}
-  prev, config, run_dir, resumed = _o2o_run(
-      "finetune", cfg["agent"], align_dir, online_steps, run_name, out_dir, restart, extra, log)
-  if resumed and runs.finished(run_dir, online_steps):
-    log(f"[finetune] reusing the finished run {run_dir}")
-    print((run_dir / "summary.txt").read_text() if (run_dir / "summary.txt").exists() else "")
-    return run_dir
-  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                            batch_size=batch_size, reward_shift=shift)
-  offline_score = np.asarray(meta["offline_score"] if "offline_score" in meta else
-                             meta["online_score"], np.float32)
-  online_score = np.asarray(meta["online_score"], np.float32)
-  states = jax.jit(jax.vmap(agent.init_reference))(states, jnp.asarray(offline_score),
-                                                   jnp.asarray(online_score))
-  refresh = jax.jit(jax.vmap(agent.refresh_reference))
-  replay_kwargs = replay_mode(buffer, data.without_shift())   # buffers hold r * scale (online_phase)
-  log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
-      f"reference {reference}"
-      + ("" if interval is None else
-         f" (pi_ref <- pi_on every {interval} env steps, tau_end {agent_config.tau_end:g}"
-         + ("" if settings["actor_grad_clip"] is None else
-            f", actor gradient norm clipped to {settings['actor_grad_clip']}") + ")")
-      + f" -> {run_dir}")
+  prev, config = _o2o_config("finetune", cfg["agent"], align_dir, online_steps, extra)
+  fields = replay_fields(buffer)
+  spec = phase_lib.OnlinePhase(
+      agent=cfg["agent"], dataset_id=prev["dataset"],
+      run_name=run_name or f"seed{prev['seed']}x{prev['seeds']}", config=config,
+      loop=phase_lib.online_loop(online_steps, warmup_steps, eval_every, eval_episodes, utd=utd,
+                                 batch_size=batch_size, **fields),
+      plot_keys=("eval/normalized_score", "train/lambda", "train/constraint", "train/critic_loss"),
+      out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
 
-  def on_eval(step, s, score):
-    if interval is None:
-      return refresh(s, jnp.asarray(score, jnp.float32))
-    if step % interval == 0:
-      return refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
-    return s
+  def build(run_dir):
+    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                              batch_size=batch_size, reward_shift=shift)
+    offline_score = np.asarray(meta["offline_score"] if "offline_score" in meta else
+                               meta["online_score"], np.float32)
+    online_score = np.asarray(meta["online_score"], np.float32)
+    s0 = jax.jit(jax.vmap(agent.init_reference))(states, jnp.asarray(offline_score),
+                                                 jnp.asarray(online_score))
+    refresh = jax.jit(jax.vmap(agent.refresh_reference))
+    prefill = replay_mode(buffer, data.without_shift()).get("prefill")   # buffers hold r * scale
+    log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
+        f"reference {reference}"
+        + ("" if interval is None else
+           f" (pi_ref <- pi_on every {interval} env steps, tau_end {agent_config.tau_end:g}"
+           + ("" if settings["actor_grad_clip"] is None else
+              f", actor gradient norm clipped to {settings['actor_grad_clip']}") + ")")
+        + f" -> {run_dir}")
 
-  online_phase(run_dir=run_dir, learner=loops.Learner(agent.finetune_step, agent.act), states=states,
-               data=data, meta=meta, seeds=cfg["seeds"], seed=cfg["seed"], agent_name=cfg["agent"],
-               dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
-               eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
-               **replay_kwargs, start_scores={"offline": offline_score, "aligned": online_score},
-               on_eval=on_eval, progress=progress, checkpoint_every=checkpoint_every, log=log,
-               plot_keys=["eval/normalized_score", "train/lambda", "train/constraint",
-                          "train/critic_loss"])
-  return run_dir
+    def on_eval(step, s, score):
+      if interval is None:
+        return refresh(s, jnp.asarray(score, jnp.float32))
+      if step % interval == 0:
+        return refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
+      return s
+
+    return phase_lib.OnlineTraining(
+        learner=loops.Learner(agent.finetune_step, agent.act), states=s0, data=data, metadata=meta,
+        start_scores={"offline": offline_score, "aligned": online_score}, on_eval=on_eval,
+        prefill=prefill)
+
+  return phase_lib.run_online_phase(spec, build, log)
 
 
 # --buffer, the online replay's initialisation (OCR-CFT appendix, table 6).
@@ -573,20 +575,27 @@ BUFFER_MODES = {"half": "a separate online buffer; half of each batch from the o
 PART_EPISODES = 50
 
 
-def replay_mode(buffer: str, data: prepared.Data) -> Dict[str, Any]:
-  """online_phase keyword arguments for a --buffer mode."""
+def replay_fields(buffer: str) -> Dict[str, Any]:
+  """The online loop's (`loops.OnlineConfig`) replay fields of a --buffer mode."""
   if buffer == "half":
     return {"offline_fraction": 0.5}
   if buffer == "all":
     return {"offline_fraction": 0.0, "offline_union": True}
-  if buffer == "part":
-    idx = jnp.asarray(data.dataset.top_episode_indices(PART_EPISODES))
-    return {"offline_fraction": 0.0, "prefill": jax.tree_util.tree_map(lambda x: x[idx], data.device)}
   return {"offline_fraction": 0.0}
 
 
-# Labels of the starting scores in the summary (keys of `start_scores`).
-START_LABELS = {"offline": "pi_off (offline)", "aligned": "pi_on (after alignment)"}
+def replay_mode(buffer: str, data: prepared.Data) -> Dict[str, Any]:
+  """A --buffer mode's replay fields and, for 'part', its `prefill` (the top offline episodes)."""
+  if buffer == "part":
+    idx = jnp.asarray(data.dataset.top_episode_indices(PART_EPISODES))
+    return {**replay_fields(buffer),
+            "prefill": jax.tree_util.tree_map(lambda x: x[idx], data.device)}
+  return replay_fields(buffer)
+
+
+# The summary of an online phase (O2PPO's too): the library's.
+START_LABELS = phase_lib.START_LABELS
+write_summary = phase_lib.write_summary
 
 
 def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str, Any],
@@ -602,90 +611,3 @@ def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str
     print(summary.read_text() if summary.exists() else "")
     return run_dir, True
   return run_dir, False
-
-
-def online_phase(*, run_dir: Path, learner: loops.Learner, states, data: prepared.Data,
-                 meta: Dict[str, Any], seeds: int, seed: int, agent_name: str, dataset_id: str,
-                 online_steps: int, warmup_steps: int, eval_every: int, eval_episodes: int,
-                 utd: int, batch_size: int, offline_fraction: float,
-                 start_scores: Dict[str, np.ndarray], offline_union: bool = False,
-                 on_eval: Optional[Callable] = None, prefill: Optional[Transition] = None,
-                 random_warmup: bool = False, plot_keys: Sequence[str] = ("eval/normalized_score",),
-                 progress: bool = True, checkpoint_every: Optional[int] = CHECKPOINT_EVERY,
-                 buffer_size: Optional[int] = None, log=print) -> Dict[str, Any]:
-  """The online phase every off-policy O2O agent shares: `loops.run_online` on the dataset's env with
-  a replay buffer that draws `offline_fraction` of each batch from the offline data, evaluation
-  every `eval_every` steps (`on_eval(step, states, per-seed score) -> states` may refresh per-seed
-  state), the final checkpoint, `curves.png`, and `summary.{json,txt}` with `start_scores` (per seed,
-  e.g. {"offline": pi_off scores}) beside the best and final scores. Online rewards are stored with
-  the offline data's reward scale (`data.reward_scale`); `prefill` must carry scaled rewards, r *
-  scale. A reward shift (`data.reward_shift`, e.g. AntMaze's 10r - 5) is not stored: every buffer
-  holds r * scale and the shift is added to each batch inside the update
-  (`prepared.shift_rewards`), so offline and online rows get the same transform. `buffer_size` caps the online buffer (default: every online step is kept). Resumable: snapshots every
-  `checkpoint_every` env steps under <run_dir>/progress (see loops.run_online)."""
-  local = distributed.local_seed_count(seeds)
-  if data.reward_shift:
-    learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act)
-    data = data.without_shift()
-  writer, ckpt = phase_lib.writer_and_checkpointer(run_dir, local)
-  snapshots = phase_lib.snapshots(run_dir, checkpoint_every)
-
-  def on_eval_(step, s, returns):
-    score = data.normalized_score(returns).mean(1)
-    if on_eval is not None:
-      s = on_eval(step, s, score)
-    if step >= online_steps:
-      ckpt.save(step, s, {**meta, "phase": "finetune", "step": step, "final_score": score})
-    return s
-
-  loop_config = loops.OnlineConfig(total_steps=online_steps, start_steps=warmup_steps,
-                                   random_warmup=random_warmup, utd=utd, batch_size=batch_size,
-                                   buffer_size=buffer_size or online_steps,
-                                   offline_fraction=offline_fraction,
-                                   offline_union=offline_union, eval_every=eval_every,
-                                   eval_episodes=eval_episodes, log_every=min(1000, eval_every))
-  t0 = time.time()
-  if snapshots.latest_step() is None:
-    # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
-    writer.write(0, {"eval/normalized_score": list(start_scores.values())[-1],
-                     **{f"eval/{k}_score": v for k, v in start_scores.items()}})
-  _, _, history = loops.run_online(learner, states, make_env=data.make_env, num_seeds=local, seed=seed,
-                   config=loop_config,
-                   offline=data.device if offline_fraction > 0 or offline_union else None,
-                   obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
-                   callbacks=loops.OnlineCallbacks(on_eval=on_eval_),
-                   normalized_score=data.normalized_score,
-                   progress=progress and distributed.is_primary(),
-                   desc=f"finetune {agent_name}", prefill=prefill, snapshots=snapshots,
-                   phase="finetune", reward_scale=data.reward_scale, log=log)
-  writer.close()
-  ckpt.close()
-  snapshots.discard()
-  # Every process's seeds (collectives, in the same order everywhere); the primary writes the files.
-  scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
-            for h in history]
-  start_scores = {k: distributed.gather_seeds(np.asarray(v)) for k, v in start_scores.items()}
-  phase_lib.plot(run_dir, plot_keys, f"{agent_name} fine-tuning on {dataset_id}")
-  return write_summary(run_dir, dataset_id=dataset_id, agent_name=agent_name, seeds=seeds,
-                       start_scores=start_scores, scores=scores, wall_time_s=time.time() - t0)
-
-
-def write_summary(run_dir: Path, *, dataset_id: str, agent_name: str, seeds: int,
-                  start_scores: Dict[str, np.ndarray], scores, wall_time_s: float) -> Dict[str, Any]:
-  """summary.json / summary.txt of an online phase (printed too). `scores`: [(step, per-seed)]."""
-  all_scores = np.stack([np.asarray(sc) for _, sc in scores])
-  summary = {"dataset": dataset_id, "agent": agent_name, "seeds": seeds,
-             **{k: np.asarray(v).tolist() for k, v in start_scores.items()},
-             "best": all_scores.max(0).tolist(), "final": all_scores[-1].tolist(),
-             "curve_steps": [int(st) for st, _ in scores],
-             "curve_mean": [float(np.mean(sc)) for _, sc in scores], "wall_time_s": wall_time_s}
-  if distributed.is_primary():
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-  lines = [f"normalised scores on {dataset_id} ({seeds} seeds; per seed, mean +- std)"]
-  lines += [phase_lib.summary_line(START_LABELS.get(k, k), v) for k, v in start_scores.items()]
-  lines += [phase_lib.summary_line("best fine-tuned", summary["best"]),
-            phase_lib.summary_line("final fine-tuned", summary["final"])]
-  if distributed.is_primary():
-    (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
-  return summary

@@ -5,7 +5,7 @@
   zfit       Z fitted with that actor fixed as pi0 [recon]                        runs/zfit/aca/...
   finetune   the switch (R := Z, alpha := 1, pi0 frozen) and SAC on the re-parameterised critic
              R + w_t c(log pi0), online data only, optionally seeded with the top-N offline
-             episodes (phases.online_phase)                                        runs/finetune/aca/...
+             episodes (o2o_jax.phase)                                              runs/finetune/aca/...
 
   python -m experiments.finetune --agent=aca --budget=quick
   python -m experiments.finetune --agent=aca --offline_algo=cql --budget=quick
@@ -174,32 +174,32 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
                 "offline_algo": cfg.get("offline_algo", cfg.get("algo")),
                 "agent_config": dataclasses.asdict(config), "utd": utd, "warmup_steps": warmup_steps,
                 "eval_every": eval_every, "eval_episodes": eval_episodes, "batch_size": batch_size}
-  run_dir, done = phases.prepare_online_run(
-      agent_name="aca", dataset_id=cfg["dataset"], run_config=run_config, online_steps=online_steps,
-      out_dir=out_dir, run_name=run_name, restart=restart, log=log)
-  if done:
-    return run_dir
-  template = loops.init_shapes(aca, seed_keys(seed, seeds), obs_dim, act_dim, base)
-  states, meta = runs.restore_result(offline_dir, template)
-  states = jax.jit(jax.vmap(functools.partial(aca.start_online, act_dim=act_dim, config=config)))(states)
-  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
-                            batch_size=batch_size)
-  ds = data.dataset
-  rows = ds.top_episode_indices(config.top_n_trajectories)
-  prefill = jax.tree_util.tree_map(lambda x: x[rows], data.device) if len(rows) else None
-  log(f"[finetune] aca from {run_config['offline_algo']}: {online_steps} online steps, UTD {utd}, "
-      f"clip beta {config.clip_beta}, w {config.w_init} -> {config.w_min} (K {config.w_decay_k}), "
-      f"buffer seeded with {len(rows)} transitions of the top {config.top_n_trajectories} episodes "
-      f"-> {run_dir}")
-  phases.online_phase(
-      run_dir=run_dir, learner=loops.Learner(aca.online_update, aca.act), states=states, data=data,
-      meta={**meta, "agent": "aca"}, seeds=seeds, seed=seed, agent_name="aca",
-      dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
-      eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
-      offline_fraction=0.0, start_scores={"offline": np.asarray(meta["eval_score"], np.float32)},
-      prefill=prefill, random_warmup=False, progress=progress, checkpoint_every=checkpoint_every,
-      plot_keys=["eval/normalized_score", "train/w", "train/alpha", "train/critic_loss"])
-  return run_dir
+  spec = phase_lib.OnlinePhase(
+      agent="aca", dataset_id=cfg["dataset"], run_name=run_name, config=run_config,
+      loop=phase_lib.online_loop(online_steps, warmup_steps, eval_every, eval_episodes, utd=utd,
+                                 batch_size=batch_size, offline_fraction=0.0),
+      plot_keys=("eval/normalized_score", "train/w", "train/alpha", "train/critic_loss"),
+      out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
+
+  def build(run_dir):
+    template = loops.init_shapes(aca, seed_keys(seed, seeds), obs_dim, act_dim, base)
+    states, meta = runs.restore_result(offline_dir, template)
+    states = jax.jit(jax.vmap(functools.partial(aca.start_online, act_dim=act_dim,
+                                                config=config)))(states)
+    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], 1.0,
+                              batch_size=batch_size)
+    rows = data.dataset.top_episode_indices(config.top_n_trajectories)
+    prefill = jax.tree_util.tree_map(lambda x: x[rows], data.device) if len(rows) else None
+    log(f"[finetune] aca from {run_config['offline_algo']}: {online_steps} online steps, UTD {utd}, "
+        f"clip beta {config.clip_beta}, w {config.w_init} -> {config.w_min} (K {config.w_decay_k}), "
+        f"buffer seeded with {len(rows)} transitions of the top {config.top_n_trajectories} episodes "
+        f"-> {run_dir}")
+    return phase_lib.OnlineTraining(
+        learner=loops.Learner(aca.online_update, aca.act), states=states, data=data,
+        metadata={**meta, "agent": "aca"},
+        start_scores={"offline": np.asarray(meta["eval_score"], np.float32)}, prefill=prefill)
+
+  return phase_lib.run_online_phase(spec, build, log)
 
 
 def pretrain_normalizes_states(algo: str, aca_normalize_states: bool = False) -> Optional[bool]:

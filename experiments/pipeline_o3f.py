@@ -5,14 +5,15 @@
              `modify_reward`, locomotion r * 1000 / (max - min episode return), AntMaze r - 1)
   finetune   the same IQL objective online, the replay buffer initialised with the whole offline
              dataset, every env step the best of N candidates around the policy action by mean Q
-             (phases.online_phase)                                                runs/finetune/o3f/...
+             (o2o_jax.phase)                                                      runs/finetune/o3f/...
 
   python -m experiments.finetune --agent=o3f --budget=quick
   python -m experiments.finetune --agent=o3f --offline_algo=iql          # a 2-critic CORL IQL run
   python -m experiments.finetune --agent=o3f --from=runs/pretrain/iql5/... --o3f_omega=1
 
 The reward transform of the IQL run (its checkpoint metadata) is applied to the offline buffer and to
-every online reward (o2o_jax.data.prepared.load_data / phases.online_phase), so both share one scale.
+every online reward (o2o_jax.data.prepared.load_data / o2o_jax.phase.train_online), so both share one
+scale.
 
 Agent-specific flags are defined here at import (prefix --o3f_); the shared ones (dataset, seeds,
 budget, ...) come from experiments/finetune.py.
@@ -30,6 +31,7 @@ from absl import flags
 
 from experiments import common, phases, presets
 from o2o_jax import loops, runs
+from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
 from o2o_jax.agents.o2o import o3f
 from o2o_jax.checkpoints import Checkpointer
@@ -86,31 +88,31 @@ def finetune(*, pretrain_dir: Path, overrides, online_steps: int, warmup_steps: 
                 "agent_config": dataclasses.asdict(config), "utd": utd,
                 "warmup_steps": warmup_steps, "eval_every": eval_every,
                 "eval_episodes": eval_episodes, "batch_size": batch_size}
-  run_dir, done = phases.prepare_online_run(
-      agent_name="o3f", dataset_id=cfg["dataset"], run_config=run_config, online_steps=online_steps,
-      out_dir=out_dir, run_name=run_name, restart=restart, log=log)
-  if done:
-    return run_dir
-  states = jax.jit(jax.vmap(functools.partial(o3f.start_online, config=config)))(states)
-  # The buffer starts as the whole dataset, with the IQL run's reward transform (the online loop
-  # stores env rewards with the same scale; online_phase adds a shift to every batch).
-  scale, shift = prepared.reward_transform(meta)
-  data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                            batch_size=batch_size, reward_shift=shift)
-  log(f"[finetune] o3f from {cfg['algo']} ({config.num_critics} critics"
-      f"{', deterministic actor' if config.deterministic else ''}): {online_steps} online steps, "
-      f"UTD {utd}, best of {config.num_candidates} candidates (sigma {config.sigma}, omega "
-      f"{config.omega}), buffer = the {data.dataset.size} offline transitions + online -> {run_dir}")
-  phases.online_phase(
-      run_dir=run_dir, learner=loops.Learner(o3f.update, o3f.act), states=states, data=data,
-      meta={**meta, "agent": "o3f"}, seeds=seeds, seed=seed, agent_name="o3f",
-      dataset_id=cfg["dataset"], online_steps=online_steps, warmup_steps=warmup_steps,
-      eval_every=eval_every, eval_episodes=eval_episodes, utd=utd, batch_size=batch_size,
-      offline_fraction=0.0, offline_union=True,   # the buffer "starts as the whole dataset"
-      start_scores={"offline": np.asarray(meta["eval_score"], np.float32)}, random_warmup=False,
-      progress=progress, checkpoint_every=checkpoint_every,
-      plot_keys=["eval/normalized_score", "train/critic_loss", "train/value_loss", "train/actor_loss"])
-  return run_dir
+  spec = phase_lib.OnlinePhase(
+      agent="o3f", dataset_id=cfg["dataset"], run_name=run_name, config=run_config,
+      loop=phase_lib.online_loop(online_steps, warmup_steps, eval_every, eval_episodes, utd=utd,
+                                 batch_size=batch_size, offline_fraction=0.0,
+                                 offline_union=True),   # the buffer "starts as the whole dataset"
+      plot_keys=("eval/normalized_score", "train/critic_loss", "train/value_loss", "train/actor_loss"),
+      out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
+
+  def build(run_dir):
+    s0 = jax.jit(jax.vmap(functools.partial(o3f.start_online, config=config)))(states)
+    # The buffer starts as the whole dataset, with the IQL run's reward transform (the online loop
+    # stores env rewards with the same scale; the library adds a shift to every batch).
+    scale, shift = prepared.reward_transform(meta)
+    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
+                              batch_size=batch_size, reward_shift=shift)
+    log(f"[finetune] o3f from {cfg['algo']} ({config.num_critics} critics"
+        f"{', deterministic actor' if config.deterministic else ''}): {online_steps} online steps, "
+        f"UTD {utd}, best of {config.num_candidates} candidates (sigma {config.sigma}, omega "
+        f"{config.omega}), buffer = the {data.dataset.size} offline transitions + online -> {run_dir}")
+    return phase_lib.OnlineTraining(
+        learner=loops.Learner(o3f.update, o3f.act), states=s0, data=data,
+        metadata={**meta, "agent": "o3f"},
+        start_scores={"offline": np.asarray(meta["eval_score"], np.float32)})
+
+  return phase_lib.run_online_phase(spec, build, log)
 
 
 def run(FLAGS):

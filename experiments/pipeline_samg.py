@@ -4,7 +4,7 @@
   cvae       the state-action C-VAE on the dataset + the normal fit of its latent means
                                                                                   runs/cvae/samg/...
   finetune   SAMG online: frozen offline critic, mixed target, online-only buffer seeded with
-             `--samg_prefill` transitions of the offline policy (phases.online_phase); samg_cql also
+             `--samg_prefill` transitions of the offline policy (o2o_jax.phase); samg_cql also
              draws offline rows for its p-weighted conservative term (--samg_cql_offline_penalty)
                                                                                   runs/finetune/samg_<algo>/...
 
@@ -76,7 +76,7 @@ flags.DEFINE_bool("samg_cvae_raw_states", True, "SAMG C-VAE on raw (unnormalised
 flags.DEFINE_integer("samg_prefill", 1000, "SAMG: transitions of the offline policy that seed each "
                      "seed's online buffer (paper 1000).")
 flags.DEFINE_integer("samg_buffer_size", 50_000, "SAMG online buffer capacity (paper 50k); applied when "
-                     "phases.online_phase accepts a buffer size, else the buffer holds every online step.")
+                     "the online phase accepts a buffer size, else the buffer holds every online step.")
 flags.DEFINE_float("samg_exploration_noise", 0.03, "SAMG: std of the Gaussian exploration noise of a "
                    "deterministic base actor (CORL finetune/iql.py `expl_noise` 0.03); stochastic actors "
                    "sample instead.")
@@ -249,41 +249,42 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
                 "warmup_steps": warmup_steps, "eval_every": eval_every, "eval_episodes": eval_episodes,
                 "batch_size": batch_size, "prefill": prefill_steps, "buffer_size": buffer_size,
                 "offline_fraction": offline_fraction}
-  run_dir, done = phases.prepare_online_run(
-      agent_name=agent_name, dataset_id=cfg["dataset"], run_config=run_config, online_steps=online_steps,
-      out_dir=out_dir, run_name=run_name, restart=restart, log=log)
-  if done:
-    return run_dir
-  cv = restore_cvae(cvae_dir, config, seeds, seed, meta["obs_dim"], meta["act_dim"])
-  obs_mean, obs_std = np.asarray(meta["obs_mean"], np.float32), np.asarray(meta["obs_std"], np.float32)
-  scale = float(meta["reward_transform"]["scale"])
-  states = jax.jit(jax.vmap(lambda b, p, m, s: samg.from_offline(b, p, m, s, obs_mean, obs_std,
-                                                                 config)))(
-      base_states, cv["cvae"].vae.params, cv["latent_mean"], cv["latent_std"])
-  data = prepared.load_data(meta["dataset_id"], obs_mean, obs_std, scale, batch_size=batch_size)
-  offline_score = np.asarray(meta["eval_score"], np.float32)
-  t0 = time.time()
-  prefill = loops.collect_prefill(samg.act, states, data.make_env, seeds, seed + 7_919, prefill_steps,
-                                  obs_mean, obs_std, scale) if prefill_steps > 0 else None
-  offline_use = (f"{batch_size} offline rows per update for the p-weighted CQL term (weight "
-                 f"{config.cql_offline_penalty})" if offline_fraction else "no offline data")
-  guidance = ("for the whole run" if config.guidance_steps is None
-              else f"for {config.guidance_steps} updates")
-  log(f"[finetune] {agent_name}: {prefill_steps} offline-policy transitions per seed seed the online "
-      f"buffer ({time.time() - t0:.0f}s); {online_steps} online steps, UTD {utd}, {offline_use}, "
-      f"threshold {config.threshold}, guidance {guidance} -> {run_dir}")
-  update = samg.update_with_offline if offline_fraction else samg.update
-  phases.online_phase(
-      run_dir=run_dir, learner=loops.Learner(update, samg.act), states=states, data=data,
-      meta={**meta, "agent": agent_name, "cvae_dir": str(cvae_dir)}, seeds=seeds, seed=seed,
-      agent_name=agent_name, dataset_id=cfg["dataset"], online_steps=online_steps,
-      warmup_steps=warmup_steps, eval_every=eval_every, eval_episodes=eval_episodes, utd=utd,
-      batch_size=batch_size * 2 if offline_fraction else batch_size,
-      offline_fraction=offline_fraction, start_scores={"offline": offline_score},
-      prefill=prefill, progress=progress, checkpoint_every=checkpoint_every,
-      plot_keys=["eval/normalized_score", "train/samg_weight", "train/samg_weight_nonzero",
-                 "train/critic_loss"], buffer_size=buffer_size)
-  return run_dir
+  spec = phase_lib.OnlinePhase(
+      agent=agent_name, dataset_id=cfg["dataset"], run_name=run_name, config=run_config,
+      loop=phase_lib.online_loop(online_steps, warmup_steps, eval_every, eval_episodes, utd=utd,
+                                 batch_size=batch_size * 2 if offline_fraction else batch_size,
+                                 offline_fraction=offline_fraction, buffer_size=buffer_size),
+      plot_keys=("eval/normalized_score", "train/samg_weight", "train/samg_weight_nonzero",
+                 "train/critic_loss"),
+      out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
+
+  def build(run_dir):
+    cv = restore_cvae(cvae_dir, config, seeds, seed, meta["obs_dim"], meta["act_dim"])
+    obs_mean, obs_std = (np.asarray(meta["obs_mean"], np.float32),
+                         np.asarray(meta["obs_std"], np.float32))
+    scale = float(meta["reward_transform"]["scale"])
+    states = jax.jit(jax.vmap(lambda b, p, m, s: samg.from_offline(b, p, m, s, obs_mean, obs_std,
+                                                                   config)))(
+        base_states, cv["cvae"].vae.params, cv["latent_mean"], cv["latent_std"])
+    data = prepared.load_data(meta["dataset_id"], obs_mean, obs_std, scale, batch_size=batch_size)
+    t0 = time.time()
+    prefill = (loops.collect_prefill(samg.act, states, data.make_env, seeds, seed + 7_919,
+                                     prefill_steps, obs_mean, obs_std, scale)
+               if prefill_steps > 0 else None)
+    offline_use = (f"{batch_size} offline rows per update for the p-weighted CQL term (weight "
+                   f"{config.cql_offline_penalty})" if offline_fraction else "no offline data")
+    guidance = ("for the whole run" if config.guidance_steps is None
+                else f"for {config.guidance_steps} updates")
+    log(f"[finetune] {agent_name}: {prefill_steps} offline-policy transitions per seed seed the "
+        f"online buffer ({time.time() - t0:.0f}s); {online_steps} online steps, UTD {utd}, "
+        f"{offline_use}, threshold {config.threshold}, guidance {guidance} -> {run_dir}")
+    update = samg.update_with_offline if offline_fraction else samg.update
+    return phase_lib.OnlineTraining(
+        learner=loops.Learner(update, samg.act), states=states, data=data,
+        metadata={**meta, "agent": agent_name, "cvae_dir": str(cvae_dir)},
+        start_scores={"offline": np.asarray(meta["eval_score"], np.float32)}, prefill=prefill)
+
+  return phase_lib.run_online_phase(spec, build, log)
 
 
 # ----------------------------------------------------------------------------- launcher entry

@@ -20,15 +20,20 @@ branches here:
   (e) closes everything, discards the snapshots, plots `plot_keys` into curves.png, logs
       `spec.summary(final per-seed scores, timing)` and returns the run directory.
 
-The helpers (`writer_and_checkpointer`, `snapshots`, `plot`, `summary_line`) serve the online phases
-too.
+Every off-policy online phase (O2TD3/O2SAC, O3F, ACA, SAMG fine-tuning) shares the online skeleton
+the same way: `run_online_phase(OnlinePhase(...), build, log)` with `build(run_dir) -> OnlineTraining`
+resolves the run directory, reuses a finished run (printing its summary.txt), runs `loops.run_online`
+(`train_online`), saves the final checkpoint, plots and writes summary.{json,txt} (`write_summary`).
+The helpers (`writer_and_checkpointer`, `snapshots`, `plot`, `summary_line`, `write_summary`) serve
+O2PPO's on-policy fine-tuning too.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -117,12 +122,14 @@ class Training:
   metadata: Mapping[str, Any]
 
 
-def prepare(spec: OfflinePhase, log=print):
-  """(run_dir, done): the phase's run directory with its config.json written or checked; `done` if
-  it holds a finished run of the same config (logged as reused)."""
+def prepare(spec, log=print):
+  """(run_dir, done): the phase's (`OfflinePhase` or `OnlinePhase`) run directory with its
+  config.json written or checked; `done` if it holds a finished run of the same config (logged as
+  reused)."""
+  steps = spec.loop.total_steps if isinstance(spec, OnlinePhase) else spec.loop.num_steps
   run_dir = runs.run_dir_for(spec.out_dir, spec.phase, spec.agent, spec.dataset_id, spec.run_name)
   resumed = runs.prepare_run_dir(run_dir, dict(spec.config), restart=spec.restart)
-  if resumed and runs.finished(run_dir, spec.loop.num_steps):
+  if resumed and runs.finished(run_dir, steps):
     log(f"[{spec.phase}] reusing the finished run {run_dir}")
     return run_dir, True
   return run_dir, False
@@ -170,3 +177,135 @@ def run_offline_phase(spec: OfflinePhase, build: Callable[[Path], Training], log
     timing = f"{time.time() - t0:.0f}s ({(compile_time.snapshot() - c0).describe()})"
     log(spec.summary(distributed.gather_seeds(last["score"]), timing))
   return run_dir
+
+
+# ----------------------------------------------------------------------------- online phases
+
+@dataclasses.dataclass(frozen=True)
+class OnlinePhase:
+  """What an off-policy online phase is, known before its run directory is touched: `config` is the
+  run's config.json ('seeds', 'seed': the seeds trained and the loop's base seed), `loop` the online
+  loop (`online_loop`), `agent` the run directory's second level, the summary's agent and the
+  progress label ("finetune <agent>"); `plot_keys` go into curves.png."""
+  agent: str
+  dataset_id: str
+  run_name: str
+  config: Mapping[str, Any]
+  loop: loops.OnlineConfig
+  plot_keys: Sequence[str] = ("eval/normalized_score",)
+  out_dir: str = "runs"
+  restart: bool = False
+  progress: bool = True
+  checkpoint_every: Optional[int] = CHECKPOINT_EVERY
+  phase: str = "finetune"
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineTraining:
+  """What the online phase trains, built once it must run: `learner`, this process's seed-stacked
+  `states`, `data` (a `prepared.Data`: env, statistics, offline rows, reward transform), the final
+  checkpoint's `metadata`, `start_scores` (per seed, e.g. {"offline": pi_off's}; the last one is step
+  0 of the curve), `on_eval(step, states, per-seed score) -> states` and `prefill` (buffer rows with
+  scaled rewards, r * scale)."""
+  learner: loops.Learner
+  states: Any
+  data: "prepared.Data"
+  metadata: Mapping[str, Any]
+  start_scores: Mapping[str, np.ndarray]
+  on_eval: Optional[Callable] = None
+  prefill: Optional[Transition] = None
+
+
+def online_loop(total_steps: int, start_steps: int, eval_every: int, eval_episodes: int,
+                **fields) -> loops.OnlineConfig:
+  """The online loop of a phase: warm-up with the policy's actions, a buffer holding every online
+  step and a log row every min(1000, eval_every) steps unless `fields` say otherwise."""
+  fields = {"random_warmup": False, "log_every": min(1000, eval_every), **fields,
+            "buffer_size": fields.get("buffer_size") or total_steps}
+  return loops.OnlineConfig(total_steps=total_steps, start_steps=start_steps, eval_every=eval_every,
+                            eval_episodes=eval_episodes, **fields)
+
+
+def run_online_phase(spec: OnlinePhase, build: Callable[[Path], OnlineTraining], log=print) -> Path:
+  """Runs (or reuses, printing its summary.txt) the online phase `spec`; `build(run_dir)` makes its
+  `OnlineTraining` only when the phase must run. Returns the run directory."""
+  run_dir, done = prepare(spec, log)
+  if done:
+    summary = run_dir / "summary.txt"
+    print(summary.read_text() if summary.exists() else "")
+    return run_dir
+  train_online(spec, run_dir, build(run_dir), log)
+  return run_dir
+
+
+def train_online(spec: OnlinePhase, run_dir: Path, t: OnlineTraining, log=print) -> Dict[str, Any]:
+  """`loops.run_online` on the dataset's env with evaluation every `spec.loop.eval_every` steps, the
+  final checkpoint, curves.png and summary.{json,txt}; returns the summary. Online rewards are stored
+  with the offline data's reward scale (`data.reward_scale`); a reward shift (`data.reward_shift`,
+  e.g. AntMaze's 10r - 5) is not stored: every buffer holds r * scale and the shift is added to each
+  batch inside the update (`prepared.shift_rewards`), so offline and online rows get the same
+  transform. Resumable: snapshots every `spec.checkpoint_every` env steps under <run_dir>/progress."""
+  from o2o_jax.data import prepared
+  seeds, steps, cfg = spec.config["seeds"], spec.loop.total_steps, spec.loop
+  local, learner, data = distributed.local_seed_count(seeds), t.learner, t.data
+  if data.reward_shift:
+    learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act)
+    data = data.without_shift()
+  writer, ckpt = writer_and_checkpointer(run_dir, local)
+  snaps = snapshots(run_dir, spec.checkpoint_every)
+
+  def on_eval(step, s, returns):
+    score = data.normalized_score(returns).mean(1)
+    if t.on_eval is not None:
+      s = t.on_eval(step, s, score)
+    if step >= steps:
+      ckpt.save(step, s, {**t.metadata, "phase": spec.phase, "step": step, "final_score": score})
+    return s
+
+  t0 = time.time()
+  if snaps.latest_step() is None:
+    # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
+    writer.write(0, {"eval/normalized_score": list(t.start_scores.values())[-1],
+                     **{f"eval/{k}_score": v for k, v in t.start_scores.items()}})
+  _, _, history = loops.run_online(
+      learner, t.states, make_env=data.make_env, num_seeds=local, seed=spec.config["seed"],
+      config=cfg, offline=data.device if cfg.offline_fraction > 0 or cfg.offline_union else None,
+      obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
+      callbacks=loops.OnlineCallbacks(on_eval=on_eval), normalized_score=data.normalized_score,
+      progress=spec.progress and distributed.is_primary(), desc=f"{spec.phase} {spec.agent}",
+      prefill=t.prefill, snapshots=snaps, phase=spec.phase, reward_scale=data.reward_scale, log=log)
+  writer.close()
+  ckpt.close()
+  snaps.discard()
+  # Every process's seeds (collectives, in the same order everywhere); the primary writes the files.
+  scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
+            for h in history]
+  start = {k: distributed.gather_seeds(np.asarray(v)) for k, v in t.start_scores.items()}
+  plot(run_dir, spec.plot_keys, f"{spec.agent} fine-tuning on {spec.dataset_id}")
+  return write_summary(run_dir, dataset_id=spec.dataset_id, agent_name=spec.agent, seeds=seeds,
+                       start_scores=start, scores=scores, wall_time_s=time.time() - t0)
+
+
+# Labels of the starting scores in the summary (keys of `start_scores`).
+START_LABELS = {"offline": "pi_off (offline)", "aligned": "pi_on (after alignment)"}
+
+
+def write_summary(run_dir: Path, *, dataset_id: str, agent_name: str, seeds: int,
+                  start_scores: Mapping[str, np.ndarray], scores, wall_time_s: float) -> Dict[str, Any]:
+  """summary.json / summary.txt of an online phase (printed too). `scores`: [(step, per-seed)]."""
+  all_scores = np.stack([np.asarray(sc) for _, sc in scores])
+  summary = {"dataset": dataset_id, "agent": agent_name, "seeds": seeds,
+             **{k: np.asarray(v).tolist() for k, v in start_scores.items()},
+             "best": all_scores.max(0).tolist(), "final": all_scores[-1].tolist(),
+             "curve_steps": [int(st) for st, _ in scores],
+             "curve_mean": [float(np.mean(sc)) for _, sc in scores], "wall_time_s": wall_time_s}
+  if distributed.is_primary():
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+  lines = [f"normalised scores on {dataset_id} ({seeds} seeds; per seed, mean +- std)"]
+  lines += [summary_line(START_LABELS.get(k, k), v) for k, v in start_scores.items()]
+  lines += [summary_line("best fine-tuned", summary["best"]),
+            summary_line("final fine-tuned", summary["final"])]
+  if distributed.is_primary():
+    (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return summary

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from experiments import phases, presets
+from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
 from o2o_jax.data import prepared
 from o2o_jax.errors import O2OError
@@ -220,11 +221,13 @@ def test_online_rewards_get_the_offline_transform(tiny_hopper_dataset, tmp_path,
   monkeypatch.setattr(phases.loops, "run_online", stop)
   echo = phases.loops.Learner(lambda state, batch, key: (state, batch.rewards), None)
   with pytest.raises(_Stop):
-    phases.online_phase(run_dir=tmp_path, learner=echo, states=None, data=data, meta={}, seeds=1,
-                        seed=0, agent_name="o2sac", dataset_id=tiny_hopper_dataset.dataset_id,
-                        online_steps=10, warmup_steps=0,
-                        eval_every=10, eval_episodes=1, utd=1, batch_size=4, offline_fraction=0.5,
-                        start_scores={"offline": np.zeros(1)}, progress=False, checkpoint_every=None)
+    spec = phase_lib.OnlinePhase(
+        agent="o2sac", dataset_id=tiny_hopper_dataset.dataset_id, run_name="r",
+        config={"seeds": 1, "seed": 0},
+        loop=phase_lib.online_loop(10, 0, 10, 1, utd=1, batch_size=4, offline_fraction=0.5),
+        progress=False, checkpoint_every=None)
+    phase_lib.train_online(spec, tmp_path, phase_lib.OnlineTraining(
+        learner=echo, states=None, data=data, metadata={}, start_scores={"offline": np.zeros(1)}))
   assert seen["reward_scale"] == 10.0
   np.testing.assert_allclose(np.asarray(seen["offline"].rewards), raw * 10.0, rtol=1e-6)
   batch = Transition(*(jnp.zeros((2, 1)),) * 2, jnp.array([1.0, 2.0]), *(jnp.zeros((2, 1)),) * 2)

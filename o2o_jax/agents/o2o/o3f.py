@@ -26,7 +26,7 @@ return) of the dataset (CORL `iql.py` `modify_reward`; AntMaze: r - 1), which se
 beta = 3 AWR temperature and expectile were tuned at. The O3F chain's 'official' pre-training preset
 (experiments.presets) applies that transform; it travels in the checkpoint metadata and is applied to
 the offline buffer and every online reward alike (o2o_jax.data.prepared.load_data /
-experiments.phases.online_phase).
+o2o_jax.phase.train_online).
 
 The state is IQL's own (`iql.State`), with this module's Config (a subclass of `iql.Config`), so an
 IQL checkpoint with any number of critics can be fine-tuned with O3F as it is.
