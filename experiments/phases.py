@@ -540,6 +540,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
     s0 = jax.jit(jax.vmap(agent.init_reference))(states, jnp.asarray(offline_score),
                                                  jnp.asarray(online_score))
     refresh = jax.jit(jax.vmap(agent.refresh_reference))
+    adopt = jax.jit(jax.vmap(agent.adopt_reference))
     prefill = replay_mode(buffer, data.without_shift()).get("prefill")   # buffers hold r * scale
     log(f"[finetune] {cfg['agent']}: {online_steps} online steps, UTD {utd}, buffer {buffer}, "
         f"reference {reference}"
@@ -553,7 +554,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
       if interval is None:
         return refresh(s, jnp.asarray(score, jnp.float32))
       if step % interval == 0:
-        return refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
+        return adopt(s, jnp.asarray(score, jnp.float32))
       return s
 
     return phase_lib.OnlineTraining(

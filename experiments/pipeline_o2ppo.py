@@ -281,6 +281,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   states = jax.jit(jax.vmap(start))(seed_keys(prev["seed"] + 2, local),
                                     fitted.offline_actor_params, fitted.value.params, offline_score)
   refresh = jax.jit(jax.vmap(o2ppo.refresh_reference))
+  adopt = jax.jit(jax.vmap(o2ppo.adopt_reference))
   data = prepared.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
   reward_fn = None
   if meta.get("reward_scaler"):   # one scaler per seed, each from the dataset pass's statistics
@@ -301,7 +302,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
     if interval is None:
       s = refresh(s, jnp.asarray(score, jnp.float32))
     elif step % interval == 0 or (step // interval) > ((step - eval_every) // interval):
-      s = refresh(s, jnp.full(score.shape, jnp.inf, jnp.float32))
+      s = adopt(s, jnp.asarray(score, jnp.float32))
     if step >= online_steps:   # with every seed's reward-scaler state (per-seed arrays, gathered)
       scaler_state = ({f"reward_scaler_{k}": np.asarray(v) for k, v in reward_fn.state(True).items()}
                       if reward_fn is not None else {})

@@ -75,6 +75,20 @@ def test_direct_finetuning_from_an_align_run(pipeline):
   assert all(float(r.split(",")[lam]) == 0.0 for r in rows[1:] if r.split(",")[lam] not in ("", "nan"))
 
 
+def test_interval_reference_runs_to_the_end(pipeline):
+  """`--reference=interval:N` refreshes pi_ref <- pi_on every N env steps; the refresh used to store
+  an infinite best score, which the divergence guard stopped at the first refresh."""
+  out, _, dataset_id = pipeline
+  align_dir = out / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
+  res = finetune(f"--from={align_dir}", f"--out_dir={out}", "--reference=interval:30",
+                 "--run_name=interval", *TINY)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "pi_ref <- pi_on every 30 env steps" in res.stdout
+  summary = json.loads((out / "finetune" / "o2td3" / dataset_id.replace("/", "_") / "interval" /
+                        "summary.json").read_text())
+  assert len(summary["final"]) == 2
+
+
 def test_bad_from_and_flags(pipeline, tmp_path):
   out, _, dataset_id = pipeline
   run = out / "finetune" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from o2o_jax import lagrange, loops
-from o2o_jax.agents.o2o import o2td3
+from o2o_jax.agents.o2o import o2ppo, o2sac, o2td3
 from o2o_jax.data import replay
 from o2o_jax.types import Transition, seed_keys, take_index
 
@@ -146,6 +146,25 @@ def test_refresh_reference_under_vmap_updates_only_improved_seeds():
   for i, improved in enumerate([True, False, False]):
     expected = take_index(states.actor.params if improved else states.reference_actor_params, i)
     chex.assert_trees_all_equal(take_index(new.reference_actor_params, i), expected)
+
+
+@pytest.mark.parametrize("agent", [o2td3, o2sac, o2ppo])
+def test_interval_mode_adopts_pi_on_and_keeps_every_leaf_finite(agent):
+  """The interval mode (appendix C.3; the released code's refer_with_optimal_pi=false: pi_ref <- pi_on
+  every N steps, whatever its score): every seed's pi_ref becomes its pi_on, even a worse one, and
+  the state stays finite for the divergence guard (it used to store best_score = inf, which stopped
+  every `--reference=interval:N` run as diverged at its first refresh)."""
+  from o2o_jax import resume
+  cfg = {o2td3: CFG, o2sac: o2sac.Config(hidden_dims=(8,), critic_hidden_dims=(8,)),
+         o2ppo: o2ppo.Config(hidden_dims=(8,))}[agent]
+  states = loops.init_states(agent, seed_keys(0, 2), OBS, ACT, cfg)
+  states = jax.vmap(agent.init_reference)(states, jnp.array([10.0, 10.0]), jnp.array([5.0, 5.0]))
+  states = states.replace(actor=states.actor.replace(params=jax.tree_util.tree_map(
+      lambda x: x + 1.0, states.actor.params)))
+  new = jax.jit(jax.vmap(agent.adopt_reference))(states, jnp.array([3.0, 12.0]))
+  chex.assert_trees_all_equal(new.reference_actor_params, states.actor.params)
+  np.testing.assert_array_equal(new.best_score, [3.0, 12.0])
+  assert int(jnp.sum(jax.vmap(resume.nonfinite_count)(new))) == 0
 
 
 def test_init_reference_picks_the_better_policy():

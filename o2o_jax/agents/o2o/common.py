@@ -46,3 +46,12 @@ def refresh_reference(state, score):
                                state.actor.params, state.reference_actor_params)
   return state.replace(reference_actor_params=ref,
                        best_score=jnp.where(better, score, state.best_score).astype(jnp.float32))
+
+
+def adopt_reference(state, score):
+  """pi_ref <- pi_on whatever its score, best <- `score` (the interval mode, appendix C.3 / the
+  released code's refer_with_optimal_pi=false). `score` is the evaluation that just ran: every leaf
+  stays finite, which the divergence guard requires (an inf here stopped interval runs as
+  diverged before session 10)."""
+  return state.replace(reference_actor_params=state.actor.params,
+                       best_score=jnp.asarray(score, jnp.float32))

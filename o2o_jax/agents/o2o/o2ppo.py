@@ -140,6 +140,7 @@ def init(key: PRNGKey, obs_dim: int, act_dim: int, config: Config = Config(),
 
 init_reference = common.init_reference
 refresh_reference = common.refresh_reference
+adopt_reference = common.adopt_reference
 explore = ppo.explore      # (action, log-prob) of pi_on, for rollouts
 act = ppo.act
 

@@ -273,6 +273,7 @@ def finetune_step(state: State, batch: Transition, key: PRNGKey):
 
 init_reference = common.init_reference
 refresh_reference = common.refresh_reference
+adopt_reference = common.adopt_reference
 
 
 def act(state: State, observations, key: PRNGKey, explore: bool = True):
