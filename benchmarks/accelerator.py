@@ -17,7 +17,7 @@ still leaves every finished item; `--budget_s` skips what no longer fits and say
               work mocked to zero (an agent whose update and act are trivial jitted functions on a state
               of as many leaves). MuJoCo's own step cost alone (the floor), and how the envs are spread
               over the CPU cores: training and evaluation steps with 1 thread and with all of them.
-  4 pipeline  one end-to-end 5-seed O2TD3 run (experiments.phases: pretrain -> reevaluate -> align ->
+  4 pipeline  one end-to-end 5-seed O2TD3 run (o2o_jax.recipes.ocr_cft: pretrain -> reevaluate -> align ->
               finetune) at reduced step counts with the paper's intervals, timed phase by phase
               (compile, evaluation, checkpoint saves, the rest); from it and items 1-3, the paper
               pipeline's wall time per phase for O2TD3 (target 20 min) and O2SAC (target 1 h).
@@ -54,7 +54,7 @@ ITEM_TITLES = {"td3bc": "1. TD3+BC update, seeds vmapped", "updates": "2. CQL, O
 TARGETS = {"td3bc_5x1M_s": 430.0, "o2td3_pipeline_s": 20 * 60.0, "o2sac_pipeline_s": 3600.0}
 DATASET = "o2o/hopper/medium-v0"           # the embedded dataset (item 4); items 1-3 only take its presets
 PIPELINE_SEEDS = 5
-# The paper pipeline (phases.BUDGETS["paper"]): steps, evaluations (10 episodes of <= 1000 steps), and
+# The paper pipeline (ocr_cft.BUDGETS["paper"]): steps, evaluations (10 episodes of <= 1000 steps), and
 # checkpoint saves: a checkpoint per evaluation (pretrain, reevaluate, align; finetune: the final one)
 # plus a resumable snapshot every 10k steps (--checkpoint_every's default), none at the end.
 PAPER = {"pretrain": {"steps": 1_000_000, "evals": 100, "saves": 100 + 99},
@@ -757,7 +757,7 @@ class PhaseClock:
 
 def item_pipeline(run: Run) -> Dict[str, Any]:
   """The 5-seed O2TD3 pipeline at reduced steps, phase by phase, then the projections."""
-  from experiments import phases
+  from o2o_jax.recipes import offline, ocr_cft
   from o2o_jax import compile_time
   p = run.sz.pipeline
   hidden = (p["hidden"],) * 2 if "hidden" in p else None
@@ -783,17 +783,17 @@ def item_pipeline(run: Run) -> Dict[str, Any]:
               f"{clock.evals} evaluations {clock.eval_s:.1f} s, {clock.saves} saves {clock.save_s:.1f} s)")
       return result
 
-    pre = phase("pretrain", p["pretrain"], lambda: phases.pretrain(
+    pre = phase("pretrain", p["pretrain"], lambda: offline.pretrain(
         algo="td3bc", dataset_id=DATASET, seeds=PIPELINE_SEEDS, seed=0, num_steps=p["pretrain"],
         eval_every=p["pretrain_eval_every"], eval_episodes=p["eval_episodes"], hidden_dims=hidden,
         preset="official", chain="o2td3", **common))
-    ree = phase("reevaluate", p["reevaluate"], lambda: phases.reevaluate(
+    ree = phase("reevaluate", p["reevaluate"], lambda: ocr_cft.reevaluate(
         agent_name="o2td3", pretrain_dir=pre, steps=p["reevaluate"], eval_episodes=p["eval_episodes"],
         critic_hidden=hidden, **common))
-    ali = phase("align", p["align"], lambda: phases.align(
+    ali = phase("align", p["align"], lambda: ocr_cft.align(
         reevaluate_dir=ree, steps=p["align"], eval_every=min(p["align_eval_every"], p["align"]),
         eval_episodes=p["eval_episodes"], **common))
-    phase("finetune", p["online"], lambda: phases.finetune(
+    phase("finetune", p["online"], lambda: ocr_cft.finetune(
         align_dir=ali, online_steps=p["online"], warmup_steps=p["warmup"], eval_every=p["eval_every"],
         eval_episodes=p["eval_episodes"], **common))
   out["wall_s_reduced"] = sum(v["wall_s"] for v in out["phases"].values())

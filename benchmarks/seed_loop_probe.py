@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from experiments import presets
+  from o2o_jax import presets
   from o2o_jax import loops
   from o2o_jax.agents import registry
   from o2o_jax.data import prepared

@@ -19,7 +19,7 @@ count, the matmul) interleaved, --rounds times over: rates are medians over roun
 ratios and the roofline fraction are taken within a round (`timed_rounds`).
 
 The state of each row is built as the package builds it (agent `init`, `loops.init_states`, the OCR-CFT
-phase helpers of `experiments.phases`, the pipelines' switch functions), from freshly initialised
+phase helpers of `o2o_jax.recipes.ocr_cft`, the pipelines' switch functions), from freshly initialised
 networks; the data are synthetic (Hopper-v5 sizes), so rates do not depend on a dataset on disk.
 Writes JSON + a markdown table to <out>/throughput_<device>.{json,md}.
 
@@ -63,7 +63,7 @@ class Settings:
   dataset: str = "o2o/hopper/medium-v0"  # only picks the presets; the data are synthetic
   dataset_size: int = 100_000           # synthetic offline transitions
   # True: the offline algorithms and the OCR-CFT agents keep their own network sizes (CQL 3x256, the
-  # O2SAC critic 3x256 with LayerNorm, ...), as the paper pipeline runs them (phases.BUDGETS["paper"]);
+  # O2SAC critic 3x256 with LayerNorm, ...), as the paper pipeline runs them (ocr_cft.BUDGETS["paper"]);
   # `hidden` then applies to the other rows only.
   own_dims: bool = False
 
@@ -102,9 +102,9 @@ def _dims(s: Settings):
 # Each builder composes the package's own functions in the order the launchers call them.
 
 def offline_config(name: str, s: Settings):
-  """(module, Config) of an offline algorithm as `phases.pretrain` builds it (dataset preset)."""
+  """(module, Config) of an offline algorithm as `ocr_cft.pretrain` builds it (dataset preset)."""
   import dataclasses as dc
-  from experiments import presets
+  from o2o_jax import presets
   from o2o_jax.agents import registry
   agent = registry.get(name, registry.OFFLINE)
   dims = {} if s.own_dims else {"hidden_dims": _dims(s)}
@@ -114,7 +114,7 @@ def offline_config(name: str, s: Settings):
 
 
 def offline(name: str, s: Settings) -> Spec:
-  """`phases.pretrain`: the registry's offline algorithm, `loops.run_offline` chunks."""
+  """`ocr_cft.pretrain`: the registry's offline algorithm, `loops.run_offline` chunks."""
   agent, config = offline_config(name, s)
   return Spec(agent.init, agent.update, agent.act, config)
 
@@ -151,12 +151,12 @@ def ppo_online(name: str, s: Settings) -> Spec:
 
 
 def _finetune_switches(config, s: Settings):
-  """`phases.finetune`: constrain on, O2SAC's `utd` field set, tau schedule checked."""
-  from experiments import phases
+  """`ocr_cft.finetune`: constrain on, O2SAC's `utd` field set, tau schedule checked."""
+  from o2o_jax.recipes import ocr_cft
   switches = {"constrain": True}
   if "utd" in {f.name for f in dataclasses.fields(config)}:
     switches["utd"] = s.utd
-  return phases.check_tau(dataclasses.replace(config, **switches))
+  return ocr_cft.check_tau(dataclasses.replace(config, **switches))
 
 
 def lambda_step(agent_name: str):
@@ -181,21 +181,21 @@ LAMBDA_NOTES = {
 
 
 def ocr(phase: str):
-  """OCR-CFT (o2td3, o2sac) phase `phase`, built as experiments/phases.py chains them:
+  """OCR-CFT (o2td3, o2sac) phase `phase`, built as o2o_jax/recipes/ocr_cft.py chains them:
   pretrain (the source algorithm) -> reevaluate (`agent.init` around the offline actor) -> align
   (same state) -> finetune (`finish_alignment`, config switches, `init_reference`)."""
 
   def build(name: str, s: Settings) -> Spec:
     import jax
     import jax.numpy as jnp
-    from experiments import phases
+    from o2o_jax.recipes import ocr_cft
     from o2o_jax.agents import registry
     agent = registry.get(name, registry.O2O)
-    source, source_config = offline_config(phases.SOURCE_ALGO[name], s)
-    config = phases.make_o2o_config(name, source_config, s.dataset, None if s.own_dims else _dims(s),
+    source, source_config = offline_config(ocr_cft.SOURCE_ALGO[name], s)
+    config = ocr_cft.make_o2o_config(name, source_config, s.dataset, None if s.own_dims else _dims(s),
                                     constrain=True)
 
-    def reevaluate_init(key, obs_dim, act_dim, c):   # phases.offline_actor_params + phases.reevaluate
+    def reevaluate_init(key, obs_dim, act_dim, c):   # offline.offline_actor_params + ocr_cft.reevaluate
       k_source, k = jax.random.split(key)
       actor = source.init(k_source, obs_dim, act_dim, source_config).actor.params
       return agent.init(k, obs_dim, act_dim, c, actor)
@@ -206,7 +206,7 @@ def ocr(phase: str):
       return Spec(reevaluate_init, agent.align_step, agent.act, config)
     finetune_config = _finetune_switches(config, s)
 
-    def finetune_init(key, obs_dim, act_dim, c):      # phases.align's end + phases.finetune
+    def finetune_init(key, obs_dim, act_dim, c):      # ocr_cft.align's end + ocr_cft.finetune
       state = agent.finish_alignment(reevaluate_init(key, obs_dim, act_dim, config))
       score = jnp.zeros((), jnp.float32)
       return agent.init_reference(state.replace(config=c), score, score)
@@ -214,7 +214,7 @@ def ocr(phase: str):
     step = agent.finetune_step if phase == "finetune" else lambda_step(name)
     notes = "" if phase == "finetune" else LAMBDA_NOTES[name]
     return Spec(finetune_init, step, agent.act, finetune_config,
-                online=phases.replay_mode("half", None) if phase == "finetune" else None,
+                online=ocr_cft.replay_mode("half", None) if phase == "finetune" else None,
                 notes=notes)
 
   return build
@@ -241,7 +241,7 @@ def aca_zfit(name: str, s: Settings) -> Spec:
 
 def aca_online(name: str, s: Settings) -> Spec:
   """experiments/pipeline_aca.finetune: the sacml state, `aca.start_online` with the dataset row."""
-  from experiments import presets
+  from o2o_jax import presets
   from o2o_jax.agents.o2o import aca
   _, base = offline_config("sacml", s)
   config = dataclasses.replace(base, **aca.dataset_preset(*presets.dataset_env_and_level(s.dataset)))
@@ -254,7 +254,7 @@ def aca_online(name: str, s: Settings) -> Spec:
 
 def o3f_online(name: str, s: Settings) -> Spec:
   """experiments/pipeline_o3f.finetune: the iql5 state, `o3f.start_online`, buffer = data + online."""
-  from experiments import presets
+  from o2o_jax import presets
   from o2o_jax.agents.o2o import o3f
   _, base = offline_config("iql5", s)
   env, _ = presets.dataset_env_and_level(s.dataset)

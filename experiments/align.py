@@ -28,14 +28,14 @@ common.define_checkpoint_flag()
 
 def main(argv):
   del argv
-  from experiments import phases
+  from o2o_jax.recipes import ocr_cft
   from o2o_jax.errors import O2OError
   if not getattr(FLAGS, "from"):
     raise O2OError("--from=<reevaluate run dir> is required")
   d = common.budget_values({b: {"steps": v["align_steps"], "eval_every": v["align_eval_every"],
-                                "eval_episodes": v["eval_episodes"]} for b, v in phases.BUDGETS.items()},
+                                "eval_episodes": v["eval_episodes"]} for b, v in ocr_cft.BUDGETS.items()},
                            FLAGS, positive=("steps", "eval_every", "eval_episodes", "batch_size"))
-  run_dir = phases.align(reevaluate_dir=Path(getattr(FLAGS, "from")), steps=d["steps"],
+  run_dir = ocr_cft.align(reevaluate_dir=Path(getattr(FLAGS, "from")), steps=d["steps"],
                          eval_every=min(d["eval_every"], d["steps"]), eval_episodes=d["eval_episodes"],
                          batch_size=FLAGS.batch_size, out_dir=FLAGS.out_dir, run_name=FLAGS.run_name,
                          restart=FLAGS.restart, progress=FLAGS.progress,

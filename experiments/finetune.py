@@ -17,8 +17,11 @@ from pathlib import Path
 
 from absl import flags
 
-from experiments import common, presets
+from experiments import common
 from o2o_jax import config as config_lib
+from o2o_jax import presets
+from o2o_jax import recipe as recipe_lib
+from o2o_jax import recipes
 from o2o_jax.errors import O2OError
 
 FLAGS = flags.FLAGS
@@ -33,7 +36,7 @@ for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
 
 # The shared flags (defined in this file) each agent's pipeline reads, found by reading main() with
-# phases.py and each pipeline_*.py `run(FLAGS)`; a key of a pipeline's BUDGETS that is also a flag
+# ocr_cft.py and each pipeline_*.py `run(FLAGS)`; a key of a pipeline's BUDGETS that is also a flag
 # counts, since common.budget_values reads it. One given explicitly to an agent that does not read
 # it is an error (check_agent_flags), never silently ignored.
 EVERY_AGENT_FLAGS = ("agent", "dataset", "from", "seeds", "seed", "budget", "pretrain_steps",
@@ -51,6 +54,8 @@ _READS = {
     "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
 }
 AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
+AGENT_FLAGS.update({a: tuple(recipe_lib.EVERY_RECIPE_READS) + ("agent",) + r.reads
+                    for a, r in recipes.all_recipes().items()})
 # What to do instead, for the flags whose absence is a known limitation rather than a design choice.
 NOT_APPLICABLE_HINTS = {
     "num_processes": "run it in one process, or one job per seed range with different --seed; the "
@@ -122,9 +127,32 @@ common.define_checkpoint_flag()
 common.define_distributed_flags()
 
 
+_DEFINE = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer, "float": flags.DEFINE_float,
+           "str": flags.DEFINE_string, "list": flags.DEFINE_list}
+
+
+def define_option_flags() -> None:
+  """A flag --<name> for every option of every recipe (an option several recipes share, e.g. the
+  SAMG variants', is defined once, with the first recipe's default and help)."""
+  for recipe in recipes.all_recipes().values():
+    for o in recipe.options:
+      if o.name in FLAGS:
+        continue
+      if o.kind == "enum":
+        flags.DEFINE_enum(o.name, o.default, list(o.choices), o.help)
+      else:
+        _DEFINE[o.kind](o.name, o.default, o.help)
+
+
+define_option_flags()
+
+
 def own_flags(agent: str) -> set:
-  """The agent-specific flags of `agent`: those its pipeline module defines, less those named for
-  another agent of the same module (--samg_cql_offline_penalty is samg_cql's alone)."""
+  """The agent-specific flags of `agent`: its recipe's options, or those its pipeline module defines,
+  less those named for another agent of the same module (--samg_cql_offline_penalty is samg_cql's
+  alone)."""
+  if agent in recipes.RECIPES:
+    return {o.name for o in recipes.get(agent).options}
   module = OTHER_PIPELINES.get(agent)
   if module is None:
     return set()
@@ -158,7 +186,7 @@ def take_config_overrides(argv):
 def check_config_overrides(agent: str, raw) -> None:
   """Checks `raw` against the agent's Config (unknown field, wrong type: one-line O2OError). The
   pipelines do not take them yet, so valid ones are refused too rather than silently ignored."""
-  if not raw:
+  if not raw or agent in recipes.RECIPES:    # a recipe applies them (checked by recipe.check)
     return
   from o2o_jax.agents import registry
   config_lib.apply_overrides(registry.get(agent, registry.O2O).Config(), raw)
@@ -167,21 +195,36 @@ def check_config_overrides(agent: str, raw) -> None:
                  "#20); use its flags (--helpfull)")
 
 
+def run_recipe(recipe) -> None:
+  """The agent's recipe on the runner, from the flags: the shared settings it reads, its options,
+  the --config. overrides; the flags given explicitly win over --budget's values."""
+  given = frozenset(name for name in FLAGS if FLAGS[name].present)
+  settings = {n: FLAGS[n].value for n in set(AGENT_FLAGS[recipe.agent]) if n in FLAGS}
+  options = {o.name: (tuple(int(h) for h in FLAGS[o.name].value)
+                      if o.kind == "list" and FLAGS[o.name].value is not None else FLAGS[o.name].value)
+             for o in recipe.options}
+  ctx = recipe_lib.Context.build(recipe, settings, options, CONFIG_OVERRIDES, given)
+  recipe_lib.run(recipe, ctx, from_dir=settings.get("from"))
+
+
 def main(argv):
   del argv
   # Both checks come before any training (and before joining a multi-process run).
   check_agent_flags(FLAGS.agent, [name for name in FLAGS if FLAGS[name].present])
   check_config_overrides(FLAGS.agent, CONFIG_OVERRIDES)
   common.initialize_distributed(FLAGS)
+  if FLAGS.agent in recipes.RECIPES:
+    run_recipe(recipes.get(FLAGS.agent))
+    return
   if FLAGS.agent in OTHER_PIPELINES:
     importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
     return   # (absl would turn a returned value into the exit status)
-  from experiments import phases
+  from o2o_jax.recipes import offline, ocr_cft
   from o2o_jax import runs
   tau_overrides = {k: getattr(FLAGS, k) for k in ("tau_start", "tau_end") if getattr(FLAGS, k) is not None}
   if len(tau_overrides) == 2:     # fail before any training; single overrides are checked with the preset
-    phases.check_tau(types.SimpleNamespace(**tau_overrides))
-  phases.parse_reference(FLAGS.reference)       # a bad value fails before any training
+    ocr_cft.check_tau(types.SimpleNamespace(**tau_overrides))
+  ocr_cft.parse_reference(FLAGS.reference)       # a bad value fails before any training
   start, from_dir, dataset_id, preset = "pretrain", None, FLAGS.dataset, FLAGS.preset
   if getattr(FLAGS, "from"):
     from_dir = Path(getattr(FLAGS, "from"))
@@ -198,10 +241,10 @@ def main(argv):
                      "a run on that dataset")
     start = {"pretrain": "reevaluate", "reevaluate": "align", "align": "finetune"}[phase]
     dataset_id = from_cfg.get("dataset", dataset_id)
-    preset = phases.run_preset(from_dir, from_cfg, FLAGS.preset if FLAGS["preset"].present else None)
+    preset = offline.run_preset(from_dir, from_cfg, FLAGS.preset if FLAGS["preset"].present else None)
   # The released per-dataset step counts (AntMaze) replace the budget's; explicit flags still win.
-  budgets = {b: {**v, **phases.dataset_budget(FLAGS.agent, dataset_id, b)}
-             for b, v in phases.BUDGETS.items()}
+  budgets = {b: {**v, **ocr_cft.dataset_budget(FLAGS.agent, dataset_id, b)}
+             for b, v in ocr_cft.BUDGETS.items()}
   d = common.finetune_budget(budgets, FLAGS, nonnegative=(
       "pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"))
   switches = "".join(f"-no{n}" for n in ("reevaluate", "align", "constrain") if not getattr(FLAGS, n))
@@ -211,16 +254,16 @@ def main(argv):
                      checkpoint_every=FLAGS.checkpoint_every)
 
   if start == "pretrain":
-    algo = FLAGS.offline_algo or phases.SOURCE_ALGO[FLAGS.agent]
-    from_dir = phases.pretrain(algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
-                               num_steps=phases.pretrain_steps(FLAGS.budget, algo, FLAGS.pretrain_steps),
+    algo = FLAGS.offline_algo or ocr_cft.SOURCE_ALGO[FLAGS.agent]
+    from_dir = offline.pretrain(algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
+                               num_steps=ocr_cft.pretrain_steps(FLAGS.budget, algo, FLAGS.pretrain_steps),
                                eval_every=d["pretrain_eval_every"],
                                eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"],
                                batch_size=FLAGS.batch_size, preset=FLAGS.preset, chain=FLAGS.agent,
                                run_name=name, **common_args)
     start = "reevaluate"
   if start == "reevaluate":
-    from_dir = phases.reevaluate(
+    from_dir = ocr_cft.reevaluate(
         agent_name=FLAGS.agent, pretrain_dir=from_dir,
         steps=d["reevaluate_steps"] if FLAGS.reevaluate else 0, eval_episodes=d["eval_episodes"],
         critic_hidden=d["critic_hidden"], batch_size=FLAGS.batch_size,
@@ -229,14 +272,14 @@ def main(argv):
     start = "align"
   if start == "align":
     if FLAGS.align:
-      from_dir = phases.align(reevaluate_dir=from_dir, steps=d["align_steps"],
+      from_dir = ocr_cft.align(reevaluate_dir=from_dir, steps=d["align_steps"],
                               eval_every=min(d["align_eval_every"], d["align_steps"]),
                               eval_episodes=d["eval_episodes"], batch_size=FLAGS.batch_size,
                               run_name=name + ("" if FLAGS.reevaluate else "-noreevaluate"),
                               **common_args)
     else:
-      from_dir = phases.skip_phase(from_dir, "align", FLAGS.out_dir, name + switches)
-  phases.finetune(align_dir=from_dir, online_steps=d["online_steps"], warmup_steps=d["warmup_steps"],
+      from_dir = ocr_cft.skip_phase(from_dir, "align", FLAGS.out_dir, name + switches)
+  ocr_cft.finetune(align_dir=from_dir, online_steps=d["online_steps"], warmup_steps=d["warmup_steps"],
                   eval_every=d["eval_every"], eval_episodes=d["eval_episodes"], utd=FLAGS.utd,
                   batch_size=FLAGS.batch_size, buffer=FLAGS.buffer, reference=FLAGS.reference,
                   constrain=FLAGS.constrain, overrides=tau_overrides, run_name=name + switches,

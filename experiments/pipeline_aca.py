@@ -1,6 +1,6 @@
 """ACA end to end (agent aca), dispatched by experiments/finetune.py:
 
-  pretrain   SAC+ML with the state baseline Z ("sacml", phases.pretrain; reused)  runs/pretrain/sacml/...
+  pretrain   SAC+ML with the state baseline Z ("sacml", ocr_cft.pretrain; reused)  runs/pretrain/sacml/...
     or       any other stochastic offline actor (--offline_algo=cql|iql|awac|bc), then
   zfit       Z fitted with that actor fixed as pi0 [recon]                        runs/zfit/aca/...
   finetune   the switch (R := Z, alpha := 1, pi0 frozen) and SAC on the re-parameterised critic
@@ -31,7 +31,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import common, phases, presets
+from experiments import common
+from o2o_jax import presets
+from o2o_jax.recipes import offline
 from o2o_jax import loops, networks, runs
 from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
@@ -203,7 +205,7 @@ def finetune(*, offline_dir: Path, overrides, online_steps: int, warmup_steps: i
 
 
 def pretrain_normalizes_states(algo: str, aca_normalize_states: bool = False) -> Optional[bool]:
-  """`phases.pretrain(normalize_states=...)`: SAC+ML on raw observations, as the official ACA code
+  """`offline.pretrain(normalize_states=...)`: SAC+ML on raw observations, as the official ACA code
   (no d3rlpy scaler), unless asked otherwise; None for any other offline algorithm (its preset's
   choice)."""
   if algo != "sacml":
@@ -231,7 +233,7 @@ def run(FLAGS):
     algo = FLAGS.offline_algo or "sacml"
     if algo not in registry.OFFLINE:
       raise O2OError(f"--offline_algo={algo} is not an offline algorithm ({', '.join(registry.OFFLINE)})")
-    offline_dir = phases.pretrain(
+    offline_dir = offline.pretrain(
         algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
         num_steps=d["pretrain_steps"], eval_every=min(d["pretrain_eval_every"], d["pretrain_steps"]),
         eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size,

@@ -19,7 +19,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from absl import flags
 
-from experiments import common, presets
+from experiments import common
+from o2o_jax import presets
 
 AGENT = "o2ppo"
 # --budget: 'paper' = 250k online env steps (paper §5 / H.5), evaluated every 2.5k steps with 10
@@ -149,7 +150,7 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
                progress: bool, checkpoint_every: Optional[int] = None, log=print) -> Path:
   """Policy re-evaluation for O2PPO: V fitted to the offline Monte-Carlo returns (its own run dir)."""
   import jax
-  from experiments import phases
+  from o2o_jax.recipes import offline
   from o2o_jax import distributed, loops, onpolicy, runs
   from o2o_jax import phase as phase_lib
   from o2o_jax.agents.o2o import o2ppo
@@ -179,7 +180,7 @@ def reevaluate(*, pretrain_dir: Path, steps: int, value_hidden: Sequence[int], b
       out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
 
   def build(run_dir):
-    actor_params, actor_config, meta = phases.offline_actor_params(pretrain_dir)
+    actor_params, actor_config, meta = offline.offline_actor_params(pretrain_dir)
     _check_actor(prev["algo"], actor_config, config, meta, actor_params)
     data = prepared.load_data(dataset_id, meta["obs_mean"], meta["obs_std"], 1.0, batch_size=1)
     ds = data.dataset
@@ -221,7 +222,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from experiments import phases
+  from o2o_jax.recipes import ocr_cft
   from o2o_jax import distributed, onpolicy, runs
   from o2o_jax import phase as phase_lib
   from o2o_jax.agents.o2o import o2ppo
@@ -255,7 +256,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
                 "reference": reference, "agent_config": dataclasses.asdict(config)}
   if interval is not None:
     run_config["reference_interval"] = interval
-  run_dir, done = phases.prepare_online_run(
+  run_dir, done = ocr_cft.prepare_online_run(
       agent_name=AGENT, dataset_id=dataset_id, run_config=run_config, online_steps=online_steps,
       out_dir=out_dir, run_name=run_name, restart=restart, log=log)
   if done:
@@ -329,7 +330,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
   start_scores = {"offline": distributed.gather_seeds(np.asarray(offline_score))}
   phase_lib.plot(run_dir, ["eval/normalized_score", "train/beta", "train/approx_kl", "train/value_loss"],
                  f"{'O2PPO' if config.aux else 'direct PPO'} fine-tuning on {dataset_id}")
-  phases.write_summary(run_dir, dataset_id=dataset_id, agent_name=AGENT if config.aux else "ppo",
+  ocr_cft.write_summary(run_dir, dataset_id=dataset_id, agent_name=AGENT if config.aux else "ppo",
                        seeds=prev["seeds"], start_scores=start_scores, scores=scores,
                        wall_time_s=time.time() - t0)
   return run_dir
@@ -340,7 +341,7 @@ def finetune(*, reevaluate_dir: Path, online_steps: int, rollout_length: int, ev
 def run(FLAGS):
   """Called by experiments.finetune for --agent=o2ppo; runs the missing phases."""
   import math
-  from experiments import phases
+  from o2o_jax.recipes import offline
   from o2o_jax import runs
   from o2o_jax.errors import O2OError
   d = common.finetune_budget(BUDGETS, FLAGS, nonnegative=("pretrain_steps", "reevaluate_steps"))
@@ -387,7 +388,7 @@ def run(FLAGS):
     if d["pretrain_steps"] < 1:
       raise O2OError("--pretrain_steps must be positive when the offline policy is trained here")
     preset = FLAGS.o2ppo_iql_preset
-    from_dir = phases.pretrain(algo=algo, dataset_id=dataset_id, seeds=FLAGS.seeds, seed=FLAGS.seed,
+    from_dir = offline.pretrain(algo=algo, dataset_id=dataset_id, seeds=FLAGS.seeds, seed=FLAGS.seed,
                                num_steps=d["pretrain_steps"], eval_every=min(d["pretrain_eval_every"],
                                                                              max(d["pretrain_steps"], 1)),
                                eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"],

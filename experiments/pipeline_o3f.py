@@ -1,6 +1,6 @@
 """O3F end to end (agent o3f), dispatched by experiments/finetune.py:
 
-  pretrain   IQL with an ensemble of 5 critics ("iql5", phases.pretrain; reused)  runs/pretrain/iql5/...
+  pretrain   IQL with an ensemble of 5 critics ("iql5", ocr_cft.pretrain; reused)  runs/pretrain/iql5/...
              on the rewards of the IQL O3F builds on (--preset=official, the default: CORL iql.py
              `modify_reward`, locomotion r * 1000 / (max - min episode return), AntMaze r - 1)
   finetune   the same IQL objective online, the replay buffer initialised with the whole offline
@@ -29,7 +29,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import common, phases, presets
+from experiments import common
+from o2o_jax import presets
+from o2o_jax.recipes import offline, ocr_cft
 from o2o_jax import loops, runs
 from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
@@ -40,11 +42,11 @@ from o2o_jax.errors import O2OError
 from o2o_jax.types import seed_keys
 
 IQL_ALGOS = ("iql5", "iql")     # offline runs O3F can fine-tune (IQL's state, any number of critics)
-# --budget: phases.BUDGETS' offline/online step counts; no warm-up, since the buffer starts with the
+# --budget: ocr_cft.BUDGETS' offline/online step counts; no warm-up, since the buffer starts with the
 # whole dataset and Algorithm 1 updates from the first env step.
 BUDGETS = {b: {**{k: v[k] for k in ("pretrain_steps", "pretrain_eval_every", "online_steps",
                                      "eval_every", "eval_episodes", "hidden_dims")}, "warmup_steps": 0}
-           for b, v in phases.BUDGETS.items()}
+           for b, v in ocr_cft.BUDGETS.items()}
 
 flags.DEFINE_float("o3f_sigma", None, "O3F candidate std sigma (paper: 0.2 on locomotion, 0.05 "
                    "elsewhere; default chosen from the dataset's env).")
@@ -126,7 +128,7 @@ def run(FLAGS):
   preset = FLAGS.preset
   if getattr(FLAGS, "from"):
     from_dir = Path(getattr(FLAGS, "from"))
-    preset = phases.run_preset(from_dir, runs.read_config(from_dir),
+    preset = offline.run_preset(from_dir, runs.read_config(from_dir),
                                FLAGS.preset if FLAGS["preset"].present else None)
   name = FLAGS.run_name or (f"seed{FLAGS.seed}x{FLAGS.seeds}"
                             + ("" if preset == "official" else f"-preset{preset}"))
@@ -144,7 +146,7 @@ def run(FLAGS):
     if algo not in IQL_ALGOS:
       raise O2OError(f"--offline_algo={algo}: O3F keeps IQL's objective online, so it fine-tunes "
                      f"{' or '.join(IQL_ALGOS)} (the paper: IQL with 5 critics, iql5)")
-    pretrain_dir = phases.pretrain(
+    pretrain_dir = offline.pretrain(
         algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
         num_steps=d["pretrain_steps"], eval_every=min(d["pretrain_eval_every"], d["pretrain_steps"]),
         eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size,

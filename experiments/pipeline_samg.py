@@ -1,6 +1,6 @@
 """SAMG end to end (agents samg_cql, samg_awac, samg_iql), dispatched by experiments/finetune.py:
 
-  pretrain   the base algorithm offline (phases.pretrain; reused when finished)  runs/pretrain/<algo>/...
+  pretrain   the base algorithm offline (ocr_cft.pretrain; reused when finished)  runs/pretrain/<algo>/...
   cvae       the state-action C-VAE on the dataset + the normal fit of its latent means
                                                                                   runs/cvae/samg/...
   finetune   SAMG online: frozen offline critic, mixed target, online-only buffer seeded with
@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import common, phases, presets
+from experiments import common
+from o2o_jax import presets
+from o2o_jax.recipes import offline
 from o2o_jax import distributed, loops, resume, runs
 from o2o_jax import phase as phase_lib
 from o2o_jax import logging as log_lib
@@ -44,7 +46,7 @@ AGENTS = ("samg_cql", "samg_awac", "samg_iql")
 # episodes; the SAMG paper itself fine-tunes 500k/1M steps) and a 100k-step C-VAE [recon];
 # 'quick' = minutes on a laptop CPU. The 1000 prefill transitions play the paper's 1000-step warm-up,
 # so no further warm-up by default. Networks: 'paper' keeps each base algorithm's own default
-# architecture (hidden_dims None, resolved by phases.pretrain: CQL 3x256 actor and critics and AWAC
+# architecture (hidden_dims None, resolved by ocr_cft.pretrain: CQL 3x256 actor and critics and AWAC
 # 3x256, as CORL's cql.py / awac.py; IQL 2x256, as CORL's iql.py), since the paper runs CORL's
 # settings (App. C.2); only 'quick' shrinks them. An explicit --hidden_dims wins either way.
 BUDGETS = {
@@ -291,7 +293,7 @@ def finetune(*, agent_name: str, pretrain_dir: Path, cvae_dir: Path, config: sam
 
 def network_dims(budget_dims):
   """Hidden sizes of a new offline run: the budget's (quick) or --hidden_dims when set, else None,
-  which phases.pretrain resolves to the base algorithm's own architecture with its dataset preset
+  which ocr_cft.pretrain resolves to the base algorithm's own architecture with its dataset preset
   (CQL/AWAC 3x256, IQL 2x256; CQL's 5x256 critics on AntMaze)."""
   return tuple(int(h) for h in budget_dims) if budget_dims else None
 
@@ -327,7 +329,7 @@ def run(FLAGS):
       raise O2OError(f"--from={pretrain_dir} is a '{prev.get('phase')}' run: {agent_name} starts from "
                      f"a pretrain run of {base}")
   else:
-    pretrain_dir = phases.pretrain(
+    pretrain_dir = offline.pretrain(
         algo=base, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
         num_steps=d["pretrain_steps"], eval_every=d["pretrain_eval_every"],
         eval_episodes=d["eval_episodes"], hidden_dims=network_dims(d["hidden_dims"]),

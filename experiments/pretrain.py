@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import common, presets
+from experiments import common
+from o2o_jax import presets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("algo", "td3bc", ["td3bc", "cql", "iql", "awac", "bc"], "Offline algorithm.")
@@ -48,10 +49,10 @@ _DEFAULTS = {"paper": dict(num_steps=1_000_000, eval_every=10_000, eval_episodes
 def main(argv):
   del argv
   common.initialize_distributed(FLAGS)
-  from experiments import phases
+  from o2o_jax.recipes import offline
   d = common.budget_values(_DEFAULTS, FLAGS, positive=("num_steps", "eval_every", "eval_episodes",
                                                        "batch_size"))
-  run_dir = phases.pretrain(
+  run_dir = offline.pretrain(
       algo=FLAGS.algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
       num_steps=d["num_steps"], eval_every=d["eval_every"], eval_episodes=d["eval_episodes"],
       hidden_dims=d["hidden_dims"], batch_size=FLAGS.batch_size, chunk=FLAGS.chunk,

@@ -29,15 +29,15 @@ common.define_checkpoint_flag()
 
 def main(argv):
   del argv
-  from experiments import phases
+  from o2o_jax.recipes import ocr_cft
   from o2o_jax.errors import O2OError
   if not getattr(FLAGS, "from"):
     raise O2OError("--from=<pretrain run dir> is required (or run experiments.finetune, which "
                    "pretrains first)")
   d = common.budget_values({b: {"steps": v["reevaluate_steps"], "eval_episodes": v["eval_episodes"],
-                                "critic_hidden": v["critic_hidden"]} for b, v in phases.BUDGETS.items()},
+                                "critic_hidden": v["critic_hidden"]} for b, v in ocr_cft.BUDGETS.items()},
                            FLAGS, positive=("steps", "eval_episodes", "batch_size"))
-  run_dir = phases.reevaluate(agent_name=FLAGS.agent, pretrain_dir=Path(getattr(FLAGS, "from")),
+  run_dir = ocr_cft.reevaluate(agent_name=FLAGS.agent, pretrain_dir=Path(getattr(FLAGS, "from")),
                               steps=d["steps"], eval_episodes=d["eval_episodes"],
                               critic_hidden=d["critic_hidden"], batch_size=FLAGS.batch_size,
                               out_dir=FLAGS.out_dir, run_name=FLAGS.run_name, restart=FLAGS.restart,

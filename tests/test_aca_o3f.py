@@ -280,9 +280,10 @@ def test_aca_zfit_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_p
                                                      same_outputs):
   """The Z-fit stage (from a BC actor) with snapshots every 10 steps: killed at step 30 (after the
   snapshot at 20) and rerun, it writes the very metrics and checkpoint of the uninterrupted run."""
-  from experiments import phases, pipeline_aca
+  from experiments import pipeline_aca
+  from o2o_jax.recipes import offline
   quiet = lambda *_: None
-  pretrain_dir = phases.pretrain(algo="bc", dataset_id=tiny_hopper_dataset.dataset_id, seeds=2, seed=0,
+  pretrain_dir = offline.pretrain(algo="bc", dataset_id=tiny_hopper_dataset.dataset_id, seeds=2, seed=0,
                                  num_steps=10, eval_every=10, eval_episodes=1, hidden_dims=(8, 8),
                                  batch_size=16, out_dir=str(tmp_path), progress=False, log=quiet)
 

@@ -46,11 +46,11 @@ def test_every_phase_writes_its_run_dir_and_the_summary(pipeline):
 
 
 def test_quick_offline_steps_per_algorithm_and_the_flag_wins(pipeline):
-  from experiments import phases
-  assert phases.pretrain_steps("quick", "td3bc") == 100_000     # O2TD3's source (BUILD_NOTES)
-  assert phases.pretrain_steps("quick", "cql") == phases.BUDGETS["quick"]["pretrain_steps"] == 10_000
-  assert phases.pretrain_steps("paper", "td3bc") == 1_000_000
-  assert phases.pretrain_steps("quick", "td3bc", given=40) == 40
+  from o2o_jax.recipes import ocr_cft
+  assert ocr_cft.pretrain_steps("quick", "td3bc") == 100_000     # O2TD3's source (BUILD_NOTES)
+  assert ocr_cft.pretrain_steps("quick", "cql") == ocr_cft.BUDGETS["quick"]["pretrain_steps"] == 10_000
+  assert ocr_cft.pretrain_steps("paper", "td3bc") == 1_000_000
+  assert ocr_cft.pretrain_steps("quick", "td3bc", given=40) == 40
   out, _, dataset_id = pipeline      # the launcher honours --pretrain_steps=40 over the quick default
   cfg = json.loads((out / "pretrain" / "td3bc" / dataset_id.replace("/", "_") / "seed0x2" /
                     "config.json").read_text())
@@ -122,7 +122,7 @@ def test_phase_launchers_chain_by_from(pipeline, tmp_path):
 def test_buffer_initialisations_of_table_6(pipeline, tmp_path, buffer, monkeypatch):
   """--buffer=all samples from the dataset and the online buffer together; --buffer=part seeds each
   seed's buffer with the top-50 episodes (all 6 of the tiny dataset): both run to the summary."""
-  from experiments import phases
+  from o2o_jax.recipes import ocr_cft
   from o2o_jax import loops
   out, _, dataset_id = pipeline
   align_dir = out / "align" / "o2td3" / dataset_id.replace("/", "_") / "seed0x2"
@@ -136,7 +136,7 @@ def test_buffer_initialisations_of_table_6(pipeline, tmp_path, buffer, monkeypat
     return states, buffers, history
 
   monkeypatch.setattr(loops, "run_online", spy)
-  phases.finetune(align_dir=align_dir, online_steps=40, warmup_steps=20, eval_every=40, eval_episodes=1,
+  ocr_cft.finetune(align_dir=align_dir, online_steps=40, warmup_steps=20, eval_every=40, eval_episodes=1,
                   batch_size=16, buffer=buffer, out_dir=str(tmp_path), progress=False)
   summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
   assert len(summary["final"]) == 2

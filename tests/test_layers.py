@@ -67,7 +67,7 @@ def test_building_blocks_import_no_agent():
     ("from o2o_jax.agents.common import TrainState", "o2o_jax.agents.common"),
     ("from o2o_jax import agents", "o2o_jax.agents"),
     ("from .agents import registry", "o2o_jax.agents.registry"),
-    ("import experiments.phases", "experiments.phases"),
+    ("import experiments.finetune", "experiments.finetune"),
     ("importlib.import_module('benchmarks.throughput')", "benchmarks.throughput"),
 ])
 def test_the_scan_sees_every_import_form(tmp_path, source, found):

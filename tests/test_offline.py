@@ -186,7 +186,7 @@ def test_offline_agents_update_and_act(module, cfg):
 
 
 def test_presets_follow_corl():
-  from experiments import presets
+  from o2o_jax import presets
   assert presets.dataset_env_and_level("o2o/hopper/medium-replay-v0") == ("hopper", "medium-replay")
   assert presets.dataset_env_and_level("mujoco/halfcheetah/expert-v0") == ("halfcheetah", "expert")
   p = presets.offline_preset("iql", "o2o/hopper/medium-v0")

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import phases, presets
+from o2o_jax import presets
+from o2o_jax.recipes import offline, ocr_cft
 from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
 from o2o_jax.data import prepared
@@ -46,10 +47,10 @@ def _shapes(module, config):
 def _paper_chain(agent_name, dataset_id=HOPPER_MEDIUM):
   """(offline state shapes, O2O state shapes) of a --budget=paper chain, as experiments.finetune
   resolves them (BUDGETS["paper"] network sizes, the 'official' preset)."""
-  b = phases.BUDGETS["paper"]
-  algo = phases.SOURCE_ALGO[agent_name]
-  off_config, _ = phases.offline_config(algo, dataset_id, "official", agent_name, b["hidden_dims"])
-  o2o_config = phases.make_o2o_config(agent_name, off_config, dataset_id, b["critic_hidden"], True)
+  b = ocr_cft.BUDGETS["paper"]
+  algo = ocr_cft.SOURCE_ALGO[agent_name]
+  off_config, _ = offline.offline_config(algo, dataset_id, "official", agent_name, b["hidden_dims"])
+  o2o_config = ocr_cft.make_o2o_config(agent_name, off_config, dataset_id, b["critic_hidden"], True)
   return (_shapes(registry.get(algo, registry.OFFLINE), off_config),
           _shapes(registry.get(agent_name, registry.O2O), o2o_config), o2o_config)
 
@@ -60,16 +61,16 @@ def test_paper_budget_keeps_each_algorithms_own_architecture():
   """CORL configs/offline/cql/hopper/medium_v2.yaml `q_n_hidden_layers: 3` and cql.py
   `TanhGaussianPolicy` (3 Linear(256) layers); CORL awac.py `Actor`/`Critic` (3 x hidden_dim 256);
   CORL td3_bc.py / iql.py 2 x 256. The paper budget must not resize any of them."""
-  b = phases.BUDGETS["paper"]
+  b = ocr_cft.BUDGETS["paper"]
   assert b["hidden_dims"] is None and b["critic_hidden"] is None
-  cql = _shapes(registry.get("cql"), phases.offline_config("cql", HOPPER_MEDIUM, "official", "o2sac",
+  cql = _shapes(registry.get("cql"), offline.offline_config("cql", HOPPER_MEDIUM, "official", "o2sac",
                                                            b["hidden_dims"])[0])
   assert _actor_widths(cql.actor.params) == (256, 256, 256)
   assert _critic_layers(cql.sac.critic.params) == ((256, 256, 256), 0)
-  awac = _shapes(registry.get("awac"), phases.offline_config("awac", HOPPER_MEDIUM, "official")[0])
+  awac = _shapes(registry.get("awac"), offline.offline_config("awac", HOPPER_MEDIUM, "official")[0])
   assert _critic_layers(awac.critic.params)[0] == (256, 256, 256)
   for algo in ("td3bc", "iql"):
-    config, _ = phases.offline_config(algo, HOPPER_MEDIUM, "official", None, b["hidden_dims"])
+    config, _ = offline.offline_config(algo, HOPPER_MEDIUM, "official", None, b["hidden_dims"])
     assert tuple(config.hidden_dims) == (256, 256), algo
 
 
@@ -97,9 +98,9 @@ def test_paper_budget_o2td3_has_2x256_layernorm_critics_and_the_td3bc_actor():
 
 def test_only_the_quick_budget_shrinks_networks():
   """--budget=quick is this framework's own laptop budget (64 x 64 everywhere); no reference."""
-  q = phases.BUDGETS["quick"]
-  config, _ = phases.offline_config("cql", HOPPER_MEDIUM, "official", "o2sac", q["hidden_dims"])
-  o2o = phases.make_o2o_config("o2sac", config, HOPPER_MEDIUM, q["critic_hidden"], True)
+  q = ocr_cft.BUDGETS["quick"]
+  config, _ = offline.offline_config("cql", HOPPER_MEDIUM, "official", "o2sac", q["hidden_dims"])
+  o2o = ocr_cft.make_o2o_config("o2sac", config, HOPPER_MEDIUM, q["critic_hidden"], True)
   assert tuple(config.hidden_dims) == (64, 64) and config.critic_hidden_dims is None
   assert tuple(o2o.hidden_dims) == (64, 64) and tuple(o2o.critic_hidden_dims) == (64, 64)
 
@@ -138,15 +139,15 @@ def test_the_o2o_launcher_defaults_to_the_official_preset_and_rejects_it_elsewhe
 
 
 def _pretrain_config(tmp_path, monkeypatch, dataset_id, algo, chain, preset="official"):
-  """Runs phases.pretrain up to its training loop; returns (config.json, the device dataset)."""
+  """Runs ocr_cft.pretrain up to its training loop; returns (config.json, the device dataset)."""
   seen = {}
 
   def stop(agent, states, device, **kwargs):
     seen["device"] = device
     raise _Stop
-  monkeypatch.setattr(phases.loops, "run_offline", stop)
+  monkeypatch.setattr(ocr_cft.loops, "run_offline", stop)
   with pytest.raises(_Stop):
-    phases.pretrain(algo=algo, dataset_id=dataset_id, seeds=1, seed=0, num_steps=10, eval_every=10,
+    offline.pretrain(algo=algo, dataset_id=dataset_id, seeds=1, seed=0, num_steps=10, eval_every=10,
                     eval_episodes=1, hidden_dims=(8, 8), batch_size=4, preset=preset, chain=chain,
                     out_dir=str(tmp_path), progress=False, log=lambda *a: None)
   run = tmp_path / "pretrain" / algo / dataset_id.replace("/", "_") / "seed0x1"
@@ -169,14 +170,14 @@ def test_o2o_phase_configs_carry_the_preset(tmp_path):
   (prev / "config.json").write_text(json.dumps({"phase": "pretrain", "dataset": "d/hopper/medium-v0",
                                                 "env": "Hopper-v5", "seeds": 1, "seed": 0,
                                                 "preset": "corl"}))
-  _, config, run_dir, _ = phases._o2o_run("reevaluate", "o2sac", prev, 0, None, str(tmp_path), False,
+  _, config, run_dir, _ = ocr_cft._o2o_run("reevaluate", "o2sac", prev, 0, None, str(tmp_path), False,
                                           {}, print)
   assert config["preset"] == "corl"
   assert json.loads((run_dir / "config.json").read_text())["preset"] == "corl"
-  assert phases.run_preset(prev, {"preset": "corl"}) == "corl"
-  assert phases.run_preset(prev, {}) == "corl"      # runs from before presets were recorded
+  assert offline.run_preset(prev, {"preset": "corl"}) == "corl"
+  assert offline.run_preset(prev, {}) == "corl"      # runs from before presets were recorded
   with pytest.raises(O2OError, match="pre-trained with --preset=corl"):
-    phases.run_preset(prev, {"preset": "corl"}, given="official")
+    offline.run_preset(prev, {"preset": "corl"}, given="official")
 
 
 # ----------------------------------------------------------------------------- point 6: O3F's IQL
@@ -218,8 +219,8 @@ def test_online_rewards_get_the_offline_transform(tiny_hopper_dataset, tmp_path,
   def stop(learner, states, **kwargs):
     seen.update(kwargs, learner=learner)
     raise _Stop
-  monkeypatch.setattr(phases.loops, "run_online", stop)
-  echo = phases.loops.Learner(lambda state, batch, key: (state, batch.rewards), None)
+  monkeypatch.setattr(ocr_cft.loops, "run_online", stop)
+  echo = ocr_cft.loops.Learner(lambda state, batch, key: (state, batch.rewards), None)
   with pytest.raises(_Stop):
     spec = phase_lib.OnlinePhase(
         agent="o2sac", dataset_id=tiny_hopper_dataset.dataset_id, run_name="r",
@@ -246,38 +247,38 @@ def test_antmaze_ids_select_the_released_antmaze_settings(dataset_id):
   `warmup_steps: 1000`, `n_episodes: 100`; config/offline/td3_bc/antmaze/*.yaml `normalize_reward:
   true` -> utils.modify_reward `rewards -= 1.0`."""
   assert presets.antmaze_size(dataset_id) in ("medium", "large")
-  sac = phases.o2o_preset("o2sac", dataset_id)
+  sac = ocr_cft.o2o_preset("o2sac", dataset_id)
   assert sac["critic_hidden_dims"] == (256,) * 5 and sac["critic_layer_norm"] and sac["num_critics"] == 1
   assert sac["init_alpha"] == 0.5 and sac["lambda_init"] == 2.0
   assert (sac["tau_start"], sac["tau_end"]) == (0.125, 2.0)
   cql = presets.offline_preset("cql", dataset_id, "official", "o2sac")
   assert presets.reward_transform(cql, np.array([0.0, 1.0])) == (10.0, -5.0)
   assert cql["normalize_states"] is False and cql["config"]["critic_hidden_dims"] == (256,) * 5
-  assert phases.dataset_budget("o2sac", dataset_id, "paper") == {
+  assert ocr_cft.dataset_budget("o2sac", dataset_id, "paper") == {
       "align_steps": 1_000_000, "align_eval_every": 50_000, "online_steps": 200_000,
       "eval_every": 5_000, "eval_episodes": 100, "warmup_steps": 5_000}
-  td3 = phases.o2o_preset("o2td3", dataset_id)
+  td3 = ocr_cft.o2o_preset("o2td3", dataset_id)
   assert td3["critic_layer_norm"] is False and td3["exploration_noise"] == 0.1
-  assert phases.dataset_budget("o2td3", dataset_id, "paper")["warmup_steps"] == 1_000
+  assert ocr_cft.dataset_budget("o2td3", dataset_id, "paper")["warmup_steps"] == 1_000
   td3bc = presets.offline_preset("td3bc", dataset_id, "official", "o2td3")
   assert presets.reward_transform(td3bc, np.array([0.0, 1.0])) == (1.0, -1.0)
   assert td3bc.get("normalize_states", True)       # config/offline/td3_bc/antmaze: `normalize: true`
   # What o2sac cannot express yet is reported, not dropped silently.
-  assert "num_critics" in phases.o2o_preset_gaps("o2sac", dataset_id) or \
+  assert "num_critics" in ocr_cft.o2o_preset_gaps("o2sac", dataset_id) or \
       "num_critics" in {f for f in registry.get("o2sac").Config.__dataclass_fields__}
 
 
 def test_umaze_keeps_lambda_1_and_alpha_0_2_and_mujoco_is_untouched():
   """OCR-CFT config/finetune/O2SAC/antmaze/umaze_v2.yaml: `alpha: 0.2`, `lmbda: 1.0`; the MuJoCo
   YAMLs (e.g. hopper/medium_v2.yaml) keep 3 x 256, the double critic, 1000 warm-up steps, 10 episodes."""
-  sac = phases.o2o_preset("o2sac", "D4RL/antmaze/umaze-diverse-v1")
+  sac = ocr_cft.o2o_preset("o2sac", "D4RL/antmaze/umaze-diverse-v1")
   assert sac["init_alpha"] == 0.2 and "lambda_init" not in sac and sac["num_critics"] == 1
   assert presets.antmaze_size("D4RL/antmaze/umaze-v1") == "umaze"
   for agent in ("o2sac", "o2td3"):
-    preset = phases.o2o_preset(agent, HOPPER_MEDIUM)
+    preset = ocr_cft.o2o_preset(agent, HOPPER_MEDIUM)
     assert not {"critic_hidden_dims", "num_critics", "critic_layer_norm", "lambda_init"} & set(preset)
-    assert phases.dataset_budget(agent, HOPPER_MEDIUM, "paper") == {}
-  assert phases.dataset_budget("o2sac", "D4RL/antmaze/umaze-v1", "quick") == {}
+    assert ocr_cft.dataset_budget(agent, HOPPER_MEDIUM, "paper") == {}
+  assert ocr_cft.dataset_budget("o2sac", "D4RL/antmaze/umaze-v1", "quick") == {}
   assert presets.offline_preset("cql", HOPPER_MEDIUM, "official") == {"config": {},
                                                                       "normalize_reward": False}
 
@@ -286,10 +287,10 @@ def test_umaze_keeps_lambda_1_and_alpha_0_2_and_mujoco_is_untouched():
 
 def _resolved(agent_name, dataset_id, reference="interval:1000", overrides=None):
   """(Config before fine-tuning, (Config, settings) of the fine-tuning phase), 8x8 networks."""
-  algo = phases.SOURCE_ALGO[agent_name]
-  off, _ = phases.offline_config(algo, dataset_id, "official", agent_name, (8, 8))
-  config = phases.make_o2o_config(agent_name, off, dataset_id, (8, 8), True)
-  return config, phases.resolve_finetune(agent_name, dataset_id, config, reference=reference,
+  algo = ocr_cft.SOURCE_ALGO[agent_name]
+  off, _ = offline.offline_config(algo, dataset_id, "official", agent_name, (8, 8))
+  config = ocr_cft.make_o2o_config(agent_name, off, dataset_id, (8, 8), True)
+  return config, ocr_cft.resolve_finetune(agent_name, dataset_id, config, reference=reference,
                                          overrides=overrides)
 
 
@@ -307,7 +308,7 @@ def test_interval_mode_extras_on_hopper_expert(agent_name, dataset_id):
   assert settings["actor_grad_clip"] == 0.25 and settings["update_n"] == 10
   assert settings["interval_steps"] == 10_000
   # 'interval' is the released setting itself: N = eval_freq (1000 on MuJoCo).
-  released = phases.resolve_finetune(agent_name, dataset_id, before, reference="interval",
+  released = ocr_cft.resolve_finetune(agent_name, dataset_id, before, reference="interval",
                                      eval_every=1000)
   assert released[0] == config and {**released[1], "reference": "interval:1000"} == settings
 
@@ -334,9 +335,9 @@ def test_best_mode_and_an_explicit_tau_end_are_left_alone():
   _, (config, settings) = _resolved("o2sac", "o2o/hopper/expert-v0", overrides={"tau_end": 0.1})
   assert config.tau_end == 0.1 and settings["actor_grad_clip"] == 0.25
   with pytest.raises(O2OError, match="interval:N"):
-    phases.parse_reference("interval:0")
+    ocr_cft.parse_reference("interval:0")
   with pytest.raises(O2OError, match="multiple of --eval_every"):
-    phases.finetune(align_dir=None, online_steps=10, warmup_steps=0, eval_every=300,
+    ocr_cft.finetune(align_dir=None, online_steps=10, warmup_steps=0, eval_every=300,
                     eval_episodes=1, reference="interval:1000")
 
 
@@ -347,7 +348,7 @@ def test_actor_gradient_clip_is_clip_then_adam():
   from o2o_jax.agents.o2o import o2td3
   config = o2td3.Config(hidden_dims=(8, 8), critic_hidden_dims=(8, 8))
   state = o2td3.init(jax.random.PRNGKey(0), OBS, ACT, config)
-  clipped = phases.clip_actor_gradients(state, 0.25)
+  clipped = ocr_cft.clip_actor_gradients(state, 0.25)
   assert jax.tree_util.tree_structure(clipped.actor.opt_state) == \
       jax.tree_util.tree_structure(state.actor.opt_state)
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 3.0), state.actor.params)

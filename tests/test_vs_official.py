@@ -116,7 +116,7 @@ def test_official_yaml_path_and_tags(tmp_path):
 
 
 def test_step_counts_are_the_quick_budget():
-  """Both sides get experiments.phases' quick budget: TD3+BC 100k / CQL 10k offline, 50k / 5k / 10k,
+  """Both sides get o2o_jax.recipes.ocr_cft' quick budget: TD3+BC 100k / CQL 10k offline, 50k / 5k / 10k,
   evaluation every 2k with 5 episodes; an online count that is not a multiple of it is refused."""
   steps = run.step_counts("quick", "o2td3", {})
   assert {k: steps[k] for k in run.STEP_KEYS} == {

@@ -64,7 +64,7 @@ SHIM = Path(__file__).resolve().parent / "shim"
 
 
 def corl_config(corl_dir: Path, algo: str, dataset_id: str) -> Path:
-  from experiments import presets
+  from o2o_jax import presets
   env, level = presets.dataset_env_and_level(dataset_id)
   path = corl_dir / "configs" / "offline" / CORL_SCRIPT[algo] / env / f"{level.replace('-', '_')}_v2.yaml"
   if not path.exists():
@@ -80,7 +80,7 @@ def slug(dataset_id: str) -> str:
 def run_corl(algo: str, dataset_id: str, seed: int, out: Path, speed: bool = False) -> Path:
   """One CORL run; its JSON-lines log (evaluations + wall-clock stamps) is the result. `speed`: a
   short run without evaluations at torch's default thread count, stamped every 250 updates."""
-  from experiments import presets
+  from o2o_jax import presets
   name = "speed" if speed else f"seed{seed}"
   log = out / "corl" / algo / slug(dataset_id) / f"{name}.jsonl"
   done = log.with_suffix(".done")
@@ -156,7 +156,7 @@ def our_update_rate(algo: str, dataset_id: str, seeds: int) -> float:
   """Seed-updates/s of our jitted update chunk (lax.scan over 500 updates) on the same data."""
   import jax
   import numpy as np
-  from experiments import presets
+  from o2o_jax import presets
   from o2o_jax import loops
   from o2o_jax.agents import registry
   from o2o_jax.data import prepared

@@ -20,7 +20,7 @@ critic 2x256 (LayerNorm); O2SAC actor 3x256, critic 3x256 (LayerNorm).
 Then ours: `experiments.finetune --agent=<agent> --budget=<budget>` with --hidden_dims/--critic_hidden
 at those same sizes, all seeds vmapped in one program, the same step counts.
 
-Step counts (both sides): `experiments.phases.BUDGETS[budget]` and `QUICK_PRETRAIN_STEPS`, i.e. at
+Step counts (both sides): `o2o_jax.recipes.ocr_cft.BUDGETS[budget]` and `QUICK_PRETRAIN_STEPS`, i.e. at
 --budget=quick offline 100k (TD3+BC) / 10k (CQL), re-evaluation 50k, alignment 5k, online 10k,
 warm-up 1k, evaluation every 2k env steps with 5 episodes (offline every 5k, alignment every 5k).
 --pretrain_steps ... --eval_episodes override any of them for both sides (a smoke test); a run with
@@ -85,7 +85,7 @@ def define_flags():
   flags.DEFINE_enum("agent", "o2td3", list(CHAINS), "o2td3 (TD3+BC -> O2TD3) or o2sac (CQL -> O2SAC).")
   flags.DEFINE_integer("seeds", 3, "Seeds of each side (ours vmapped, the official one after another).")
   flags.DEFINE_integer("official_seeds", None, "Official seeds if not --seeds (e.g. 1 for o2sac).")
-  flags.DEFINE_enum("budget", "quick", ["quick", "paper"], "Step counts: experiments.phases.BUDGETS.")
+  flags.DEFINE_enum("budget", "quick", ["quick", "paper"], "Step counts: o2o_jax.recipes.ocr_cft.BUDGETS.")
   for k in STEP_KEYS:
     flags.DEFINE_integer(k, None, f"Override the budget's {k} on both sides (e.g. a smoke test).")
   flags.DEFINE_integer("drift_states", 20_000, "Dataset states the drift is measured on.")
@@ -103,10 +103,10 @@ def define_flags():
 
 def step_counts(budget: str, agent: str, overrides: Dict[str, int]) -> Dict[str, int]:
   """Both sides' step counts: the budget's (as experiments.finetune resolves them) with overrides."""
-  from experiments import phases
-  b = phases.BUDGETS[budget]
+  from o2o_jax.recipes import ocr_cft
+  b = ocr_cft.BUDGETS[budget]
   algo = CHAINS[agent][5]
-  steps = {"pretrain_steps": phases.pretrain_steps(budget, algo),
+  steps = {"pretrain_steps": ocr_cft.pretrain_steps(budget, algo),
            **{k: int(b[k]) for k in STEP_KEYS if k != "pretrain_steps"},
            "pretrain_eval_every": int(b["pretrain_eval_every"]),
            "align_eval_every": int(b["align_eval_every"])}
@@ -129,7 +129,7 @@ def slug(dataset_id: str) -> str:
 
 
 def official_env_name(dataset_id: str) -> str:
-  from experiments import presets
+  from o2o_jax import presets
   return f"{presets.d4rl_name(dataset_id)}-v2"
 
 
@@ -307,10 +307,10 @@ def our_drift(align_dir: Path, n_states: int) -> Dict[str, List[float]]:
   from the alignment checkpoint (as `benchmarks/actor_drift.py`)."""
   import jax
   import numpy as np
-  from experiments import phases
+  from o2o_jax.recipes import ocr_cft
   from o2o_jax.agents.o2o.common import actor_drift
   from o2o_jax.data import prepared
-  _, agent, _, states, meta = phases._restore_o2o(align_dir)
+  _, agent, _, states, meta = ocr_cft._restore_o2o(align_dir)
   data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                             meta["reward_transform"]["scale"])
   obs = data.device.observations[:n_states]

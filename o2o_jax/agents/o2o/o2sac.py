@@ -25,7 +25,7 @@ Three phases, each a pure step over one `State` (vmap it over seeds); alpha is f
 The SAC building blocks (policy, temperature step, target update) come from `agents.online.sac`.
 
 Initialisation: the actor is the offline CQL actor (its options come from the offline agent's
-config, `experiments.phases.ACTOR_FIELDS`, so it was initialised by the offline algorithm's scheme;
+config, `o2o_jax.recipes.ocr_cft.ACTOR_FIELDS`, so it was initialised by the offline algorithm's scheme;
 this module's actor init only matters for a fresh actor, without `actor_params`). The critic is new
 here and follows the official
 `finetune/O2SAC.py` (`CriticFunction` -> `net.py` `MLP`): `critic_init="ocr_cft"`, every layer

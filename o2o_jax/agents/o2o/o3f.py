@@ -24,7 +24,7 @@ Reconstructed items (reference §4, each a Config option, see BUILD_NOTES.md):
 Rewards: the IQL O3F builds on normalises locomotion rewards to r * 1000 / (max - min episode
 return) of the dataset (CORL `iql.py` `modify_reward`; AntMaze: r - 1), which sets the scale its
 beta = 3 AWR temperature and expectile were tuned at. The O3F chain's 'official' pre-training preset
-(experiments.presets) applies that transform; it travels in the checkpoint metadata and is applied to
+(o2o_jax.presets) applies that transform; it travels in the checkpoint metadata and is applied to
 the offline buffer and every online reward alike (o2o_jax.data.prepared.load_data /
 o2o_jax.phase.train_online).
 

@@ -1,0 +1,300 @@
+"""Recipes and the one runner (issue #20). A recipe is what an O2O method *is*, declared as data: its
+ordered phases, its budgets, the settings it reads and its own options. `run(recipe, ctx)` executes
+any recipe, for every agent the same way:
+
+  recipe = recipes.get("o3f")
+  ctx = Context.build(recipe, dataset="o2o/hopper/medium-v0", seeds=5, budget="quick", given={...})
+  run_dir = run(recipe, ctx)                  # the last phase's run directory
+
+What the runner does once for every agent:
+  - validation before anything trains: each option's check, the recipe's own `check`, the
+    `--config.<field>` overrides against the agent's Config;
+  - `--from=<run dir>`: the run's phase picks where the recipe continues; that phase and every phase
+    it needs (transitively) are skipped, the others run (SAMG's C-VAE, which needs only the data,
+    still runs after `--from=<pretrain run>`); a run of another agent or dataset is a one-line error;
+  - budgets as layers: the recipe's `--budget` values, then its per-dataset layer (`dataset_budget`,
+    e.g. AntMaze's released step counts), then every setting given explicitly.
+Each phase's function (`Phase.run(ctx) -> run dir`) builds an `o2o_jax.phase` spec and runs it with
+the phase skeletons (run directories, reuse of finished runs, snapshots, checkpoints, metrics, plots,
+summary). `load_run(dir)` restores any phase's result for the next phase.
+
+Phase kinds (for readers and for `--help`): 'offline' (an offline algorithm's scan over the dataset),
+'fit' (a frozen actor, a fitted value: re-evaluation, alignment, O2PPO's V, ACA's Z, SAMG's C-VAE),
+'off-policy online', 'on-policy online'.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from o2o_jax import config as config_lib
+from o2o_jax import runs
+from o2o_jax.errors import O2OError
+
+KINDS = ("offline", "fit", "off-policy online", "on-policy online")
+# Settings every recipe reads (the launcher's shared flags); `Recipe.reads` adds the others it uses.
+EVERY_RECIPE_READS = ("dataset", "from", "seeds", "seed", "budget", "pretrain_steps", "online_steps",
+                      "eval_every", "eval_episodes", "hidden_dims", "batch_size", "out_dir",
+                      "run_name", "restart", "progress", "checkpoint_every", "num_processes",
+                      "process_id", "coordinator_address")
+CHECKS = {"positive": (lambda v: v > 0, "must be positive"),
+          "nonnegative": (lambda v: v >= 0, "must not be negative"),
+          "unit": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """A setting of one recipe, the launcher's flag `--<name>`. `field`: the agent Config field it sets
+  (applied by `Context.configure`, after the recipe's own layers and before `--config.` overrides);
+  None: the recipe reads it with `ctx[name]`. `kind`: bool, int, float, str, enum (`choices`) or
+  list (of ints). `check`: a key of CHECKS, applied to a value that is not None before any phase runs.
+  `convert(value) -> field value` where the field's form differs from the flag's."""
+  name: str
+  default: Any
+  help: str
+  kind: str = "float"
+  choices: Sequence[str] = ()
+  field: Optional[str] = None
+  check: Optional[str] = None
+  convert: Optional[Callable[[Any], Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One phase of a recipe. `name` is the run directory's first level and the 'phase' in its
+  config.json; `run(ctx) -> run dir` runs (or reuses) it, reading the run directories of the phases
+  in `needs` from `ctx.runs`. `accepts(config) -> bool`: whether a `--from` run of this phase fits
+  (default: any run of this phase, of this agent unless it is a pretrain run)."""
+  name: str
+  kind: str
+  run: Callable[["Context"], Path]
+  needs: Tuple[str, ...] = ()
+  accepts: Optional[Callable[[Mapping[str, Any]], bool]] = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"phase {self.name}: kind {self.kind!r} is not one of {KINDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """An O2O method. `config`: its agent's Config (the target of `--config.<field>` overrides).
+  `budgets[budget]`: the values of `--budget` (step counts, network sizes), each overridable by the
+  shared setting of the same name. `dataset_budget(dataset_id, budget) -> values` layers per-dataset
+  values over them. `reads`: the shared settings it reads beyond EVERY_RECIPE_READS; `options`: its
+  own. `check(ctx)`: validation before any phase runs. `run_name(ctx)`: the base name of its run
+  directories (default seed<seed>x<seeds>)."""
+  agent: str
+  doc: str
+  phases: Tuple[Phase, ...]
+  config: type
+  budgets: Mapping[str, Mapping[str, Any]]
+  reads: Tuple[str, ...] = ()
+  options: Tuple[Option, ...] = ()
+  dataset_budget: Optional[Callable[[str, str], Mapping[str, Any]]] = None
+  check: Optional[Callable[["Context"], None]] = None
+  run_name: Optional[Callable[["Context"], str]] = None
+
+  def phase(self, name: str) -> Phase:
+    for p in self.phases:
+      if p.name == name:
+        return p
+    raise KeyError(name)
+
+  def upstream(self, name: str) -> set:
+    """`name` and every phase it needs, transitively."""
+    seen, todo = set(), [name]
+    while todo:
+      n = todo.pop()
+      if n not in seen:
+        seen.add(n)
+        todo.extend(self.phase(n).needs)
+    return seen
+
+
+@dataclasses.dataclass
+class Context:
+  """Everything a phase function reads. `values`: the budget's values with the per-dataset layer
+  and every explicitly given setting over them; `settings`: the shared settings (their value or
+  default); `options`: the recipe's own; `overrides`: raw `--config.<field>` strings; `given`: the
+  names set explicitly; `runs`: phase name -> run directory, filled as the phases run (and by
+  `--from`). `ctx[name]` looks a name up in values, then options, then settings."""
+  recipe: Recipe
+  values: Dict[str, Any]
+  settings: Dict[str, Any]
+  options: Dict[str, Any]
+  overrides: Dict[str, str] = dataclasses.field(default_factory=dict)
+  given: frozenset = frozenset()
+  runs: Dict[str, Path] = dataclasses.field(default_factory=dict)
+  log: Callable[..., None] = print
+
+  @classmethod
+  def build(cls, recipe: Recipe, settings: Mapping[str, Any], options: Mapping[str, Any] = None,
+            overrides: Mapping[str, str] = None, given=(), log=print) -> "Context":
+    """`settings`: the shared settings (names of EVERY_RECIPE_READS and `recipe.reads`; missing ones
+    are None); `options`: the recipe's own (missing: their defaults); `given`: the names set
+    explicitly, which win over the budget's values."""
+    settings = dict(settings)
+    settings.setdefault("budget", "paper")
+    budget = settings["budget"]
+    if budget not in recipe.budgets:
+      raise O2OError(f"--budget={budget}: {recipe.agent} has budgets {', '.join(recipe.budgets)}")
+    values = dict(recipe.budgets[budget])
+    dataset = settings.get("dataset")
+    if recipe.dataset_budget is not None and dataset is not None:
+      values.update(recipe.dataset_budget(dataset, budget))
+    known = {o.name: o for o in recipe.options}
+    opts = {name: o.default for name, o in known.items()}
+    for name, value in (options or {}).items():
+      if name not in known:
+        raise O2OError(f"--{name} is not an option of {recipe.agent}")
+      opts[name] = value
+    for name in values:     # a setting or option of the same name, when set, wins
+      value = settings.get(name) if settings.get(name) is not None else opts.get(name)
+      if value is not None:
+        values[name] = tuple(int(h) for h in value) if isinstance(value, list) else value
+    return cls(recipe, values, settings, opts, dict(overrides or {}), frozenset(given), log=log)
+
+  def __getitem__(self, name: str):
+    for table in (self.values, self.options, self.settings):
+      if name in table:
+        return table[name]
+    raise KeyError(f"{self.recipe.agent}'s recipe has no setting {name!r}")
+
+  def get(self, name: str, default=None):
+    try:
+      return self[name]
+    except KeyError:
+      return default
+
+  @property
+  def agent(self) -> str:
+    return self.recipe.agent
+
+  def phase_args(self) -> Dict[str, Any]:
+    """The run-directory arguments every phase function takes."""
+    return {k: self.settings.get(k, d) for k, d in (("out_dir", "runs"), ("restart", False),
+                                                     ("progress", True),
+                                                     ("checkpoint_every", None))}
+
+  def base_name(self) -> str:
+    """The base name of this run's directories: --run_name, else the recipe's, else seed<s>x<n>."""
+    if self.settings.get("run_name"):
+      return self.settings["run_name"]
+    if self.recipe.run_name is not None:
+      return self.recipe.run_name(self)
+    return f"seed{self.settings.get('seed', 0)}x{self.settings.get('seeds', 1)}"
+
+  def configure(self, config):
+    """The agent Config `config` with the options that set a field (those not None) and then the
+    `--config.` overrides applied, each value checked and converted to the field's type."""
+    fields = {}
+    for o in self.recipe.options:
+      value = self.options.get(o.name)
+      if o.field is not None and value is not None:
+        fields[o.field] = o.convert(value) if o.convert is not None else value
+    config = config_lib.apply_overrides(config, fields, source="option")
+    return config_lib.apply_overrides(config, self.overrides)
+
+
+def check(recipe: Recipe, ctx: Context) -> None:
+  """Every check that can fail before training: option values, `--config.` overrides (against the
+  agent's Config), then the recipe's own."""
+  for o in recipe.options:
+    value = ctx.options.get(o.name)
+    if o.check is not None and value is not None:
+      ok, what = CHECKS[o.check]
+      if not ok(value):
+        raise O2OError(f"--{o.name} {what} (got {value})")
+  if ctx.overrides:
+    config_lib.apply_overrides(recipe.config(), ctx.overrides)
+  if recipe.check is not None:
+    recipe.check(ctx)
+
+
+def start_from(recipe: Recipe, ctx: Context, from_dir: Path) -> set:
+  """Records the `--from` run in `ctx.runs` and returns the phases it makes unnecessary (its phase
+  and everything that phase needs). One-line errors: a run of no phase of the recipe, of another
+  agent, or of another dataset than an explicit --dataset."""
+  cfg = runs.read_config(from_dir)
+  phase, names = cfg.get("phase"), [p.name for p in recipe.phases[:-1]]
+  if phase not in names:
+    raise O2OError(f"--from={from_dir} is a '{phase}' run: {recipe.agent} continues from a "
+                   f"{' or '.join(names)} run")
+  p = recipe.phase(phase)
+  owner = cfg.get("agent", cfg.get("algo"))
+  if p.accepts is not None:
+    if not p.accepts(cfg):
+      raise O2OError(f"--from={from_dir} is a {phase} run of {owner}, which {recipe.agent} cannot "
+                     "continue from (see --helpfull for its phases)")
+  elif phase != "pretrain" and cfg.get("agent") != recipe.agent:
+    raise O2OError(f"--from={from_dir} is a {owner} run but --agent={recipe.agent}: pass "
+                   f"--agent={owner}, or a {recipe.agent} run")
+  if "dataset" in ctx.given and cfg.get("dataset") != ctx.settings.get("dataset"):
+    raise O2OError(f"--from={from_dir} was trained on {cfg.get('dataset')} (env {cfg.get('env')}), "
+                   f"not --dataset={ctx.settings.get('dataset')}: drop --dataset or pass a run on "
+                   "that dataset")
+  ctx.runs[phase] = Path(from_dir)
+  ctx.settings["dataset"] = cfg.get("dataset", ctx.settings.get("dataset"))
+  return recipe.upstream(phase)
+
+
+def run(recipe: Recipe, ctx: Context, from_dir: Optional[Path] = None) -> Path:
+  """Runs the phases of `recipe` that are not done (each reuses a finished run of the same config),
+  from the start or after `from_dir`'s phase; returns the last phase's run directory."""
+  check(recipe, ctx)
+  skip = start_from(recipe, ctx, Path(from_dir)) if from_dir else set()
+  for p in recipe.phases:
+    if p.name not in skip:
+      ctx.runs[p.name] = p.run(ctx)
+  return ctx.runs[recipe.phases[-1].name]
+
+
+# ----------------------------------------------------------------------------- restoring runs
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+  """A finished phase's result: its config.json, checkpoint metadata, the seed-stacked states (this
+  process's seeds in a multi-process run), the agent module and its Config."""
+  run_dir: Path
+  config: Dict[str, Any]
+  meta: Dict[str, Any]
+  states: Any
+  module: Any
+  agent_config: Any
+
+
+def load_run(run_dir, phases: Optional[Sequence[str]] = None,
+             template: Optional[Callable[[Dict[str, Any], Dict[str, Any]], Any]] = None,
+             want: str = "") -> LoadedRun:
+  """The one restore path of every phase. The checkpoint's shapes come from the run's own record: a
+  pretrain run's offline algorithm (`algo`) or a later run's O2O agent (`agent`), with the Config in
+  its config.json (`agent_config`) and the dimensions in the checkpoint metadata, all seeds of the
+  run (`seeds`, `seed`). `template(config, meta) -> shapes` replaces that for a phase whose state is
+  not the agent's (O2PPO's V fit, SAMG's C-VAE). `phases`: the phases accepted (a one-line error
+  names the run's phase and `want`, what the caller expected, otherwise)."""
+  from o2o_jax import loops
+  from o2o_jax.agents import registry
+  from o2o_jax.checkpoints import Checkpointer
+  from o2o_jax.types import seed_keys
+  run_dir = Path(run_dir)
+  cfg = runs.read_config(run_dir)
+  phase = cfg.get("phase")
+  if phases is not None and phase not in phases:
+    raise O2OError(f"{run_dir} is a '{phase}' run of {cfg.get('agent', cfg.get('algo'))}, not "
+                   f"{want or 'a ' + ' or '.join(phases) + ' run'}")
+  meta = Checkpointer(run_dir / "checkpoints").read_metadata()
+  if phase == "pretrain":
+    module = registry.get(cfg["algo"], registry.OFFLINE)
+  else:
+    module = registry.get(cfg["agent"], registry.O2O)
+  agent_config = (runs.config_from_dict(module.Config, cfg["agent_config"])
+                  if "agent_config" in cfg else None)
+  if template is not None:
+    shapes = template(cfg, meta)
+  else:
+    shapes = loops.init_shapes(module, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
+                               meta["act_dim"], agent_config)
+  states, meta = runs.restore_result(run_dir, shapes)
+  return LoadedRun(run_dir, cfg, meta, states, module, agent_config)

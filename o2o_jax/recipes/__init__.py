@@ -1,0 +1,21 @@
+"""Each O2O method's recipe (`o2o_jax.recipe.Recipe`): the phases it runs, declared as data, beside
+the functions that build each phase. `get(agent)` returns an agent's recipe; `RECIPES` names the
+module that declares it (its `RECIPES` dict: agent -> Recipe)."""
+from __future__ import annotations
+
+import importlib
+
+from o2o_jax.errors import O2OError
+
+RECIPES = {}     # agent -> module declaring its recipe (filled as the pipelines move here, #20)
+
+
+def get(agent: str):
+  if agent not in RECIPES:
+    raise O2OError(f"unknown O2O agent '{agent}': choose one of {', '.join(sorted(RECIPES))}")
+  return importlib.import_module(RECIPES[agent]).RECIPES[agent]
+
+
+def all_recipes():
+  """{agent: Recipe} of every registered agent."""
+  return {agent: get(agent) for agent in RECIPES}
