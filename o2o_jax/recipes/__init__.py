@@ -7,7 +7,7 @@ import importlib
 
 from o2o_jax.errors import O2OError
 
-RECIPES = {}     # agent -> module declaring its recipe (filled as the pipelines move here, #20)
+RECIPES = {"o3f": "o2o_jax.recipes.o3f"}   # agent -> module declaring its recipe
 
 
 def get(agent: str):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from o2o_jax import distributed, loops, presets, runs
 from o2o_jax import phase as phase_lib
+from o2o_jax import recipe as recipe_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.data import load_dataset, prepared
@@ -126,3 +127,32 @@ def offline_actor_params(pretrain_dir: Path):
   return states.actor.params, agent_config, meta
 
 
+
+
+def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, why: str = "",
+                   steps: Optional[Callable] = None, eval_every: Optional[Callable] = None,
+                   preset: Optional[Callable] = None, chain: Optional[str] = None,
+                   normalize_states: Optional[Callable] = None,
+                   run_name: Optional[Callable] = None) -> recipe_lib.Phase:
+  """The 'pretrain' phase of a recipe: `pretrain` of `ctx['offline_algo']` (default
+  `default_algo`; one of `algos` when given, else any offline algorithm: a one-line error says
+  `why`) with the context's budget. The callables take the Context: `steps` (default
+  ctx['pretrain_steps']), `eval_every` (default min(ctx['pretrain_eval_every'], steps)), `preset`
+  (default ctx['preset'], else 'corl'), `normalize_states` (default None: the preset's) and `run_name`
+  (default ctx.base_name())."""
+  def run(ctx) -> Path:
+    algo = ctx.get("offline_algo") or default_algo
+    allowed = algos or tuple(registry.OFFLINE)
+    if algo not in allowed:
+      raise O2OError(f"--offline_algo={algo}: {ctx.agent} fine-tunes {' or '.join(allowed)}"
+                     + (f" ({why})" if why else ""))
+    n = steps(ctx) if steps else ctx["pretrain_steps"]
+    return pretrain(
+        algo=algo, dataset_id=ctx["dataset"], seeds=ctx["seeds"], seed=ctx["seed"], num_steps=n,
+        eval_every=eval_every(ctx) if eval_every else min(ctx["pretrain_eval_every"], max(n, 1)),
+        eval_episodes=ctx["eval_episodes"], hidden_dims=ctx["hidden_dims"],
+        batch_size=ctx["batch_size"], preset=preset(ctx) if preset else (ctx.get("preset") or "corl"),
+        chain=chain, normalize_states=normalize_states(ctx) if normalize_states else None,
+        run_name=run_name(ctx) if run_name else ctx.base_name(), log=ctx.log, **ctx.phase_args())
+
+  return recipe_lib.Phase("pretrain", "offline", run)
