@@ -12,8 +12,6 @@ ablations (all three off = direct fine-tuning of the offline policy).
 from __future__ import annotations
 
 import importlib
-import types
-from pathlib import Path
 
 from absl import flags
 
@@ -47,7 +45,6 @@ _OCR_CFT_FLAGS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "
                   "critic_hidden", "utd", "reevaluate", "align", "constrain", "reference", "buffer",
                   "tau_start", "tau_end") + _DISTRIBUTED
 _READS = {
-    "o2td3": _OCR_CFT_FLAGS, "o2sac": _OCR_CFT_FLAGS,
     "o2ppo": ("offline_algo", "reevaluate_steps") + _DISTRIBUTED,     # on-policy: no warmup, no UTD
     **{a: ("warmup_steps", "utd") for a in ("samg_cql", "samg_awac", "samg_iql")},  # base = the name
     "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
@@ -215,74 +212,7 @@ def main(argv):
   if FLAGS.agent in recipes.RECIPES:
     run_recipe(recipes.get(FLAGS.agent))
     return
-  if FLAGS.agent in OTHER_PIPELINES:
-    importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
-    return   # (absl would turn a returned value into the exit status)
-  from o2o_jax.recipes import offline, ocr_cft
-  from o2o_jax import runs
-  tau_overrides = {k: getattr(FLAGS, k) for k in ("tau_start", "tau_end") if getattr(FLAGS, k) is not None}
-  if len(tau_overrides) == 2:     # fail before any training; single overrides are checked with the preset
-    ocr_cft.check_tau(types.SimpleNamespace(**tau_overrides))
-  ocr_cft.parse_reference(FLAGS.reference)       # a bad value fails before any training
-  start, from_dir, dataset_id, preset = "pretrain", None, FLAGS.dataset, FLAGS.preset
-  if getattr(FLAGS, "from"):
-    from_dir = Path(getattr(FLAGS, "from"))
-    from_cfg = runs.read_config(from_dir)
-    phase = from_cfg.get("phase")
-    if phase not in ("pretrain", "reevaluate", "align"):
-      raise O2OError(f"--from={from_dir} is a '{phase}' run: pass a pretrain, reevaluate or align run")
-    if phase != "pretrain" and from_cfg.get("agent") != FLAGS.agent:
-      raise O2OError(f"--from={from_dir} is a {from_cfg.get('agent')} run but --agent={FLAGS.agent}: "
-                     f"pass --agent={from_cfg.get('agent')}, or a {FLAGS.agent} run")
-    if FLAGS["dataset"].present and from_cfg.get("dataset") != FLAGS.dataset:
-      raise O2OError(f"--from={from_dir} was trained on {from_cfg.get('dataset')} (env "
-                     f"{from_cfg.get('env')}), not --dataset={FLAGS.dataset}: drop --dataset or pass "
-                     "a run on that dataset")
-    start = {"pretrain": "reevaluate", "reevaluate": "align", "align": "finetune"}[phase]
-    dataset_id = from_cfg.get("dataset", dataset_id)
-    preset = offline.run_preset(from_dir, from_cfg, FLAGS.preset if FLAGS["preset"].present else None)
-  # The released per-dataset step counts (AntMaze) replace the budget's; explicit flags still win.
-  budgets = {b: {**v, **ocr_cft.dataset_budget(FLAGS.agent, dataset_id, b)}
-             for b, v in ocr_cft.BUDGETS.items()}
-  d = common.finetune_budget(budgets, FLAGS, nonnegative=(
-      "pretrain_steps", "reevaluate_steps", "align_steps", "warmup_steps"))
-  switches = "".join(f"-no{n}" for n in ("reevaluate", "align", "constrain") if not getattr(FLAGS, n))
-  name = FLAGS.run_name or (f"seed{FLAGS.seed}x{FLAGS.seeds}"
-                            + ("" if preset == "official" else f"-preset{preset}"))
-  common_args = dict(out_dir=FLAGS.out_dir, restart=FLAGS.restart, progress=FLAGS.progress,
-                     checkpoint_every=FLAGS.checkpoint_every)
-
-  if start == "pretrain":
-    algo = FLAGS.offline_algo or ocr_cft.SOURCE_ALGO[FLAGS.agent]
-    from_dir = offline.pretrain(algo=algo, dataset_id=FLAGS.dataset, seeds=FLAGS.seeds, seed=FLAGS.seed,
-                               num_steps=ocr_cft.pretrain_steps(FLAGS.budget, algo, FLAGS.pretrain_steps),
-                               eval_every=d["pretrain_eval_every"],
-                               eval_episodes=d["eval_episodes"], hidden_dims=d["hidden_dims"],
-                               batch_size=FLAGS.batch_size, preset=FLAGS.preset, chain=FLAGS.agent,
-                               run_name=name, **common_args)
-    start = "reevaluate"
-  if start == "reevaluate":
-    from_dir = ocr_cft.reevaluate(
-        agent_name=FLAGS.agent, pretrain_dir=from_dir,
-        steps=d["reevaluate_steps"] if FLAGS.reevaluate else 0, eval_episodes=d["eval_episodes"],
-        critic_hidden=d["critic_hidden"], batch_size=FLAGS.batch_size,
-        overrides=tau_overrides,
-        run_name=name + ("" if FLAGS.reevaluate else "-noreevaluate"), **common_args)
-    start = "align"
-  if start == "align":
-    if FLAGS.align:
-      from_dir = ocr_cft.align(reevaluate_dir=from_dir, steps=d["align_steps"],
-                              eval_every=min(d["align_eval_every"], d["align_steps"]),
-                              eval_episodes=d["eval_episodes"], batch_size=FLAGS.batch_size,
-                              run_name=name + ("" if FLAGS.reevaluate else "-noreevaluate"),
-                              **common_args)
-    else:
-      from_dir = ocr_cft.skip_phase(from_dir, "align", FLAGS.out_dir, name + switches)
-  ocr_cft.finetune(align_dir=from_dir, online_steps=d["online_steps"], warmup_steps=d["warmup_steps"],
-                  eval_every=d["eval_every"], eval_episodes=d["eval_episodes"], utd=FLAGS.utd,
-                  batch_size=FLAGS.batch_size, buffer=FLAGS.buffer, reference=FLAGS.reference,
-                  constrain=FLAGS.constrain, overrides=tau_overrides, run_name=name + switches,
-                  **common_args)
+  importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
 
 
 if __name__ == "__main__":

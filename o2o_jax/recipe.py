@@ -38,7 +38,17 @@ EVERY_RECIPE_READS = ("dataset", "from", "seeds", "seed", "budget", "pretrain_st
                       "eval_every", "eval_episodes", "hidden_dims", "batch_size", "out_dir",
                       "run_name", "restart", "progress", "checkpoint_every", "num_processes",
                       "process_id", "coordinator_address")
+# The defaults of the shared settings (the launcher's flags have the same), for library callers.
+DEFAULTS = {"dataset": "o2o/hopper/medium-v0", "seeds": 1, "seed": 0, "budget": "paper",
+            "batch_size": 256, "out_dir": "runs", "restart": False, "progress": True,
+            "checkpoint_every": 10_000, "num_processes": 1}
+# Budget values and shared settings checked for every recipe that has them (a one-line error).
+VALUE_CHECKS = {"seeds": "at_least_1", "utd": "at_least_1",
+                **{k: "positive" for k in ("online_steps", "eval_every", "eval_episodes", "batch_size")},
+                **{k: "nonnegative" for k in ("pretrain_steps", "reevaluate_steps", "align_steps",
+                                              "warmup_steps")}}
 CHECKS = {"positive": (lambda v: v > 0, "must be positive"),
+          "at_least_1": (lambda v: v >= 1, "must be at least 1"),
           "nonnegative": (lambda v: v >= 0, "must not be negative"),
           "unit": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]")}
 
@@ -82,8 +92,8 @@ class Recipe:
   """An O2O method. `config`: its agent's Config (the target of `--config.<field>` overrides).
   `budgets[budget]`: the values of `--budget` (step counts, network sizes), each overridable by the
   shared setting of the same name. `dataset_budget(dataset_id, budget) -> values` layers per-dataset
-  values over them. `reads`: the shared settings it reads beyond EVERY_RECIPE_READS; `options`: its
-  own. `check(ctx)`: validation before any phase runs. `run_name(ctx)`: the base name of its run
+  values over them. `reads`: the shared settings it reads beyond EVERY_RECIPE_READS, `defaults` their
+  defaults (over DEFAULTS); `options`: its own. `check(ctx)`: validation before any phase runs. `run_name(ctx)`: the base name of its run
   directories (default seed<seed>x<seeds>)."""
   agent: str
   doc: str
@@ -91,6 +101,7 @@ class Recipe:
   config: type
   budgets: Mapping[str, Mapping[str, Any]]
   reads: Tuple[str, ...] = ()
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   options: Tuple[Option, ...] = ()
   dataset_budget: Optional[Callable[[str, str], Mapping[str, Any]]] = None
   check: Optional[Callable[["Context"], None]] = None
@@ -135,13 +146,18 @@ class Context:
     """`settings`: the shared settings (names of EVERY_RECIPE_READS and `recipe.reads`; missing ones
     are None); `options`: the recipe's own (missing: their defaults); `given`: the names set
     explicitly, which win over the budget's values."""
-    settings = dict(settings)
-    settings.setdefault("budget", "paper")
+    merged = {**DEFAULTS, **recipe.defaults}
+    for name, value in settings.items():     # None: not set (the default stays)
+      if value is not None or name not in merged:
+        merged[name] = value
+    settings = merged
     budget = settings["budget"]
     if budget not in recipe.budgets:
       raise O2OError(f"--budget={budget}: {recipe.agent} has budgets {', '.join(recipe.budgets)}")
     values = dict(recipe.budgets[budget])
     dataset = settings.get("dataset")
+    if settings.get("from"):        # the dataset of the run it continues (its per-dataset layer)
+      dataset = runs.read_config(settings["from"]).get("dataset", dataset)
     if recipe.dataset_budget is not None and dataset is not None:
       values.update(recipe.dataset_budget(dataset, budget))
     known = {o.name: o for o in recipe.options}
@@ -201,12 +217,13 @@ class Context:
 def check(recipe: Recipe, ctx: Context) -> None:
   """Every check that can fail before training: option values, `--config.` overrides (against the
   agent's Config), then the recipe's own."""
-  for o in recipe.options:
-    value = ctx.options.get(o.name)
-    if o.check is not None and value is not None:
-      ok, what = CHECKS[o.check]
+  named = [(o.name, o.check, ctx.options.get(o.name)) for o in recipe.options]
+  named += [(k, c, ctx.get(k)) for k, c in VALUE_CHECKS.items()]
+  for name, rule, value in named:
+    if rule is not None and value is not None:
+      ok, what = CHECKS[rule]
       if not ok(value):
-        raise O2OError(f"--{o.name} {what} (got {value})")
+        raise O2OError(f"--{name} {what} (got {value})")
   if ctx.overrides:
     config_lib.apply_overrides(recipe.config(), ctx.overrides)
   if recipe.check is not None:
@@ -298,3 +315,22 @@ def load_run(run_dir, phases: Optional[Sequence[str]] = None,
                                meta["act_dim"], agent_config)
   states, meta = runs.restore_result(run_dir, shapes)
   return LoadedRun(run_dir, cfg, meta, states, module, agent_config)
+
+
+def check_fits(loaded: LoadedRun, config, source: str = "--config") -> None:
+  """A one-line error if `config`, replacing the Config of `loaded`'s states, would change their
+  networks or optimiser states (shapes or dtypes): such a setting is fixed by the run that built
+  them, e.g. `--config.critic_hidden_dims` given with `--from=<an align run>`."""
+  import jax
+  from o2o_jax import loops
+  from o2o_jax.types import seed_keys
+  cfg, meta = loaded.config, loaded.meta
+  new = loops.init_shapes(loaded.module, seed_keys(cfg["seed"], 1), meta["obs_dim"], meta["act_dim"],
+                          config)
+  form = lambda tree: [(tuple(x.shape[1:]), x.dtype) for x in jax.tree_util.tree_leaves(tree)]
+  if form(new) != form(loaded.states):
+    changed = [f.name for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(loaded.agent_config, f.name, None)]
+    raise O2OError(f"{source}: {', '.join(changed)} would change the networks trained by "
+                   f"{loaded.run_dir} ({cfg.get('phase')} run): pass it to an earlier phase's run "
+                   "(--from a pretrain run, or no --from)")

@@ -7,7 +7,9 @@ import importlib
 
 from o2o_jax.errors import O2OError
 
-RECIPES = {"o3f": "o2o_jax.recipes.o3f"}   # agent -> module declaring its recipe
+# agent -> the module declaring its recipe
+RECIPES = {"o2td3": "o2o_jax.recipes.ocr_cft", "o2sac": "o2o_jax.recipes.ocr_cft",
+           "o3f": "o2o_jax.recipes.o3f"}
 
 
 def get(agent: str):

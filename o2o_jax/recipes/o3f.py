@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from o2o_jax import loops, presets, runs
+from o2o_jax import loops, presets
 from o2o_jax import recipe as recipe_lib
 from o2o_jax import phase as phase_lib
 from o2o_jax.agents.o2o import o3f
@@ -95,17 +95,6 @@ def finetune_phase(ctx: recipe_lib.Context) -> Path:
   return phase_lib.run_online_phase(spec, build, log)
 
 
-def run_name(ctx: recipe_lib.Context) -> str:
-  """seed<s>x<n>, with -preset<p> for a pre-training preset other than 'official' (a --from run's
-  own preset; a different explicit --preset is an error)."""
-  preset = ctx["preset"]
-  if ctx.settings.get("from"):
-    from_dir = Path(ctx.settings["from"])
-    preset = offline.run_preset(from_dir, runs.read_config(from_dir),
-                                preset if "preset" in ctx.given else None)
-  return f"seed{ctx['seed']}x{ctx['seeds']}" + ("" if preset == "official" else f"-preset{preset}")
-
-
 OPTIONS = (
     recipe_lib.Option("o3f_sigma", None, "O3F candidate std sigma (paper: 0.2 on locomotion, 0.05 "
                       "elsewhere; default chosen from the dataset's env).", field="sigma",
@@ -123,9 +112,10 @@ OPTIONS = (
 RECIPES = {"o3f": recipe_lib.Recipe(
     agent="o3f", doc="O3F: IQL (5 critics) pre-training, then IQL online with the best of N "
     "candidate actions by Q", config=o3f.Config, budgets=BUDGETS,
-    reads=("offline_algo", "preset", "warmup_steps", "utd"), options=OPTIONS,
+    reads=("offline_algo", "preset", "warmup_steps", "utd"), defaults={"preset": "official"},
+    options=OPTIONS,
     phases=(offline.pretrain_phase("iql5", IQL_ALGOS, chain="o3f",
                                    why="O3F keeps IQL's objective online; the paper: IQL with 5 "
                                        "critics, iql5"),
             recipe_lib.Phase("finetune", "off-policy online", finetune_phase, needs=("pretrain",))),
-    run_name=run_name)}
+    run_name=offline.preset_run_name)}

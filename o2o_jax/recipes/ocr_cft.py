@@ -16,6 +16,7 @@ phases (pipeline_*.py), is an `o2o_jax.phase.OnlinePhase` spec run by its online
 from __future__ import annotations
 
 import dataclasses
+import types
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -24,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from o2o_jax import distributed, loops, presets, runs
+from o2o_jax import recipe as recipe_lib
 from o2o_jax import phase as phase_lib
 from o2o_jax.agents import registry
 from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.data import prepared
+from o2o_jax.recipes import offline
 from o2o_jax.recipes.offline import offline_actor_params
 from o2o_jax.errors import O2OError
 from o2o_jax.types import seed_keys
@@ -175,10 +178,11 @@ def clip_actor_gradients(states, max_norm: float):
 
 def make_o2o_config(agent_name: str, actor_config, dataset_id: str,
                     critic_hidden: Optional[Sequence[int]], constrain: bool,
-                    overrides: Optional[Dict[str, Any]] = None):
+                    overrides: Optional[Dict[str, Any]] = None, configure=None):
   """The O2O agent's Config: the offline actor's architecture (paper H.2), the agent's own critic
   unless `critic_hidden` is given (--budget=quick, --critic_hidden), the per-dataset preset, then
-  `overrides`. Preset settings the agent's Config lacks are left out (`o2o_preset_gaps`)."""
+  `overrides`, then `configure(config) -> config` (a recipe Context's options and --config.
+  overrides). Preset settings the agent's Config lacks are left out (`o2o_preset_gaps`)."""
   agent = registry.get(agent_name, registry.O2O)
   actor = {k: getattr(actor_config, k) for k in ACTOR_FIELDS if hasattr(actor_config, k)}
   values = {**actor, "constrain": constrain, **o2o_preset(agent_name, dataset_id)}
@@ -186,7 +190,8 @@ def make_o2o_config(agent_name: str, actor_config, dataset_id: str,
     values["critic_hidden_dims"] = tuple(critic_hidden)
   values.update(overrides or {})
   names = {f.name for f in dataclasses.fields(agent.Config)}
-  return check_tau(agent.Config(**{k: v for k, v in values.items() if k in names}))
+  config = agent.Config(**{k: v for k, v in values.items() if k in names})
+  return check_tau(configure(config) if configure is not None else config)
 
 
 def o2o_preset_gaps(agent_name: str, dataset_id: str) -> Dict[str, Any]:
@@ -220,13 +225,6 @@ def check_actor_fits(agent_name, agent, o2o_config, algo, meta, actor_params):
                    "into the right actor type with --algo=bc")
 
 
-def _o2o_template(agent, cfg: Dict[str, Any], meta: Dict[str, Any], agent_config):
-  """Shapes of an O2O run's checkpoint, to restore it. `loops.init_shapes` runs nothing: executing
-  this init (5 seeds, o2sac 64x64) deadlocked XLA's CPU runtime in jax 0.10.2 (see BUILD_NOTES)."""
-  return loops.init_shapes(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
-                           meta["act_dim"], agent_config)
-
-
 def _o2o_config(phase: str, agent_name: str, from_dir: Path, steps: int, extra: Dict[str, Any]):
   """(previous phase's config, this phase's config) of reevaluate/align/finetune."""
   prev = runs.read_config(from_dir)
@@ -249,7 +247,7 @@ def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: 
 def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes: int,
                critic_hidden: Optional[Sequence[int]] = None, batch_size: int = 256,
                constrain: bool = True,
-               overrides: Optional[Dict[str, Any]] = None, out_dir: str = "runs",
+               overrides: Optional[Dict[str, Any]] = None, configure=None, out_dir: str = "runs",
                run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
                checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
   """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE); `steps` 0 (the
@@ -257,7 +255,7 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
   agent = registry.get(agent_name, registry.O2O)
   actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
   o2o_config = make_o2o_config(agent_name, actor_config, meta["dataset_id"], critic_hidden, constrain,
-                               overrides)
+                               overrides, configure)
   scale, shift = prepared.reward_transform(meta)
   extra = {"agent_config": dataclasses.asdict(o2o_config), "batch_size": batch_size,
            "reward_transform": {"scale": scale, "shift": shift}}
@@ -295,21 +293,25 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
   return phase_lib.run_offline_phase(spec, build, log)
 
 
-def _restore_o2o(from_dir: Path):
-  cfg = runs.read_config(from_dir)
-  agent = registry.get(cfg["agent"], registry.O2O)
-  agent_config = runs.config_from_dict(agent.Config, cfg["agent_config"])
-  meta = Checkpointer(from_dir / "checkpoints").read_metadata()
-  states, meta = runs.restore_result(from_dir, _o2o_template(agent, cfg, meta, agent_config))
-  return cfg, agent, agent_config, states, meta
+def _restore_o2o(from_dir: Path, configure=None):
+  """(config, agent, agent Config, states, metadata) of a reevaluate/align run; `configure` (the
+  recipe's options and --config. overrides) replaces its Config, unless that changes the networks."""
+  loaded = recipe_lib.load_run(from_dir, phases=("reevaluate", "align"))
+  agent_config, states = loaded.agent_config, loaded.states
+  if configure is not None:
+    agent_config = configure(agent_config)
+    if agent_config != loaded.agent_config:
+      recipe_lib.check_fits(loaded, agent_config)
+      states = states.replace(config=agent_config)
+  return loaded.config, loaded.module, agent_config, states, loaded.meta
 
 
 def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: int,
-          batch_size: int = 256, out_dir: str = "runs", run_name: Optional[str] = None,
+          batch_size: int = 256, configure=None, out_dir: str = "runs", run_name: Optional[str] = None,
           restart: bool = False, progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY,
           log=print) -> Path:
   """Value alignment of the re-evaluated critic, with the actor trained at the same time."""
-  cfg, agent, agent_config, states, meta = _restore_o2o(reevaluate_dir)
+  cfg, agent, agent_config, states, meta = _restore_o2o(reevaluate_dir, configure)
   scale, shift = prepared.reward_transform(meta)
   prev, config = _o2o_config(
       "align", cfg["agent"], reevaluate_dir, steps,
@@ -388,7 +390,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
              reference: str = "best", constrain: bool = True, out_dir: str = "runs",
              run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
              checkpoint_every: int = CHECKPOINT_EVERY, overrides: Optional[Dict[str, Any]] = None,
-             log=print) -> Path:
+             configure=None, log=print) -> Path:
   """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
   `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state; `overrides`
   replace agent config fields (e.g. the tau schedule). `reference`: 'best', 'interval:N' or
@@ -401,9 +403,15 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
     raise O2OError(f"--reference=interval:{n}: pi_ref is refreshed at evaluations, so N must be a "
                    f"multiple of --eval_every ({eval_every})")
   cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
+  restored = recipe_lib.LoadedRun(align_dir, cfg, meta, states, agent, agent_config)
   agent_config, settings = resolve_finetune(cfg["agent"], cfg["dataset"], agent_config,
                                             reference=reference, constrain=constrain, utd=utd,
                                             overrides=overrides, eval_every=eval_every)
+  if configure is not None:     # the options and --config. overrides win over the resolved Config
+    configured = check_tau(configure(agent_config))
+    if configured != agent_config:
+      recipe_lib.check_fits(restored, configured)
+    agent_config = configured
   utd, interval = settings["utd"], settings["interval_steps"]
   states = states.replace(config=agent_config)
   if settings["actor_grad_clip"] is not None:
@@ -508,3 +516,87 @@ def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str
     print(summary.read_text() if summary.exists() else "")
     return run_dir, True
   return run_dir, False
+
+
+# ----------------------------------------------------------------------------- the recipes
+
+def _tau_overrides(ctx) -> Dict[str, float]:
+  return {k: ctx.settings[k] for k in ("tau_start", "tau_end") if ctx.settings.get(k) is not None}
+
+
+def _switches(ctx) -> str:
+  return "".join(f"-no{n}" for n in ("reevaluate", "align", "constrain") if not ctx[n])
+
+
+def _check(ctx) -> None:
+  """Before any training: the tau flags (both given: their order; one alone is checked against
+  the preset's other end when the Config is built) and --reference against --eval_every."""
+  tau = _tau_overrides(ctx)
+  if len(tau) == 2:
+    check_tau(types.SimpleNamespace(**tau))
+  n = parse_reference(ctx["reference"], ctx["eval_every"])
+  if n is not None and n % ctx["eval_every"]:
+    raise O2OError(f"--reference=interval:{n}: pi_ref is refreshed at evaluations, so N must be a "
+                   f"multiple of --eval_every ({ctx['eval_every']})")
+
+
+def _pretrain_steps(ctx) -> int:
+  algo = ctx.get("offline_algo") or SOURCE_ALGO[ctx.agent]
+  return pretrain_steps(ctx["budget"], algo, ctx.settings.get("pretrain_steps"))
+
+
+def _reevaluate_phase(ctx) -> Path:
+  return reevaluate(agent_name=ctx.agent, pretrain_dir=ctx.runs["pretrain"],
+                    steps=ctx["reevaluate_steps"] if ctx["reevaluate"] else 0,
+                    eval_episodes=ctx["eval_episodes"], critic_hidden=ctx["critic_hidden"],
+                    batch_size=ctx["batch_size"], overrides=_tau_overrides(ctx),
+                    configure=ctx.configure, log=ctx.log,
+                    run_name=ctx.base_name() + ("" if ctx["reevaluate"] else "-noreevaluate"),
+                    **ctx.phase_args())
+
+
+def _align_phase(ctx) -> Path:
+  if not ctx["align"]:      # the ablation: pi_on = pi_off's state, recorded as a skipped phase
+    return skip_phase(ctx.runs["reevaluate"], "align", ctx["out_dir"], ctx.base_name() + _switches(ctx),
+                      log=ctx.log)
+  return align(reevaluate_dir=ctx.runs["reevaluate"], steps=ctx["align_steps"],
+               eval_every=min(ctx["align_eval_every"], ctx["align_steps"]),
+               eval_episodes=ctx["eval_episodes"], batch_size=ctx["batch_size"],
+               configure=ctx.configure, log=ctx.log,
+               run_name=ctx.base_name() + ("" if ctx["reevaluate"] else "-noreevaluate"),
+               **ctx.phase_args())
+
+
+def _finetune_phase(ctx) -> Path:
+  return finetune(align_dir=ctx.runs["align"], online_steps=ctx["online_steps"],
+                  warmup_steps=ctx["warmup_steps"], eval_every=ctx["eval_every"],
+                  eval_episodes=ctx["eval_episodes"], utd=ctx.get("utd"), batch_size=ctx["batch_size"],
+                  buffer=ctx["buffer"], reference=ctx["reference"], constrain=ctx["constrain"],
+                  overrides=_tau_overrides(ctx), configure=ctx.configure, log=ctx.log,
+                  run_name=ctx.base_name() + _switches(ctx), **ctx.phase_args())
+
+
+# The shared settings the OCR-CFT recipes read beyond recipe.EVERY_RECIPE_READS.
+READS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "warmup_steps", "critic_hidden",
+         "utd", "reevaluate", "align", "constrain", "reference", "buffer", "tau_start", "tau_end")
+
+
+def _recipe(agent: str, doc: str) -> recipe_lib.Recipe:
+  return recipe_lib.Recipe(
+      agent=agent, doc=doc, config=registry.get(agent, registry.O2O).Config, budgets=BUDGETS,
+      reads=READS, check=_check, run_name=offline.preset_run_name,
+      defaults={"preset": "official", "reevaluate": True, "align": True, "constrain": True,
+                "reference": "best", "buffer": "half"},
+      dataset_budget=lambda dataset_id, budget: dataset_budget(agent, dataset_id, budget),
+      phases=(offline.pretrain_phase(SOURCE_ALGO[agent], steps=_pretrain_steps,
+                                     eval_every=lambda ctx: ctx["pretrain_eval_every"],
+                                     preset=lambda ctx: ctx["preset"], chain=agent),
+              recipe_lib.Phase("reevaluate", "fit", _reevaluate_phase, needs=("pretrain",)),
+              recipe_lib.Phase("align", "fit", _align_phase, needs=("reevaluate",)),
+              recipe_lib.Phase("finetune", "off-policy online", _finetune_phase, needs=("align",))))
+
+
+RECIPES = {"o2td3": _recipe("o2td3", "OCR-CFT on TD3 (from TD3+BC): re-evaluation, alignment, "
+                            "constrained fine-tuning"),
+           "o2sac": _recipe("o2sac", "OCR-CFT on SAC (from CQL): re-evaluation, alignment, "
+                            "constrained fine-tuning")}

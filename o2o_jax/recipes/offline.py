@@ -156,3 +156,13 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
         run_name=run_name(ctx) if run_name else ctx.base_name(), log=ctx.log, **ctx.phase_args())
 
   return recipe_lib.Phase("pretrain", "offline", run)
+
+
+def preset_run_name(ctx: recipe_lib.Context) -> str:
+  """seed<s>x<n>, with -preset<p> for a pre-training preset other than 'official' (a --from run's
+  own preset; a different explicit --preset is an error)."""
+  preset = ctx["preset"]
+  if ctx.settings.get("from"):
+    from_dir = Path(ctx.settings["from"])
+    preset = run_preset(from_dir, runs.read_config(from_dir), preset if "preset" in ctx.given else None)
+  return f"seed{ctx['seed']}x{ctx['seeds']}" + ("" if preset == "official" else f"-preset{preset}")

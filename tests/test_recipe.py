@@ -1,0 +1,174 @@
+"""The one runner (`o2o_jax.recipe`, issue #20): which phases a recipe runs (from the start, after
+`--from`), budgets as layers, the checks before any training, and `--config.` overrides reaching the
+run's config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from o2o_jax import recipe as recipe_lib
+from o2o_jax import recipes
+from o2o_jax.errors import O2OError
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+  lr: float = 1e-3
+  width: int = 8
+
+
+def _toy(calls, tmp_path):
+  """A recipe of four phases: a -> b -> d, and c (needs nothing) -> d. Each phase writes a run
+  directory with its config.json and records that it ran."""
+  def phase(name):
+    def run(ctx):
+      calls.append((name, {k: str(v) for k, v in ctx.runs.items()}))
+      d = tmp_path / name / ctx.base_name()
+      d.mkdir(parents=True, exist_ok=True)
+      (d / "config.json").write_text(json.dumps({"phase": name, "agent": "toy", "dataset": ctx["dataset"]}))
+      return d
+    return run
+  return recipe_lib.Recipe(
+      agent="toy", doc="toy", config=ToyConfig,
+      budgets={"paper": {"online_steps": 100, "eval_every": 10, "hidden_dims": None},
+               "quick": {"online_steps": 10, "eval_every": 5, "hidden_dims": (4, 4)}},
+      dataset_budget=lambda dataset, budget: {"eval_every": 50} if "antmaze" in dataset else {},
+      options=(recipe_lib.Option("toy_lr", None, "lr", field="lr", check="positive"),
+               recipe_lib.Option("toy_width", 8, "width", kind="int", field="width")),
+      phases=(recipe_lib.Phase("a", "offline", phase("a"), accepts=lambda cfg: True),
+              recipe_lib.Phase("b", "fit", phase("b"), needs=("a",)),
+              recipe_lib.Phase("c", "fit", phase("c")),
+              recipe_lib.Phase("d", "off-policy online", phase("d"), needs=("b", "c"))))
+
+
+def _ctx(recipe, **settings):
+  options = settings.pop("options", {})
+  overrides = settings.pop("overrides", {})
+  given = frozenset(settings)
+  return recipe_lib.Context.build(recipe, {"dataset": "o2o/hopper/medium-v0", "seed": 0, "seeds": 2,
+                                           **settings}, options, overrides, given, log=lambda *_: None)
+
+
+def test_every_phase_runs_in_order_from_the_start(tmp_path):
+  calls = []
+  recipe = _toy(calls, tmp_path)
+  last = recipe_lib.run(recipe, _ctx(recipe))
+  assert [c[0] for c in calls] == ["a", "b", "c", "d"]
+  assert last == tmp_path / "d" / "seed0x2"
+  assert set(calls[-1][1]) == {"a", "b", "c"}       # d sees every earlier run directory
+
+
+def test_from_skips_that_phase_and_what_it_needs_but_runs_the_independent_ones(tmp_path):
+  calls = []
+  recipe = _toy(calls, tmp_path)
+  recipe_lib.run(recipe, _ctx(recipe))
+  b_dir = tmp_path / "b" / "seed0x2"
+  calls.clear()
+  recipe_lib.run(recipe, _ctx(recipe, **{"from": str(b_dir)}), from_dir=b_dir)
+  assert [c[0] for c in calls] == ["c", "d"]            # a (needed by b) and b skipped; c still runs
+  assert calls[-1][1]["b"] == str(b_dir)
+
+
+@pytest.mark.parametrize("cfg, words", [
+    ({"phase": "d", "agent": "toy"}, "is a 'd' run: toy continues from a a or b or c run"),
+    ({"phase": "zfit", "agent": "toy"}, "is a 'zfit' run"),
+    ({"phase": "b", "agent": "other", "dataset": "o2o/hopper/medium-v0"},
+     "is a other run but --agent=toy: pass --agent=other, or a toy run"),
+])
+def test_from_a_run_the_recipe_cannot_continue_is_one_line(tmp_path, cfg, words):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(cfg))
+  calls = []
+  recipe = _toy(calls, tmp_path)
+  with pytest.raises(O2OError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
+    recipe_lib.run(recipe, _ctx(recipe, **{"from": str(run_dir)}), from_dir=run_dir)
+  assert "\n" not in str(e.value) and calls == []
+
+
+def test_from_a_run_on_another_dataset_than_an_explicit_one_is_refused(tmp_path):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps({"phase": "b", "agent": "toy", "dataset": "x/y-v0"}))
+  recipe = _toy([], tmp_path)
+  with pytest.raises(O2OError, match=r"was trained on x/y-v0 .*not --dataset=o2o/hopper/medium-v0"):
+    recipe_lib.run(recipe, _ctx(recipe, dataset="o2o/hopper/medium-v0", **{"from": str(run_dir)}),
+                   from_dir=run_dir)
+
+
+def test_budget_then_dataset_layer_then_explicit_settings_and_options(tmp_path):
+  recipe = _toy([], tmp_path)
+  ctx = _ctx(recipe, budget="quick")
+  assert (ctx["online_steps"], ctx["eval_every"], ctx["hidden_dims"]) == (10, 5, (4, 4))
+  ctx = _ctx(recipe, budget="quick", dataset="D4RL/antmaze/umaze-v1")
+  assert ctx["eval_every"] == 50                                    # the per-dataset layer
+  ctx = _ctx(recipe, budget="quick", dataset="D4RL/antmaze/umaze-v1", eval_every=7,
+             hidden_dims=["16", "16"])
+  assert (ctx["eval_every"], ctx["hidden_dims"]) == (7, (16, 16))   # explicit settings win
+  with pytest.raises(O2OError, match="^--budget=huge: toy has budgets paper, quick$"):
+    _ctx(recipe, budget="huge")
+
+
+def test_options_then_config_overrides_set_the_agent_config(tmp_path):
+  recipe = _toy([], tmp_path)
+  ctx = _ctx(recipe, options={"toy_lr": 0.5, "toy_width": 3}, overrides={"width": "5"})
+  assert ctx.configure(ToyConfig()) == ToyConfig(lr=0.5, width=5)   # --config. wins over an option
+  assert _ctx(recipe).configure(ToyConfig(lr=0.1)) == ToyConfig(lr=0.1, width=8)  # None: not applied
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"options": {"toy_lr": -1.0}}, "--toy_lr must be positive (got -1.0)"),
+    ({"online_steps": 0}, "--online_steps must be positive (got 0)"),
+    ({"seeds": 0}, "--seeds must be at least 1 (got 0)"),
+    ({"overrides": {"width": "wide"}}, "--config.width=wide: field 'width' of "),
+    ({"overrides": {"depth": "2"}}, "--config.depth: "),
+])
+def test_bad_values_fail_before_any_phase_runs(tmp_path, kwargs, message):
+  calls = []
+  recipe = _toy(calls, tmp_path)
+  with pytest.raises(O2OError) as e:
+    recipe_lib.run(recipe, _ctx(recipe, **kwargs))
+  assert str(e.value).startswith(message) and calls == []
+
+
+def test_every_o2o_agent_has_a_recipe_whose_phases_chain():
+  for agent, recipe in recipes.all_recipes().items():
+    assert recipe.agent == agent
+    names = [p.name for p in recipe.phases]
+    assert names[0] == "pretrain" and len(set(names)) == len(names)
+    for i, p in enumerate(recipe.phases):
+      assert set(p.needs) <= set(names[:i]), (agent, p.name)     # a phase needs only earlier ones
+    assert recipe.phases[-1].kind.endswith("online")
+    assert set(recipe.budgets) == {"paper", "quick"}
+
+
+# ----------------------------------------------------------------------------- a real recipe
+
+TINY = dict(budget="quick", pretrain_steps=20, reevaluate_steps=10, align_steps=10, online_steps=20,
+            warmup_steps=5, eval_every=10, eval_episodes=1, hidden_dims=["8", "8"],
+            critic_hidden=["8", "8"], batch_size=16, progress=False, checkpoint_every=0)
+
+
+def test_config_overrides_reach_every_o2td3_phase_and_a_network_change_after_align_is_refused(
+    tiny_hopper_dataset, tmp_path):
+  recipe = recipes.get("o2td3")
+  settings = dict(TINY, dataset=tiny_hopper_dataset.dataset_id, out_dir=str(tmp_path))
+  ctx = _ctx(recipe, **settings, overrides={"critic_lr": "1e-4", "exploration_noise": "0.2"})
+  last = recipe_lib.run(recipe, ctx)
+  for phase in ("reevaluate", "align", "finetune"):
+    cfg = json.loads((Path(ctx.runs[phase]) / "config.json").read_text())
+    assert cfg["agent_config"]["critic_lr"] == 1e-4 and cfg["agent_config"]["exploration_noise"] == 0.2
+  assert last == ctx.runs["finetune"]
+  # From the align run: an online setting may change, a network size may not.
+  align = ctx.runs["align"]
+  more = dict(settings, run_name="again", **{"from": str(align)})
+  ctx2 = _ctx(recipe, **more, overrides={"tau_end": "0.05"})
+  recipe_lib.run(recipe, ctx2, from_dir=align)
+  assert json.loads((Path(ctx2.runs["finetune"]) / "config.json").read_text())["agent_config"]["tau_end"] == 0.05
+  with pytest.raises(O2OError, match=r"^--config: critic_hidden_dims would change the networks trained "
+                                     r"by .* \(align run\)"):
+    recipe_lib.run(recipe, _ctx(recipe, **dict(more, run_name="bad"),
+                                overrides={"critic_hidden_dims": "16,16"}), from_dir=align)
