@@ -37,7 +37,7 @@ for _module in sorted(set(OTHER_PIPELINES.values())):
 # ocr_cft.py and each pipeline_*.py `run(FLAGS)`; a key of a pipeline's BUDGETS that is also a flag
 # counts, since common.budget_values reads it. One given explicitly to an agent that does not read
 # it is an error (check_agent_flags), never silently ignored.
-EVERY_AGENT_FLAGS = ("agent", "dataset", "from", "seeds", "seed", "budget", "pretrain_steps",
+EVERY_AGENT_FLAGS = ("agent", "describe", "dataset", "from", "seeds", "seed", "budget", "pretrain_steps",
                      "online_steps", "eval_every", "eval_episodes", "hidden_dims", "batch_size",
                      "out_dir", "run_name", "restart", "progress", "checkpoint_every")
 _DISTRIBUTED = ("num_processes", "process_id", "coordinator_address")   # jax.distributed pipelines
@@ -50,7 +50,7 @@ _READS = {
     "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
 }
 AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
-AGENT_FLAGS.update({a: tuple(recipe_lib.EVERY_RECIPE_READS) + ("agent",) + r.reads
+AGENT_FLAGS.update({a: tuple(recipe_lib.EVERY_RECIPE_READS) + ("agent", "describe") + r.reads
                     for a, r in recipes.all_recipes().items()})
 # What to do instead, for the flags whose absence is a known limitation rather than a design choice.
 NOT_APPLICABLE_HINTS = {
@@ -115,6 +115,9 @@ flags.DEFINE_float("tau_end", None, "Final constraint threshold tau, reached lin
                    "100k env steps (must be >= --tau_start).")
 flags.DEFINE_integer("utd", None, "Gradient updates per env step (default: o2td3 1, o2sac 10 as the "
                      "released code; the lambda step stays once per env step).")
+flags.DEFINE_bool("describe", False, "Print the agent's recipe (its phases in order, each one's kind, "
+                  "step and act functions, data, replay and evaluation hook; the --budget's values "
+                  "and the agent's options) and exit without training.")
 flags.DEFINE_string("out_dir", "runs", "Root of run directories.")
 flags.DEFINE_string("run_name", None, "Run name (default: seed<seed>x<seeds> plus the ablation switches).")
 flags.DEFINE_bool("restart", False, "Rerun the phases of this run even if they finished.")
@@ -205,6 +208,9 @@ def run_recipe(recipe) -> None:
 
 def main(argv):
   del argv
+  if FLAGS.describe and FLAGS.agent in recipes.RECIPES:
+    print(recipe_lib.describe(recipes.get(FLAGS.agent), FLAGS.budget))
+    return
   # Both checks come before any training (and before joining a multi-process run).
   check_agent_flags(FLAGS.agent, [name for name in FLAGS if FLAGS[name].present])
   check_config_overrides(FLAGS.agent, CONFIG_OVERRIDES)

@@ -74,13 +74,24 @@ class Option:
 class Phase:
   """One phase of a recipe. `name` is the run directory's first level and the 'phase' in its
   config.json; `run(ctx) -> run dir` runs (or reuses) it, reading the run directories of the phases
-  in `needs` from `ctx.runs`. `accepts(config) -> bool`: whether a `--from` run of this phase fits
-  (default: any run of this phase, of this agent unless it is a pretrain run)."""
+  in `needs` from `ctx.runs` and this declaration as `ctx.phase`. `accepts(config) -> bool`: whether
+  a `--from` run of this phase fits (default: any run of this phase, of this agent unless it is a
+  pretrain run).
+
+  What the phase trains, declared for the reader (`describe`) and used by `run`: `step` (the pure
+  update the loop scans; None where it is chosen at run time, e.g. the offline algorithm of a
+  pretrain phase), `act` (the policy it evaluates or acts with), `data` (what a batch is drawn
+  from), `replay` (how an online buffer starts) and `hook` (what happens at each evaluation)."""
   name: str
   kind: str
   run: Callable[["Context"], Path]
   needs: Tuple[str, ...] = ()
   accepts: Optional[Callable[[Mapping[str, Any]], bool]] = None
+  step: Optional[Callable] = None
+  act: Optional[Callable] = None
+  data: str = ""
+  replay: str = ""
+  hook: str = ""
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -139,6 +150,7 @@ class Context:
   given: frozenset = frozenset()
   runs: Dict[str, Path] = dataclasses.field(default_factory=dict)
   log: Callable[..., None] = print
+  phase: Optional[Phase] = None        # the phase running now (set by `run`)
 
   @classmethod
   def build(cls, recipe: Recipe, settings: Mapping[str, Any], options: Mapping[str, Any] = None,
@@ -264,8 +276,32 @@ def run(recipe: Recipe, ctx: Context, from_dir: Optional[Path] = None) -> Path:
   skip = start_from(recipe, ctx, Path(from_dir)) if from_dir else set()
   for p in recipe.phases:
     if p.name not in skip:
+      ctx.phase = p
       ctx.runs[p.name] = p.run(ctx)
+  ctx.phase = None
   return ctx.runs[recipe.phases[-1].name]
+
+
+def _function_name(fn) -> str:
+  return "" if fn is None else f"{fn.__module__.replace('o2o_jax.', '')}.{fn.__name__}"
+
+
+def describe(recipe: Recipe, budget: str = "paper") -> str:
+  """The recipe as text: its phases in order with their kind, inputs, step and act functions, data,
+  replay and evaluation hook, then the budget's values and the options."""
+  lines = [f"{recipe.agent}: {recipe.doc}", ""]
+  for i, p in enumerate(recipe.phases, 1):
+    lines.append(f"{i}. {p.name} ({p.kind})" + (f", from {' + '.join(p.needs)}" if p.needs else ""))
+    for label, value in (("step", _function_name(p.step)), ("act", _function_name(p.act)),
+                         ("data", p.data), ("replay", p.replay), ("at each evaluation", p.hook)):
+      if value:
+        lines.append(f"     {label:<19s}{value}")
+  lines += ["", f"--budget={budget}: " + ", ".join(f"{k}={v}" for k, v in recipe.budgets[budget].items())]
+  if recipe.options:
+    lines.append("options: " + ", ".join(f"--{o.name}" + (f" (-> {o.field})" if o.field else "")
+                                         for o in recipe.options))
+  lines.append(f"--config.<field>=<value>: any field of {recipe.config.__module__}.Config")
+  return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- restoring runs

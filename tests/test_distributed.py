@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 TINY = ["--agent=td3", "--env=hopper", "--seeds=4", "--budget=quick", "--total_steps=300",
         "--start_steps=100", "--eval_every=150", "--eval_episodes=1", "--hidden_dims=8,8",
@@ -157,3 +158,49 @@ def test_o2ppo_two_processes_of_one_seed_equal_one_process_of_two(tiny_hopper_da
     assert len(meta_s[f"reward_scaler_{k}"]) == 2
     np.testing.assert_allclose(meta_m[f"reward_scaler_{k}"], meta_s[f"reward_scaler_{k}"], rtol=1e-5)
   assert not (multi_dir / "progress").exists()      # both processes' snapshots were removed
+
+
+# ----------------------------------------------------------------------------- every other recipe
+
+# Tiny settings per agent whose 2-process run is not checked elsewhere (O2SAC: test_equivalence.py;
+# O2PPO: above). Each recipe runs on the one runner, so `--num_processes` takes the same path.
+RECIPE_TINY = {
+    "o3f": ["--pretrain_steps=20", "--online_steps=40", "--warmup_steps=0", "--o3f_num_candidates=4"],
+}
+_COMMON = ["--seeds=2", "--budget=quick", "--eval_every=20", "--eval_episodes=1", "--hidden_dims=8,8",
+           "--batch_size=16", "--progress=false", "--checkpoint_every=20"]
+
+
+def _launch_agent(log_dir, name, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out, err = open(log_dir / f"{name}.out", "w+"), open(log_dir / f"{name}.err", "w+")
+  proc = subprocess.Popen([sys.executable, "-c", _FINETUNE, *args], env=env, stdout=out, stderr=err,
+                          text=True)
+  proc.logs = (out, err)
+  return proc
+
+
+@pytest.mark.parametrize("agent", sorted(RECIPE_TINY))
+def test_every_recipe_splits_its_seeds_over_processes(agent, tiny_hopper_dataset, tmp_path):
+  """2 processes x 1 seed of the agent's whole recipe equal 1 process x 2 seeds: the fine-tuning
+  run's per-seed metrics and summary (every earlier phase restored and sliced per process)."""
+  import json
+  args = [f"--agent={agent}", f"--dataset={tiny_hopper_dataset.dataset_id}", *_COMMON,
+          *RECIPE_TINY[agent]]
+  port = _free_port()
+  multi = [_launch_agent(tmp_path, f"p{i}", *args, f"--out_dir={tmp_path / 'multi'}",
+                         "--num_processes=2", f"--coordinator_address=localhost:{port}",
+                         f"--process_id={i}") for i in range(2)]
+  for p in multi:
+    _finish_logged(p)
+  _finish_logged(_launch_agent(tmp_path, "single", *args, f"--out_dir={tmp_path / 'single'}"))
+  ds = tiny_hopper_dataset.dataset_id.replace("/", "_")
+  multi_dir, single_dir = (tmp_path / root / "finetune" / agent / ds / "seed0x2"
+                           for root in ("multi", "single"))
+  keys_m, m = _per_seed_columns(multi_dir / "metrics.csv", last="seed1")
+  keys_s, s = _per_seed_columns(single_dir / "metrics.csv", last="seed1")
+  assert keys_m == keys_s
+  np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-4)
+  summaries = [json.loads((d / "summary.json").read_text()) for d in (multi_dir, single_dir)]
+  for key in ("offline", "final", "best"):
+    np.testing.assert_allclose(summaries[0][key], summaries[1][key], rtol=1e-4, atol=1e-4)

@@ -172,3 +172,13 @@ def test_config_overrides_reach_every_o2td3_phase_and_a_network_change_after_ali
                                      r"by .* \(align run\)"):
     recipe_lib.run(recipe, _ctx(recipe, **dict(more, run_name="bad"),
                                 overrides={"critic_hidden_dims": "16,16"}), from_dir=align)
+
+
+def test_describe_lists_the_phases_with_their_declared_steps():
+  text = recipe_lib.describe(recipes.get("o2td3"), "quick")
+  order = [text.index(f"{i}. {name} (") for i, name in enumerate(
+      ("pretrain", "reevaluate", "align", "finetune"), 1)]
+  assert order == sorted(order)
+  for fn in ("o2td3.reevaluate_step", "o2td3.align_step", "o2td3.finetune_step"):
+    assert fn in text
+  assert "--budget=quick: pretrain_steps=10000" in text

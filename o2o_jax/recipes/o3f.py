@@ -88,7 +88,7 @@ def finetune_phase(ctx: recipe_lib.Context) -> Path:
         f"UTD {utd}, best of {config.num_candidates} candidates (sigma {config.sigma}, omega "
         f"{config.omega}), buffer = the {data.dataset.size} offline transitions + online -> {run_dir}")
     return phase_lib.OnlineTraining(
-        learner=loops.Learner(o3f.update, o3f.act), states=s0, data=data,
+        learner=loops.Learner(ctx.phase.step, ctx.phase.act), states=s0, data=data,
         metadata={**meta, "agent": "o3f"},
         start_scores={"offline": np.asarray(meta["eval_score"], np.float32)})
 
@@ -117,5 +117,8 @@ RECIPES = {"o3f": recipe_lib.Recipe(
     phases=(offline.pretrain_phase("iql5", IQL_ALGOS, chain="o3f",
                                    why="O3F keeps IQL's objective online; the paper: IQL with 5 "
                                        "critics, iql5"),
-            recipe_lib.Phase("finetune", "off-policy online", finetune_phase, needs=("pretrain",))),
+            recipe_lib.Phase("finetune", "off-policy online", finetune_phase, needs=("pretrain",),
+                             step=o3f.update, act=o3f.act,
+                             data="one buffer: the whole offline dataset, then every online step",
+                             replay="the whole offline dataset (Algorithm 1)")),
     run_name=offline.preset_run_name)}

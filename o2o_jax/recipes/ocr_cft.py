@@ -247,7 +247,8 @@ def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: 
 def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes: int,
                critic_hidden: Optional[Sequence[int]] = None, batch_size: int = 256,
                constrain: bool = True,
-               overrides: Optional[Dict[str, Any]] = None, configure=None, out_dir: str = "runs",
+               overrides: Optional[Dict[str, Any]] = None, configure=None,
+               learner: Optional[loops.Learner] = None, out_dir: str = "runs",
                run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
                checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
   """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE); `steps` 0 (the
@@ -287,7 +288,7 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
     out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                         "obs_std", "reward_transform")}, "phase": "reevaluate",
                 "agent": agent_name, "offline_algo": prev["algo"]}
-    return phase_lib.Training(loops.Learner(agent.reevaluate_step, agent.offline_act), states,
+    return phase_lib.Training(learner or loops.Learner(agent.reevaluate_step, agent.offline_act), states,
                               data.device, data, out_meta)
 
   return phase_lib.run_offline_phase(spec, build, log)
@@ -307,7 +308,8 @@ def _restore_o2o(from_dir: Path, configure=None):
 
 
 def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: int,
-          batch_size: int = 256, configure=None, out_dir: str = "runs", run_name: Optional[str] = None,
+          batch_size: int = 256, configure=None, learner: Optional[loops.Learner] = None,
+          out_dir: str = "runs", run_name: Optional[str] = None,
           restart: bool = False, progress: bool = True, checkpoint_every: int = CHECKPOINT_EVERY,
           log=print) -> Path:
   """Value alignment of the re-evaluated critic, with the actor trained at the same time."""
@@ -333,7 +335,8 @@ def align(*, reevaluate_dir: Path, steps: int, eval_every: int, eval_episodes: i
     data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
                               batch_size=batch_size, reward_shift=shift)
     log(f"[align] {cfg['agent']}: {steps} alignment steps -> {run_dir}")
-    return phase_lib.Training(loops.Learner(agent.align_step, agent.act), states, data.device, data,
+    return phase_lib.Training(learner or loops.Learner(agent.align_step, agent.act), states,
+                              data.device, data,
                               {**meta, "phase": "align"})
 
   return phase_lib.run_offline_phase(spec, build, log)
@@ -390,7 +393,7 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
              reference: str = "best", constrain: bool = True, out_dir: str = "runs",
              run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
              checkpoint_every: int = CHECKPOINT_EVERY, overrides: Optional[Dict[str, Any]] = None,
-             configure=None, log=print) -> Path:
+             configure=None, learner: Optional[loops.Learner] = None, log=print) -> Path:
   """Constrained online fine-tuning; prints the per-seed summary and writes summary.json.
   `constrain=False` is direct fine-tuning (lambda = 0) from the same aligned state; `overrides`
   replace agent config fields (e.g. the tau schedule). `reference`: 'best', 'interval:N' or
@@ -462,7 +465,8 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
       return s
 
     return phase_lib.OnlineTraining(
-        learner=loops.Learner(agent.finetune_step, agent.act), states=s0, data=data, metadata=meta,
+        learner=learner or loops.Learner(agent.finetune_step, agent.act), states=s0, data=data,
+        metadata=meta,
         start_scores={"offline": offline_score, "aligned": online_score}, on_eval=on_eval,
         prefill=prefill)
 
@@ -540,6 +544,11 @@ def _check(ctx) -> None:
                    f"multiple of --eval_every ({ctx['eval_every']})")
 
 
+def _learner(ctx) -> loops.Learner:
+  """The running phase's declared step and act functions."""
+  return loops.Learner(ctx.phase.step, ctx.phase.act)
+
+
 def _pretrain_steps(ctx) -> int:
   algo = ctx.get("offline_algo") or SOURCE_ALGO[ctx.agent]
   return pretrain_steps(ctx["budget"], algo, ctx.settings.get("pretrain_steps"))
@@ -550,7 +559,7 @@ def _reevaluate_phase(ctx) -> Path:
                     steps=ctx["reevaluate_steps"] if ctx["reevaluate"] else 0,
                     eval_episodes=ctx["eval_episodes"], critic_hidden=ctx["critic_hidden"],
                     batch_size=ctx["batch_size"], overrides=_tau_overrides(ctx),
-                    configure=ctx.configure, log=ctx.log,
+                    configure=ctx.configure, learner=_learner(ctx), log=ctx.log,
                     run_name=ctx.base_name() + ("" if ctx["reevaluate"] else "-noreevaluate"),
                     **ctx.phase_args())
 
@@ -562,7 +571,7 @@ def _align_phase(ctx) -> Path:
   return align(reevaluate_dir=ctx.runs["reevaluate"], steps=ctx["align_steps"],
                eval_every=min(ctx["align_eval_every"], ctx["align_steps"]),
                eval_episodes=ctx["eval_episodes"], batch_size=ctx["batch_size"],
-               configure=ctx.configure, log=ctx.log,
+               configure=ctx.configure, learner=_learner(ctx), log=ctx.log,
                run_name=ctx.base_name() + ("" if ctx["reevaluate"] else "-noreevaluate"),
                **ctx.phase_args())
 
@@ -572,7 +581,8 @@ def _finetune_phase(ctx) -> Path:
                   warmup_steps=ctx["warmup_steps"], eval_every=ctx["eval_every"],
                   eval_episodes=ctx["eval_episodes"], utd=ctx.get("utd"), batch_size=ctx["batch_size"],
                   buffer=ctx["buffer"], reference=ctx["reference"], constrain=ctx["constrain"],
-                  overrides=_tau_overrides(ctx), configure=ctx.configure, log=ctx.log,
+                  overrides=_tau_overrides(ctx), configure=ctx.configure, learner=_learner(ctx),
+                  log=ctx.log,
                   run_name=ctx.base_name() + _switches(ctx), **ctx.phase_args())
 
 
@@ -582,6 +592,8 @@ READS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "warmup_st
 
 
 def _recipe(agent: str, doc: str) -> recipe_lib.Recipe:
+  module = registry.get(agent, registry.O2O)
+  offline_data = "the offline dataset, with the offline run's reward transform"
   return recipe_lib.Recipe(
       agent=agent, doc=doc, config=registry.get(agent, registry.O2O).Config, budgets=BUDGETS,
       reads=READS, check=_check, run_name=offline.preset_run_name,
@@ -591,9 +603,19 @@ def _recipe(agent: str, doc: str) -> recipe_lib.Recipe:
       phases=(offline.pretrain_phase(SOURCE_ALGO[agent], steps=_pretrain_steps,
                                      eval_every=lambda ctx: ctx["pretrain_eval_every"],
                                      preset=lambda ctx: ctx["preset"], chain=agent),
-              recipe_lib.Phase("reevaluate", "fit", _reevaluate_phase, needs=("pretrain",)),
-              recipe_lib.Phase("align", "fit", _align_phase, needs=("reevaluate",)),
-              recipe_lib.Phase("finetune", "off-policy online", _finetune_phase, needs=("align",))))
+              recipe_lib.Phase("reevaluate", "fit", _reevaluate_phase, needs=("pretrain",),
+                               step=module.reevaluate_step, act=module.offline_act, data=offline_data,
+                               hook="pi_off's score (the constraint's first reference)"),
+              recipe_lib.Phase("align", "fit", _align_phase, needs=("reevaluate",),
+                               step=module.align_step, act=module.act, data=offline_data,
+                               hook="pi_on's score; at the end finish_alignment"),
+              recipe_lib.Phase("finetune", "off-policy online", _finetune_phase, needs=("align",),
+                               step=module.finetune_step, act=module.act,
+                               data="the online buffer (+ offline rows, --buffer)",
+                               replay="--buffer: half = half of each batch offline (H.2), all = the "
+                                      "whole dataset, part = the top-50 episodes, null = online only",
+                               hook="pi_ref refresh (--reference: the best evaluated policy, or "
+                                    "pi_on every N env steps)")))
 
 
 RECIPES = {"o2td3": _recipe("o2td3", "OCR-CFT on TD3 (from TD3+BC): re-evaluation, alignment, "

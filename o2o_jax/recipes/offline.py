@@ -139,7 +139,7 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
   `why`) with the context's budget. The callables take the Context: `steps` (default
   ctx['pretrain_steps']), `eval_every` (default min(ctx['pretrain_eval_every'], steps)), `preset`
   (default ctx['preset'], else 'corl'), `normalize_states` (default None: the preset's) and `run_name`
-  (default ctx.base_name())."""
+  (default ctx.base_name()). Its step is the offline algorithm's `update`, chosen at run time."""
   def run(ctx) -> Path:
     algo = ctx.get("offline_algo") or default_algo
     allowed = algos or tuple(registry.OFFLINE)
@@ -155,7 +155,8 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
         chain=chain, normalize_states=normalize_states(ctx) if normalize_states else None,
         run_name=run_name(ctx) if run_name else ctx.base_name(), log=ctx.log, **ctx.phase_args())
 
-  return recipe_lib.Phase("pretrain", "offline", run)
+  return recipe_lib.Phase("pretrain", "offline", run, data="the offline dataset (the preset's reward "
+                          "and state transforms)", hook="the normalised score")
 
 
 def preset_run_name(ctx: recipe_lib.Context) -> str:
