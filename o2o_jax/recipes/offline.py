@@ -18,7 +18,6 @@ from o2o_jax import distributed, loops, presets, runs
 from o2o_jax import phase as phase_lib
 from o2o_jax import recipe as recipe_lib
 from o2o_jax.agents import registry
-from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.data import load_dataset, prepared
 from o2o_jax.errors import O2OError
 from o2o_jax.types import seed_keys
@@ -114,19 +113,10 @@ def run_preset(run_dir: Path, cfg: Dict[str, Any], given: Optional[str] = None) 
 
 
 def offline_actor_params(pretrain_dir: Path):
-  """The seed-stacked actor parameters and metadata of a finished pretrain run."""
-  cfg = runs.read_config(pretrain_dir)
-  if cfg.get("phase") != "pretrain":
-    raise O2OError(f"{pretrain_dir} is a '{cfg.get('phase')}' run, not a pretrain run")
-  agent = registry.get(cfg["algo"], registry.OFFLINE)
-  agent_config = runs.config_from_dict(agent.Config, cfg["agent_config"])
-  meta = Checkpointer(pretrain_dir / "checkpoints").read_metadata()
-  template = loops.init_shapes(agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"],
-                               meta["act_dim"], agent_config)
-  states, meta = runs.restore_result(pretrain_dir, template)
-  return states.actor.params, agent_config, meta
-
-
+  """The seed-stacked actor parameters, the offline Config and the metadata of a finished pretrain
+  run."""
+  loaded = recipe_lib.load_run(pretrain_dir, phases=("pretrain",))
+  return loaded.states.actor.params, loaded.agent_config, loaded.meta
 
 
 def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, why: str = "",
