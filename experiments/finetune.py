@@ -185,7 +185,10 @@ def take_config_overrides(argv):
 def check_config_overrides(agent: str, raw) -> None:
   """Checks `raw` against the agent's Config (unknown field, wrong type: one-line O2OError). The
   pipelines do not take them yet, so valid ones are refused too rather than silently ignored."""
-  if not raw or agent in recipes.RECIPES:    # a recipe applies them (checked by recipe.check)
+  if not raw:
+    return
+  if agent in recipes.RECIPES:     # checked here, before joining a multi-process run; applied by the recipe
+    config_lib.apply_overrides(recipes.get(agent).config(), raw)
     return
   from o2o_jax.agents import registry
   config_lib.apply_overrides(registry.get(agent, registry.O2O).Config(), raw)
