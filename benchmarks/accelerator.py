@@ -757,8 +757,7 @@ class PhaseClock:
 
 def item_pipeline(run: Run) -> Dict[str, Any]:
   """The 5-seed O2TD3 pipeline at reduced steps, phase by phase, then the projections."""
-  from o2o_jax.recipes import offline, ocr_cft
-  from o2o_jax import compile_time
+  from o2o_jax import compile_time, recipe, recipes
   p = run.sz.pipeline
   hidden = (p["hidden"],) * 2 if "hidden" in p else None
   out: Dict[str, Any] = {"agent": "o2td3", "seeds": PIPELINE_SEEDS, "dataset": DATASET, "steps": {},
@@ -783,19 +782,18 @@ def item_pipeline(run: Run) -> Dict[str, Any]:
               f"{clock.evals} evaluations {clock.eval_s:.1f} s, {clock.saves} saves {clock.save_s:.1f} s)")
       return result
 
-    pre = phase("pretrain", p["pretrain"], lambda: offline.pretrain(
-        algo="td3bc", dataset_id=DATASET, seeds=PIPELINE_SEEDS, seed=0, num_steps=p["pretrain"],
-        eval_every=p["pretrain_eval_every"], eval_episodes=p["eval_episodes"], hidden_dims=hidden,
-        preset="official", chain="o2td3", **common))
-    ree = phase("reevaluate", p["reevaluate"], lambda: ocr_cft.reevaluate(
-        agent_name="o2td3", pretrain_dir=pre, steps=p["reevaluate"], eval_episodes=p["eval_episodes"],
-        critic_hidden=hidden, **common))
-    ali = phase("align", p["align"], lambda: ocr_cft.align(
-        reevaluate_dir=ree, steps=p["align"], eval_every=min(p["align_eval_every"], p["align"]),
-        eval_episodes=p["eval_episodes"], **common))
-    phase("finetune", p["online"], lambda: ocr_cft.finetune(
-        align_dir=ali, online_steps=p["online"], warmup_steps=p["warmup"], eval_every=p["eval_every"],
-        eval_episodes=p["eval_episodes"], **common))
+    # The o2td3 recipe as the launcher runs it (o2o_jax.recipe.run), each phase timed.
+    o2td3 = recipes.get("o2td3")
+    settings = dict(dataset=DATASET, seeds=PIPELINE_SEEDS, seed=0, pretrain_steps=p["pretrain"],
+                    pretrain_eval_every=p["pretrain_eval_every"], eval_episodes=p["eval_episodes"],
+                    hidden_dims=hidden, critic_hidden=hidden, reevaluate_steps=p["reevaluate"],
+                    align_steps=p["align"], align_eval_every=p["align_eval_every"],
+                    online_steps=p["online"], warmup_steps=p["warmup"], eval_every=p["eval_every"],
+                    **{k: v for k, v in common.items() if k != "log"})
+    ctx = recipe.Context.build(o2td3, settings, log=common["log"])
+    steps = {"pretrain": p["pretrain"], "reevaluate": p["reevaluate"], "align": p["align"],
+             "finetune": p["online"]}
+    recipe.run(o2td3, ctx, around=lambda ph, thunk: phase(ph.name, steps[ph.name], thunk))
   out["wall_s_reduced"] = sum(v["wall_s"] for v in out["phases"].values())
   out["projection"] = project(run, out["phases"])
   return out

@@ -19,11 +19,12 @@ flags.DEFINE_integer("states", 20_000, "Dataset states to compare the two polici
 
 
 def main(argv):
-  from o2o_jax.recipes import ocr_cft
+  from o2o_jax import recipe
   from o2o_jax.agents.o2o.common import actor_drift
   from o2o_jax.data import prepared
   for run_dir in argv[1:]:
-    cfg, agent, _, states, meta = ocr_cft._restore_o2o(Path(run_dir))
+    run = recipe.load_run(Path(run_dir))
+    cfg, agent, states, meta = run.config, run.module, run.states, run.meta
     data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                               meta["reward_transform"]["scale"])
     obs = data.device.observations[:FLAGS.states]

@@ -38,11 +38,12 @@ def main(argv):
   import dataclasses
 
   import optax
-  from o2o_jax.recipes import ocr_cft
+  from o2o_jax import recipe
   from o2o_jax.agents.common import TrainState
   from o2o_jax.agents.o2o import o2td3
   from o2o_jax.data import prepared
-  cfg, agent, _, states, meta = ocr_cft._restore_o2o(Path(getattr(FLAGS, "from")))
+  run = recipe.load_run(Path(getattr(FLAGS, "from")))
+  cfg, agent, states, meta = run.config, run.module, run.states, run.meta
   if agent is not o2td3:
     raise SystemExit(f"--from is a {cfg['agent']} run; this probe is for o2td3")
   if FLAGS.critic_lr:

@@ -269,15 +269,18 @@ def start_from(recipe: Recipe, ctx: Context, from_dir: Path) -> set:
   return recipe.upstream(phase)
 
 
-def run(recipe: Recipe, ctx: Context, from_dir: Optional[Path] = None) -> Path:
+def run(recipe: Recipe, ctx: Context, from_dir: Optional[Path] = None,
+        around: Optional[Callable[[Phase, Callable[[], Path]], Path]] = None) -> Path:
   """Runs the phases of `recipe` that are not done (each reuses a finished run of the same config),
-  from the start or after `from_dir`'s phase; returns the last phase's run directory."""
+  from the start or after `from_dir`'s phase; returns the last phase's run directory. `around(phase,
+  thunk) -> run dir` wraps each phase's call (e.g. to time it; it must call `thunk()`)."""
   check(recipe, ctx)
   skip = start_from(recipe, ctx, Path(from_dir)) if from_dir else set()
   for p in recipe.phases:
     if p.name not in skip:
       ctx.phase = p
-      ctx.runs[p.name] = p.run(ctx)
+      thunk = lambda p=p: p.run(ctx)
+      ctx.runs[p.name] = around(p, thunk) if around is not None else thunk()
   ctx.phase = None
   return ctx.runs[recipe.phases[-1].name]
 

@@ -307,10 +307,11 @@ def our_drift(align_dir: Path, n_states: int) -> Dict[str, List[float]]:
   from the alignment checkpoint (as `benchmarks/actor_drift.py`)."""
   import jax
   import numpy as np
-  from o2o_jax.recipes import ocr_cft
+  from o2o_jax import recipe
   from o2o_jax.agents.o2o.common import actor_drift
   from o2o_jax.data import prepared
-  _, agent, _, states, meta = ocr_cft._restore_o2o(align_dir)
+  run = recipe.load_run(align_dir)
+  agent, states, meta = run.module, run.states, run.meta
   data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                             meta["reward_transform"]["scale"])
   obs = data.device.observations[:n_states]
