@@ -373,3 +373,16 @@ def check_fits(loaded: LoadedRun, config, source: str = "--config") -> None:
     raise O2OError(f"{source}: {', '.join(changed)} would change the networks trained by "
                    f"{loaded.run_dir} ({cfg.get('phase')} run): pass it to an earlier phase's run "
                    "(--from a pretrain run, or no --from)")
+
+
+def check_actor_fits(expected, actor_params, message: str) -> None:
+  """A one-line `O2OError(message)` unless the seed-stacked `actor_params` (an offline run's actor)
+  have the tree and shapes of `expected` (one seed's actor parameters, or their shapes): the offline
+  actor must be the O2O agent's actor type."""
+  import jax
+  given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), actor_params)
+  same = jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(given) and all(
+      tuple(a.shape) == tuple(b.shape) for a, b in zip(jax.tree_util.tree_leaves(expected),
+                                                       jax.tree_util.tree_leaves(given)))
+  if not same:
+    raise O2OError(message)

@@ -216,13 +216,10 @@ def check_actor_fits(agent_name, agent, o2o_config, algo, meta, actor_params):
   """The offline actor must be the O2O agent's actor type (same parameter tree and shapes)."""
   expected = jax.eval_shape(lambda: agent.init(jax.random.PRNGKey(0), meta["obs_dim"], meta["act_dim"],
                                                o2o_config).actor.params)
-  given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), actor_params)
-  same = jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(given) and all(
-      a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(given)))
-  if not same:
-    raise O2OError(f"the {algo} actor does not fit {agent_name}'s actor (different network type or "
-                   f"sizes): pretrain with --offline_algo={SOURCE_ALGO[agent_name]}, or clone the policy "
-                   "into the right actor type with --algo=bc")
+  recipe_lib.check_actor_fits(expected, actor_params, (
+      f"the {algo} actor does not fit {agent_name}'s actor (different network type or sizes): "
+      f"pretrain with --offline_algo={SOURCE_ALGO[agent_name]}, or clone the policy into the right "
+      "actor type with --algo=bc"))
 
 
 def _o2o_config(phase: str, agent_name: str, from_dir: Path, steps: int, extra: Dict[str, Any]):
