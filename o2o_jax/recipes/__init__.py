@@ -8,6 +8,7 @@ import importlib
 from o2o_jax.errors import O2OError
 
 RECIPES = {"o3f": "o2o_jax.recipes.o3f"}   # agent -> module declaring its recipe
+RECIPES.update({a: "o2o_jax.recipes.samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
 
 
 def get(agent: str):
