@@ -274,13 +274,13 @@ def _samg_config(s: Settings, base: str):
 
 
 def samg_cvae(name: str, s: Settings) -> Spec:
-  """experiments/pipeline_samg.train_cvae: the state-action C-VAE (shared by the three bases)."""
+  """o2o_jax/recipes/samg.train_cvae: the state-action C-VAE (shared by the three bases)."""
   from o2o_jax.agents.o2o import samg
   return Spec(samg.cvae_init, samg.cvae_update, None, _samg_config(s, "iql"))
 
 
 def samg_online(name: str, s: Settings) -> Spec:
-  """experiments/pipeline_samg.finetune: `samg.from_offline` around the base's state (samg.init)."""
+  """o2o_jax/recipes/samg.finetune_phase: `samg.from_offline` around the base's state (samg.init)."""
   from o2o_jax.agents import registry
   agent = registry.get(name, registry.O2O)
   return Spec(agent.init, agent.update, agent.act, _samg_config(s, name.split("_", 1)[1]), online={})

@@ -28,7 +28,6 @@ FLAGS = flags.FLAGS
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
 OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
-OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
 OTHER_PIPELINES.update({"aca": "experiments.pipeline_aca"})
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
@@ -46,12 +45,11 @@ _OCR_CFT_FLAGS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "
                   "tau_start", "tau_end") + _DISTRIBUTED
 _READS = {
     "o2ppo": ("offline_algo", "reevaluate_steps") + _DISTRIBUTED,     # on-policy: no warmup, no UTD
-    **{a: ("warmup_steps", "utd") for a in ("samg_cql", "samg_awac", "samg_iql")},  # base = the name
     "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
 }
 AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
-AGENT_FLAGS.update({a: tuple(recipe_lib.EVERY_RECIPE_READS) + ("agent", "describe") + r.reads
-                    for a, r in recipes.all_recipes().items()})
+AGENT_FLAGS.update({a: tuple(n for n in recipe_lib.EVERY_RECIPE_READS if n not in r.refuses)
+                    + ("agent", "describe") + r.reads for a, r in recipes.all_recipes().items()})
 # What to do instead, for the flags whose absence is a known limitation rather than a design choice.
 NOT_APPLICABLE_HINTS = {
     "num_processes": "run it in one process, or one job per seed range with different --seed; the "
@@ -147,9 +145,9 @@ define_option_flags()
 
 
 def own_flags(agent: str) -> set:
-  """The agent-specific flags of `agent`: its recipe's options, or those its pipeline module defines,
-  less those named for another agent of the same module (--samg_cql_offline_penalty is samg_cql's
-  alone)."""
+  """The agent-specific flags of `agent`: its recipe's options (--samg_cql_offline_penalty is
+  samg_cql's alone), or those its pipeline module defines, less those named for another agent of
+  the same module."""
   if agent in recipes.RECIPES:
     return {o.name for o in recipes.get(agent).options}
   module = OTHER_PIPELINES.get(agent)

@@ -34,10 +34,12 @@ from o2o_jax.errors import O2OError
 
 KINDS = ("offline", "fit", "off-policy online", "on-policy online")
 # Settings every recipe reads (the launcher's shared flags); `Recipe.reads` adds the others it uses.
+# A recipe whose phases cannot yet split the seeds over processes lists DISTRIBUTED_READS in its
+# `refuses` (the launcher then refuses them with one line, as any flag an agent does not read).
+DISTRIBUTED_READS = ("num_processes", "process_id", "coordinator_address")
 EVERY_RECIPE_READS = ("dataset", "from", "seeds", "seed", "budget", "pretrain_steps", "online_steps",
                       "eval_every", "eval_episodes", "hidden_dims", "batch_size", "out_dir",
-                      "run_name", "restart", "progress", "checkpoint_every", "num_processes",
-                      "process_id", "coordinator_address")
+                      "run_name", "restart", "progress", "checkpoint_every") + DISTRIBUTED_READS
 # The defaults of the shared settings (the launcher's flags have the same), for library callers.
 DEFAULTS = {"dataset": "o2o/hopper/medium-v0", "seeds": 1, "seed": 0, "budget": "paper",
             "batch_size": 256, "out_dir": "runs", "restart": False, "progress": True,
@@ -104,8 +106,9 @@ class Recipe:
   `budgets[budget]`: the values of `--budget` (step counts, network sizes), each overridable by the
   shared setting of the same name. `dataset_budget(dataset_id, budget) -> values` layers per-dataset
   values over them. `reads`: the shared settings it reads beyond EVERY_RECIPE_READS, `defaults` their
-  defaults (over DEFAULTS); `options`: its own. `check(ctx)`: validation before any phase runs. `run_name(ctx)`: the base name of its run
-  directories (default seed<seed>x<seeds>)."""
+  defaults (over DEFAULTS); `refuses`: those of EVERY_RECIPE_READS it does not read (e.g.
+  DISTRIBUTED_READS); `options`: its own. `check(ctx)`: validation before any phase runs.
+  `run_name(ctx)`: the base name of its run directories (default seed<seed>x<seeds>)."""
   agent: str
   doc: str
   phases: Tuple[Phase, ...]
@@ -113,6 +116,7 @@ class Recipe:
   budgets: Mapping[str, Mapping[str, Any]]
   reads: Tuple[str, ...] = ()
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  refuses: Tuple[str, ...] = ()
   options: Tuple[Option, ...] = ()
   dataset_budget: Optional[Callable[[str, str], Mapping[str, Any]]] = None
   check: Optional[Callable[["Context"], None]] = None
@@ -341,12 +345,12 @@ def load_run(run_dir, phases: Optional[Sequence[str]] = None,
     raise O2OError(f"{run_dir} is a '{phase}' run of {cfg.get('agent', cfg.get('algo'))}, not "
                    f"{want or 'a ' + ' or '.join(phases) + ' run'}")
   meta = Checkpointer(run_dir / "checkpoints").read_metadata()
-  if phase == "pretrain":
-    module = registry.get(cfg["algo"], registry.OFFLINE)
-  else:
-    module = registry.get(cfg["agent"], registry.O2O)
+  name, family = ((cfg["algo"], registry.OFFLINE) if phase == "pretrain"
+                  else (cfg.get("agent"), registry.O2O))
+  # A phase whose state is no registered agent's (SAMG's C-VAE, agent 'samg') brings its template.
+  module = registry.get(name, family) if template is None or name in family else None
   agent_config = (runs.config_from_dict(module.Config, cfg["agent_config"])
-                  if "agent_config" in cfg else None)
+                  if module is not None and "agent_config" in cfg else None)
   if template is not None:
     shapes = template(cfg, meta)
   else:

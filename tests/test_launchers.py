@@ -80,10 +80,10 @@ def finetune_module():
 
 def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_module):
   from absl import flags
+  from o2o_jax import recipes
   from o2o_jax.agents import registry
   f = finetune_module
   assert set(f.AGENT_FLAGS) == set(registry.O2O) == set(flags.FLAGS["agent"].parser.enum_values)
-  from o2o_jax import recipes
   defined = {fl.name for m in ("experiments.finetune", "experiments.common")
              for fl in flags.FLAGS.get_flags_for_module(m)}
   options = {o.name for r in recipes.all_recipes().values() for o in r.options}
@@ -96,7 +96,8 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
 @pytest.mark.parametrize("agent, flag", [
     ("aca", "buffer"), ("aca", "reference"), ("o3f", "critic_hidden"), ("o2ppo", "utd"),
     ("o2ppo", "warmup_steps"), ("samg_iql", "offline_algo"), ("samg_cql", "tau_end"),
-    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "num_processes"),
+    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "num_processes"), ("samg_cql", "process_id"),
+    ("samg_iql", "num_processes"),
     ("o3f", "aca_top_n"), ("o2td3", "o2ppo_aux"), ("aca", "ppo_minibatches"),
     ("samg_iql", "samg_cql_offline_penalty"), ("o2sac", "samg_threshold"),
 ])
@@ -135,8 +136,15 @@ def test_config_overrides_are_taken_out_of_argv_and_checked(finetune_module, mon
   with pytest.raises(O2OError, match=r"^--config\.critic_lr=fast: field 'critic_lr' of "
                                      r"o2o_jax\.agents\.o2o\.o2td3\.Config is float"):
     f.check_config_overrides("o2td3", {"critic_lr": "fast"})
+  # A recipe's (samg_cql) are checked, and applied, by the runner before any phase runs.
+  f.check_config_overrides("samg_cql", {"utd": "2"})
+  from o2o_jax import recipe as recipe_lib
+  from o2o_jax import recipes
+  recipe = recipes.get("samg_cql")
+  ctx = recipe_lib.Context.build(recipe, {"budget": "quick", "seeds": 1, "seed": 0, "batch_size": 16},
+                                 overrides={"utd": "2"})
   with pytest.raises(O2OError, match=r"o2o_jax\.agents\.o2o\.samg\.Config has no field 'utd'"):
-    f.check_config_overrides("samg_cql", {"utd": "2"})
+    recipe_lib.check(recipe, ctx)
   f.check_config_overrides("o2td3", {"critic_lr": "1e-4"})      # valid: the recipe applies it
 
 

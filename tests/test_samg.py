@@ -341,14 +341,14 @@ def test_cvae_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_path,
                                                   same_outputs):
   """train_cvae with snapshots every 10 steps: killed at step 30 (after the snapshot at 20) and rerun,
   it writes the very checkpoint and metrics of the uninterrupted run and drops its snapshots."""
-  from experiments import pipeline_samg
+  from o2o_jax.recipes import samg as samg_recipe
   config = samg.Config(cvae_hidden_dims=(8,)).resolved(3)
 
   def train(name, log=print):
-    return pipeline_samg.train_cvae(
-        dataset_id=tiny_hopper_dataset.dataset_id, config=config, seeds=2, seed=0, steps=30,
-        batch_size=16, out_dir=str(tmp_path), run_name=name, restart=False, progress=False,
-        checkpoint_every=10, log=log)
+    spec = samg_recipe.cvae_spec(tiny_hopper_dataset.dataset_id, config, seeds=2, seed=0, steps=30,
+                                 batch_size=16, run_name=name, out_dir=str(tmp_path), restart=False,
+                                 progress=False, checkpoint_every=10)
+    return samg_recipe.train_cvae(spec, config, log=log)
 
   ref = train("reference", log=lambda *_: None)
   crash_at("cvae", 25)
@@ -362,13 +362,19 @@ def test_cvae_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_path,
   assert f"[cvae] resuming from the snapshot at step 20 ({run / 'progress'})" in logs
   assert not (run / "progress").exists()
   same_outputs(run, ref)
-  restored = pipeline_samg.restore_cvae(run, config, 2, 0, 11, 3)   # the fine-tuning's view of it
+  logs = []
+  assert train("crashed", log=logs.append) == run          # finished: reused, not retrained
+  assert logs == [f"[cvae] reusing the finished run {run}"]
+  restored = samg_recipe.restore_cvae(run, 2)   # the fine-tuning's view of it (recipe.load_run)
   assert restored["latent_mean"].shape == (2, 6) and int(restored["cvae"].vae.step[0]) == 30
+  from o2o_jax.errors import O2OError
+  with pytest.raises(O2OError, match="has 2 seeds, the offline run 3"):
+    samg_recipe.restore_cvae(run, 3)
 
 
 # ----------------------------------------------------------------------------- launcher
 
-TINY = ["--agent=samg_iql", "--seeds=2", "--budget=quick", "--pretrain_steps=40", "--samg_cvae_steps=40",
+TINY = ["--seeds=2", "--budget=quick", "--pretrain_steps=40", "--samg_cvae_steps=40",
         "--samg_cvae_hidden=8", "--online_steps=40", "--samg_prefill=20", "--eval_every=20",
         "--eval_episodes=1", "--hidden_dims=8,8", "--batch_size=16", "--progress=false"]
 
@@ -381,7 +387,7 @@ def finetune(*args, timeout=600):
 
 def test_samg_iql_launcher_end_to_end(tiny_hopper_dataset, tmp_path):
   ds = tiny_hopper_dataset.dataset_id
-  res = finetune(f"--dataset={ds}", f"--out_dir={tmp_path}", *TINY)
+  res = finetune("--agent=samg_iql", f"--dataset={ds}", f"--out_dir={tmp_path}", *TINY)
   assert res.returncode == 0, res.stderr[-4000:]
   name = ds.replace("/", "_")
   for phase, agent in (("pretrain", "iql"), ("cvae", "samg"), ("finetune", "samg_iql")):
@@ -400,24 +406,83 @@ def test_samg_iql_launcher_end_to_end(tiny_hopper_dataset, tmp_path):
   assert config["agent_config"]["base"] == "iql" and config["prefill"] == 20
 
 
-class _Flags(dict):
-  """Stands in for absl's FLAGS (attribute access, `in`) to call the pipeline in-process."""
-  __getattr__ = dict.get
+def test_samg_cql_config_overrides_land_in_its_runs(tiny_hopper_dataset, tmp_path):
+  """--config.<field> overrides samg.Config after the --samg_* options (--config.threshold wins over
+  --samg_threshold), for the fine-tuning and, for a C-VAE field, the cvae run; --from a pretrain run
+  skips the pretraining but not the C-VAE; an unknown field or the base is one line, before any work."""
+  ds = tiny_hopper_dataset.dataset_id
+  name = ds.replace("/", "_")
+  res = finetune("--agent=samg_cql", f"--dataset={ds}", f"--out_dir={tmp_path}", *TINY,
+                 "--samg_threshold=0.6", "--config.threshold=0.3", "--config.kl_weight=0.25",
+                 "--config.cql_offline_penalty=0.5")
+  assert res.returncode == 0, res.stderr[-4000:]
+  run = tmp_path / "finetune" / "samg_cql" / name / "seed0x2"
+  config = json.loads((run / "config.json").read_text())
+  agent_config = config["agent_config"]
+  assert (agent_config["threshold"], agent_config["kl_weight"]) == (0.3, 0.25)
+  assert agent_config["cql_offline_penalty"] == 0.5 and agent_config["base"] == "cql"
+  cvae = json.loads((tmp_path / "cvae" / "samg" / name / "seed0x2" / "config.json").read_text())
+  assert cvae["cvae_config"]["kl_weight"] == 0.25
+  # --from the pretrain run: it is not retrained, a changed C-VAE is (a new run name).
+  pretrain = tmp_path / "pretrain" / "cql" / name / "seed0x2"
+  res = finetune("--agent=samg_cql", f"--from={pretrain}", f"--out_dir={tmp_path}", *TINY,
+                 "--run_name=again", "--config.kl_weight=0.125", "--online_steps=20")
+  assert res.returncode == 0, res.stderr[-4000:]
+  assert "[pretrain]" not in res.stdout and "[cvae] done" in res.stdout
+  again = json.loads((tmp_path / "finetune" / "samg_cql" / name / "again" / "config.json").read_text())
+  assert again["agent_config"]["kl_weight"] == 0.125 and again["from"] == str(pretrain)
+  for args, line in (
+      (["--config.no_such_field=1"], "error: --config.no_such_field: o2o_jax.agents.o2o.samg.Config has "
+                                     "no field 'no_such_field'; valid fields: base, base_config, "),
+      (["--config.base=iql"], "error: --config.base: samg_cql's base algorithm is the one its name "
+                              "says (cql); pass --agent=samg_<base> instead"),
+      (["--config.threshold=2"], "error: SAMG threshold must lie in [0, 1] (got 2.0)"),
+      ([f"--from={tmp_path / 'cvae' / 'samg' / name / 'seed0x2'}"],
+       "error: --from=" + str(tmp_path / "cvae" / "samg" / name / "seed0x2") + " is a cvae run of "
+       "samg, which samg_cql cannot continue from")):
+    out = tmp_path / "refused"
+    res = finetune("--agent=samg_cql", f"--out_dir={out}", *TINY, *args)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(line), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"samg_threshold": 1.5}, "--samg_threshold must lie in [0, 1]"),
-    ({"samg_prefill": 0, "warmup_steps": 0}, "--samg_prefill + --warmup_steps must be at least 1"),
-    ({"utd": 0}, "--utd must be at least 1"),
-    ({"samg_guidance_steps": -1}, "--samg_guidance_steps must not be negative")])
-def test_pipeline_rejects_bad_flags_before_any_work(bad, message):
-  from experiments import pipeline_samg
+def _recipe_and_context(agent, tmp_path, options=None, **settings):
+  """The agent's recipe and a Context as experiments.finetune builds it from flags."""
+  from o2o_jax import recipe as recipe_lib
+  from o2o_jax import recipes
+  recipe = recipes.get(agent)
+  values = {**dict(budget="quick", seeds=1, seed=0, batch_size=16, dataset="d", out_dir=str(tmp_path),
+                  progress=False), **settings}
+  return recipe, recipe_lib.Context.build(recipe, values, options or {}, given=tuple(settings))
+
+
+class _NoWork(Exception):
+  pass
+
+
+@pytest.mark.parametrize("settings, options, message", [
+    ({}, {"samg_threshold": 1.5}, "--samg_threshold must lie in [0, 1]"),
+    ({"warmup_steps": 0}, {"samg_prefill": 0}, "--samg_prefill + --warmup_steps must be at least 1"),
+    ({"utd": 0}, {}, "--utd must be at least 1"),
+    ({}, {"samg_guidance_steps": -1}, "--samg_guidance_steps must not be negative"),
+    ({}, {"samg_cvae_steps": 0}, "--samg_cvae_steps must be positive (got 0)"),
+    ({"online_steps": 0}, {}, "--online_steps must be positive (got 0)"),
+    ({"seeds": 0}, {}, "--seeds must be at least 1"),
+    ({}, {"samg_cql_offline_penalty": 1.0}, "--samg_cql_offline_penalty is not an option of samg_iql")])
+def test_recipe_rejects_bad_settings_before_any_work(settings, options, message, tmp_path,
+                                                     monkeypatch):
+  from o2o_jax import recipe as recipe_lib
   from o2o_jax.errors import O2OError
-  flags = _Flags(agent="samg_iql", budget="quick", seeds=1, seed=0, batch_size=16, samg_prefill=1000,
-                 samg_threshold=0.5, **{"from": None})
-  flags.update(bad)
+  from o2o_jax.recipes import offline
+
+  def no_work(**kw):
+    raise _NoWork
+  monkeypatch.setattr(offline, "pretrain", no_work)
   with pytest.raises(O2OError, match=re.escape(message)):
-    pipeline_samg.run(flags)
+    recipe, ctx = _recipe_and_context("samg_iql", tmp_path, options, **settings)
+    recipe_lib.run(recipe, ctx)
+  assert not any(tmp_path.iterdir())
 
 
 class _StopAtPretrain(Exception):
@@ -427,27 +492,46 @@ class _StopAtPretrain(Exception):
 @pytest.mark.parametrize("agent, budget, dims", [
     ("samg_cql", "paper", (256, 256, 256)), ("samg_awac", "paper", (256, 256, 256)),
     ("samg_iql", "paper", (256, 256)), ("samg_cql", "quick", (64, 64))])
-def test_paper_budget_keeps_each_base_algorithms_own_networks(agent, budget, dims, monkeypatch):
+def test_paper_budget_keeps_each_base_algorithms_own_networks(agent, budget, dims, monkeypatch,
+                                                              tmp_path):
   """--budget=paper trains the base with its own default architecture: CORL `cql.py` (actor and
   critics 3x256, `q_n_hidden_layers: 3`), CORL `awac.py` (3x256), CORL `iql.py` (2x256); only
-  --budget=quick shrinks them (issue 19, point 2). At 'paper' the pipeline passes no sizes, so
-  phases.pretrain builds the base Config's defaults (with the dataset preset's overrides)."""
-  from experiments import pipeline_samg
+  --budget=quick shrinks them (issue 19, point 2). At 'paper' the recipe passes no sizes, so
+  offline.pretrain builds the base Config's defaults (with the dataset preset's overrides)."""
+  from o2o_jax import recipe as recipe_lib
+  from o2o_jax.recipes import offline
+  from o2o_jax.recipes import samg as samg_recipe
   seen = {}
 
   def fake_pretrain(**kw):
     seen.update(kw)
     raise _StopAtPretrain
 
-  monkeypatch.setattr(pipeline_samg.phases, "pretrain", fake_pretrain)
-  flags = _Flags(agent=agent, budget=budget, seeds=1, seed=0, batch_size=16, samg_prefill=1000,
-                 samg_threshold=0.5, dataset="d", **{"from": None})
+  monkeypatch.setattr(offline, "pretrain", fake_pretrain)
+  recipe, ctx = _recipe_and_context(agent, tmp_path, budget=budget)
   with pytest.raises(_StopAtPretrain):
-    pipeline_samg.run(flags)
+    recipe_lib.run(recipe, ctx)
   base = agent.split("_")[1]
-  assert seen["algo"] == base
+  assert seen["algo"] == base and seen["preset"] == "corl" and seen["chain"] is None
   built = seen["hidden_dims"] or tuple(samg.BASES[base].Config().hidden_dims)
   assert built == dims
   assert (seen["hidden_dims"] is None) == (budget == "paper")
-  assert pipeline_samg.network_dims(["32", "32"]) == (32, 32)              # --hidden_dims wins
+  recipe, ctx = _recipe_and_context(agent, tmp_path, budget=budget, hidden_dims=["32", "32"])
+  with pytest.raises(_StopAtPretrain):
+    recipe_lib.run(recipe, ctx)
+  assert seen["hidden_dims"] == (32, 32)                                  # --hidden_dims wins
+  assert samg_recipe.network_dims(["32", "32"]) == (32, 32)
+  assert samg_recipe.network_dims([]) is None                             # --hidden_dims=: the base's
   assert cql.Config().critic_hidden_dims is None                         # CQL's critics = its actor's
+
+
+def test_from_refuses_a_pretrain_run_of_another_base_in_one_line(tmp_path):
+  from o2o_jax import recipe as recipe_lib
+  from o2o_jax.errors import O2OError
+  run = tmp_path / "pretrain" / "cql" / "d" / "seed0x1"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"phase": "pretrain", "algo": "cql", "dataset": "d"}))
+  recipe, ctx = _recipe_and_context("samg_iql", tmp_path)
+  with pytest.raises(O2OError, match=re.escape(f"--from={run} is a pretrain run of cql, which "
+                                               "samg_iql cannot continue from")):
+    recipe_lib.run(recipe, ctx, from_dir=run)

@@ -10,6 +10,7 @@ from o2o_jax.errors import O2OError
 # agent -> the module declaring its recipe
 RECIPES = {"o2td3": "o2o_jax.recipes.ocr_cft", "o2sac": "o2o_jax.recipes.ocr_cft",
            "o3f": "o2o_jax.recipes.o3f"}
+RECIPES.update({a: "o2o_jax.recipes.samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
 
 
 def get(agent: str):

@@ -123,13 +123,15 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
                    steps: Optional[Callable] = None, eval_every: Optional[Callable] = None,
                    preset: Optional[Callable] = None, chain: Optional[str] = None,
                    normalize_states: Optional[Callable] = None,
-                   run_name: Optional[Callable] = None) -> recipe_lib.Phase:
+                   run_name: Optional[Callable] = None,
+                   hidden_dims: Optional[Callable] = None) -> recipe_lib.Phase:
   """The 'pretrain' phase of a recipe: `pretrain` of `ctx['offline_algo']` (default
   `default_algo`; one of `algos` when given, else any offline algorithm: a one-line error says
   `why`) with the context's budget. The callables take the Context: `steps` (default
   ctx['pretrain_steps']), `eval_every` (default min(ctx['pretrain_eval_every'], steps)), `preset`
-  (default ctx['preset'], else 'corl'), `normalize_states` (default None: the preset's) and `run_name`
-  (default ctx.base_name()). Its step is the offline algorithm's `update`, chosen at run time."""
+  (default ctx['preset'], else 'corl'), `normalize_states` (default None: the preset's), `run_name`
+  (default ctx.base_name()) and `hidden_dims` (default ctx['hidden_dims']). Its step is the offline
+  algorithm's `update`, chosen at run time."""
   def run(ctx) -> Path:
     algo = ctx.get("offline_algo") or default_algo
     allowed = algos or tuple(registry.OFFLINE)
@@ -140,7 +142,8 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
     return pretrain(
         algo=algo, dataset_id=ctx["dataset"], seeds=ctx["seeds"], seed=ctx["seed"], num_steps=n,
         eval_every=eval_every(ctx) if eval_every else min(ctx["pretrain_eval_every"], max(n, 1)),
-        eval_episodes=ctx["eval_episodes"], hidden_dims=ctx["hidden_dims"],
+        eval_episodes=ctx["eval_episodes"],
+        hidden_dims=hidden_dims(ctx) if hidden_dims else ctx["hidden_dims"],
         batch_size=ctx["batch_size"], preset=preset(ctx) if preset else (ctx.get("preset") or "corl"),
         chain=chain, normalize_states=normalize_states(ctx) if normalize_states else None,
         run_name=run_name(ctx) if run_name else ctx.base_name(), log=ctx.log, **ctx.phase_args())

@@ -14,7 +14,7 @@ Q_off (min over the twin critics) or V_off is the offline critic, frozen at the 
 its latent statistics are frozen too. The base algorithm's own losses are unchanged: SAMG swaps the
 bootstrap value through the bases' `next_value_hook`. Online the buffer is small and holds online
 data only, seeded with transitions of the offline policy (`loops.collect_prefill`, called by
-experiments/pipeline_samg.py).
+o2o_jax/recipes/samg.py).
 
 Two extras of the paper's practice (App. C), both pure functions of traced values (jit/vmap-safe):
   CQL offline penalty (App. C.1: CQL's conservative term "is unrestricted in our paradigm and may
