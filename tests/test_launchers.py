@@ -136,8 +136,9 @@ def test_config_overrides_are_taken_out_of_argv_and_checked(finetune_module, mon
   with pytest.raises(O2OError, match=r"^--config\.critic_lr=fast: field 'critic_lr' of "
                                      r"o2o_jax\.agents\.o2o\.o2td3\.Config is float"):
     f.check_config_overrides("o2td3", {"critic_lr": "fast"})
-  # A recipe's (samg_cql) are checked, and applied, by the runner before any phase runs.
-  f.check_config_overrides("samg_cql", {"utd": "2"})
+  # Checked by the launcher before joining a multi-process run, and by the runner before any phase.
+  with pytest.raises(O2OError, match=r"o2o_jax\.agents\.o2o\.samg\.Config has no field 'utd'"):
+    f.check_config_overrides("samg_cql", {"utd": "2"})
   from o2o_jax import recipe as recipe_lib
   from o2o_jax import recipes
   recipe = recipes.get("samg_cql")
