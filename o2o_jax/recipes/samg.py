@@ -159,11 +159,12 @@ def train_cvae(spec: phase_lib.OfflinePhase, config: samg.Config, log=print) -> 
                             batch_size=batch_size)
   ds = data.device
   obs_dim, act_dim = ds.observations.shape[-1], ds.actions.shape[-1]
-  states = _cvae_init(config, obs_dim, act_dim)(seed_keys(seed + 2, seeds))
+  local = distributed.local_seed_count(seeds)        # this process's seeds (all of them with one)
+  states = _cvae_init(config, obs_dim, act_dim)(seed_keys(seed + 2, local))
   log(f"[cvae] state-action C-VAE on {dataset_id} ({'raw' if config.cvae_raw_states else 'normalised'} "
       f"states, latent {config.latent_dim}, hidden {config.cvae_hidden_dims}) for {steps} steps "
       f"-> {run_dir}")
-  writer, ckpt = phase_lib.writer_and_checkpointer(run_dir, seeds)
+  writer, ckpt = phase_lib.writer_and_checkpointer(run_dir, local)
   key, t0, step, metrics = jax.random.PRNGKey(seed + 3), time.time(), 0, {}
   snapshots = phase_lib.snapshots(run_dir, spec.checkpoint_every)
   session = resume.Session(snapshots, spec.phase, log=log)
@@ -176,7 +177,7 @@ def train_cvae(spec: phase_lib.OfflinePhase, config: samg.Config, log=print) -> 
       n = int(min(spec.loop.chunk, steps - step, session.next_due(step) - step))
       key, k = jax.random.split(key)
       states, metrics = loops.offline_chunk_fn(samg.cvae_update, batch_size, n)(
-          states, distributed.split_seeds(k, seeds), ds)
+          states, distributed.split_seeds(k, local), ds)
       step += n
       bar.update(n)
       session.fault.at(step)
@@ -203,6 +204,7 @@ def train_cvae(spec: phase_lib.OfflinePhase, config: samg.Config, log=print) -> 
           "weight_random_actions_nonzero": np.asarray((p_rand > 0).mean(1))}
   writer.write(steps, {f"fit/{k}": v for k, v in diag.items()})
   writer.close()
+  diag = distributed.gather_seeds(diag)       # every process's seeds, for the metadata and the log
   ckpt.save(steps, {"cvae": states, "latent_mean": latent_mean, "latent_std": latent_std},
             {"phase": "cvae", "dataset_id": dataset_id, "obs_dim": obs_dim, "act_dim": act_dim,
              "threshold_at_fit": config.threshold, **diag})
@@ -301,7 +303,8 @@ def finetune_phase(ctx: recipe_lib.Context) -> Path:
         base_states, cv["cvae"].vae.params, cv["latent_mean"], cv["latent_std"])
     data = prepared.load_data(meta["dataset_id"], obs_mean, obs_std, scale, batch_size=batch_size)
     t0 = time.time()
-    prefill = (loops.collect_prefill(samg.act, states, data.make_env, seeds, seed + 7_919,
+    prefill = (loops.collect_prefill(samg.act, states, data.make_env,
+                                     distributed.local_seed_count(seeds), seed + 7_919,
                                      prefill_steps, obs_mean, obs_std, scale)
                if prefill_steps > 0 else None)
     offline_use = (f"{batch_size} offline rows per update for the p-weighted CQL term (weight "
@@ -410,7 +413,6 @@ def recipe(agent: str) -> recipe_lib.Recipe:
       "C-VAE", config=samg.Config, budgets=BUDGETS, reads=("warmup_steps", "utd"),
       options=options(agent), check=check,
       # The C-VAE fit and the prefill run every seed in one process: no --num_processes yet.
-      refuses=recipe_lib.DISTRIBUTED_READS,
       phases=(dataclasses.replace(pretrain, accepts=lambda cfg: cfg.get("algo") == base),
               recipe_lib.Phase("cvae", "fit", cvae_phase, needs=("pretrain",),
                                accepts=lambda cfg: False),
