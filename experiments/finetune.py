@@ -29,8 +29,7 @@ FLAGS = flags.FLAGS
 # pipeline module (experiments/pipeline_<name>.py exposing `run(FLAGS)`), dispatched in main().
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
-OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
-OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
+OTHER_PIPELINES = {a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")}
 OTHER_PIPELINES.update({"aca": "experiments.pipeline_aca"})
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
@@ -48,7 +47,6 @@ _OCR_CFT_FLAGS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "
                   "tau_start", "tau_end") + _DISTRIBUTED
 _READS = {
     "o2td3": _OCR_CFT_FLAGS, "o2sac": _OCR_CFT_FLAGS,
-    "o2ppo": ("offline_algo", "reevaluate_steps") + _DISTRIBUTED,     # on-policy: no warmup, no UTD
     **{a: ("warmup_steps", "utd") for a in ("samg_cql", "samg_awac", "samg_iql")},  # base = the name
     "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
 }

@@ -7,7 +7,10 @@ import importlib
 
 from o2o_jax.errors import O2OError
 
-RECIPES = {"o3f": "o2o_jax.recipes.o3f"}   # agent -> module declaring its recipe
+RECIPES = {   # agent -> module declaring its recipe
+    "o3f": "o2o_jax.recipes.o3f",
+    "o2ppo": "o2o_jax.recipes.o2ppo",
+}
 
 
 def get(agent: str):
