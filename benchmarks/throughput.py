@@ -287,13 +287,13 @@ def samg_online(name: str, s: Settings) -> Spec:
 
 
 def _o2ppo_configs(s: Settings):
-  """(IQL config, V-fit config, fine-tuning config) as experiments/pipeline_o2ppo builds them."""
-  from experiments import pipeline_o2ppo
+  """(IQL config, V-fit config, fine-tuning config) as o2o_jax/recipes/o2ppo.py builds them."""
+  from o2o_jax.recipes import o2ppo as o2ppo_recipe
   from o2o_jax.agents.offline import iql
   from o2o_jax.agents.o2o import o2ppo
   actor_config = iql.Config(hidden_dims=_dims(s))            # --o2ppo_iql_preset=none: Gaussian
-  fit = pipeline_o2ppo._value_config(actor_config, "iql", (s.hidden,) * 3)
-  sizes = {"epochs": pipeline_o2ppo.dataset_preset(s.dataset)["epochs"], **_ppo_sizes(s)}
+  fit = o2ppo_recipe.value_config(actor_config, "iql", (s.hidden,) * 3)
+  sizes = {"epochs": o2ppo_recipe.dataset_preset(s.dataset)["epochs"], **_ppo_sizes(s)}
   config = dataclasses.replace(fit, lr_decay_steps=100_000, beta_steps=100_000, **sizes)
   o2ppo.check_config(config)
   return actor_config, fit, config
@@ -307,7 +307,7 @@ def o2ppo_phase(phase: str):
     from o2o_jax.agents.offline import iql
     actor_config, fit_config, config = _o2ppo_configs(s)
 
-    def fit_init(key, obs_dim, act_dim, c):             # pipeline_o2ppo.reevaluate
+    def fit_init(key, obs_dim, act_dim, c):             # o2o_jax.recipes.o2ppo.reevaluate_phase
       k_source, k = jax.random.split(key)
       actor = iql.init(k_source, obs_dim, act_dim, actor_config).actor.params
       return o2ppo.init_value_fit(k, obs_dim, act_dim, c, actor)
@@ -315,7 +315,7 @@ def o2ppo_phase(phase: str):
     if phase == "reevaluate":
       return Spec(fit_init, o2ppo.value_fit_step, o2ppo.offline_act, fit_config)
 
-    def init(key, obs_dim, act_dim, c):                 # pipeline_o2ppo.finetune
+    def init(key, obs_dim, act_dim, c):                 # o2o_jax.recipes.o2ppo.finetune_phase
       k_fit, k = jax.random.split(key)
       fitted = fit_init(k_fit, obs_dim, act_dim, fit_config)
       state = o2ppo.init(k, obs_dim, act_dim, c, fitted.offline_actor_params, fitted.value.params)

@@ -24,8 +24,9 @@ Every off-policy online phase (O2TD3/O2SAC, O3F, ACA, SAMG fine-tuning) shares t
 the same way: `run_online_phase(OnlinePhase(...), build, log)` with `build(run_dir) -> OnlineTraining`
 resolves the run directory, reuses a finished run (printing its summary.txt), runs `loops.run_online`
 (`train_online`), saves the final checkpoint, plots and writes summary.{json,txt} (`write_summary`).
-The helpers (`writer_and_checkpointer`, `snapshots`, `plot`, `summary_line`, `write_summary`) serve
-O2PPO's on-policy fine-tuning too.
+An on-policy online phase (O2PPO's PPO fine-tuning) is the same skeleton around `onpolicy.run_onpolicy`:
+`run_online_phase(OnPolicyPhase(...), build, log)` with `build(run_dir) -> OnPolicyTraining`. Both
+online loops share one evaluation hook, step-0 row, final checkpoint, plot and summary (`_online_run`).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.types import Transition
 
 if TYPE_CHECKING:
+  from o2o_jax import onpolicy
   from o2o_jax.data import prepared
 
 # Steps (offline updates or online env steps) between resumable snapshots of a running phase.
@@ -123,10 +125,11 @@ class Training:
 
 
 def prepare(spec, log=print):
-  """(run_dir, done): the phase's (`OfflinePhase` or `OnlinePhase`) run directory with its
-  config.json written or checked; `done` if it holds a finished run of the same config (logged as
-  reused)."""
-  steps = spec.loop.total_steps if isinstance(spec, OnlinePhase) else spec.loop.num_steps
+  """(run_dir, done): the phase's (`OfflinePhase`, `OnlinePhase` or `OnPolicyPhase`) run directory
+  with its config.json written or checked; `done` if it holds a finished run of the same config
+  (logged as reused)."""
+  online = isinstance(spec, (OnlinePhase, OnPolicyPhase))
+  steps = spec.loop.total_steps if online else spec.loop.num_steps
   run_dir = runs.run_dir_for(spec.out_dir, spec.phase, spec.agent, spec.dataset_id, spec.run_name)
   resumed = runs.prepare_run_dir(run_dir, dict(spec.config), restart=spec.restart)
   if resumed and runs.finished(run_dir, steps):
@@ -226,15 +229,17 @@ def online_loop(total_steps: int, start_steps: int, eval_every: int, eval_episod
                             eval_episodes=eval_episodes, **fields)
 
 
-def run_online_phase(spec: OnlinePhase, build: Callable[[Path], OnlineTraining], log=print) -> Path:
-  """Runs (or reuses, printing its summary.txt) the online phase `spec`; `build(run_dir)` makes its
-  `OnlineTraining` only when the phase must run. Returns the run directory."""
+def run_online_phase(spec, build: Callable[[Path], Any], log=print) -> Path:
+  """Runs (or reuses, printing its summary.txt) the online phase `spec`: an `OnlinePhase` whose
+  `build(run_dir)` makes its `OnlineTraining`, or an `OnPolicyPhase` whose `build` makes its
+  `OnPolicyTraining`, only when the phase must run. Returns the run directory."""
   run_dir, done = prepare(spec, log)
   if done:
     summary = run_dir / "summary.txt"
     print(summary.read_text() if summary.exists() else "")
     return run_dir
-  train_online(spec, run_dir, build(run_dir), log)
+  train = train_onpolicy if isinstance(spec, OnPolicyPhase) else train_online
+  train(spec, run_dir, build(run_dir), log)
   return run_dir
 
 
@@ -246,11 +251,34 @@ def train_online(spec: OnlinePhase, run_dir: Path, t: OnlineTraining, log=print)
   batch inside the update (`prepared.shift_rewards`), so offline and online rows get the same
   transform. Resumable: snapshots every `spec.checkpoint_every` env steps under <run_dir>/progress."""
   from o2o_jax.data import prepared
-  seeds, steps, cfg = spec.config["seeds"], spec.loop.total_steps, spec.loop
-  local, learner, data = distributed.local_seed_count(seeds), t.learner, t.data
+  cfg, learner, data = spec.loop, t.learner, t.data
   if data.reward_shift:
     learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act)
     data = data.without_shift()
+
+  def loop(local, writer, snaps, on_eval):
+    return loops.run_online(
+        learner, t.states, make_env=data.make_env, num_seeds=local, seed=spec.config["seed"],
+        config=cfg, offline=data.device if cfg.offline_fraction > 0 or cfg.offline_union else None,
+        obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
+        callbacks=loops.OnlineCallbacks(on_eval=on_eval), normalized_score=data.normalized_score,
+        progress=spec.progress and distributed.is_primary(), desc=f"{spec.phase} {spec.agent}",
+        prefill=t.prefill, snapshots=snaps, phase=spec.phase, reward_scale=data.reward_scale,
+        log=log)[2]
+
+  return _online_run(spec, run_dir, t, data, loop, spec.agent,
+                     f"{spec.agent} fine-tuning on {spec.dataset_id}")
+
+
+def _online_run(spec, run_dir: Path, t, data: "prepared.Data", loop: Callable, label: str, title: str,
+                final_meta: Callable[[], Mapping[str, Any]] = dict) -> Dict[str, Any]:
+  """The skeleton of both online loops: the metrics writer, result checkpointer and snapshots; step 0
+  of the curve (unless resuming); `loop(local seeds, writer, snapshots, on_eval) -> eval history`,
+  whose `on_eval` scores the returns, calls `t.on_eval(step, states, score) -> states` and saves the
+  final checkpoint (`t.metadata`, the step, per-seed 'final_score', `final_meta()`); then
+  curves.png (`title`) and summary.{json,txt} (`label`: the summary's agent)."""
+  seeds, steps = spec.config["seeds"], spec.loop.total_steps
+  local = distributed.local_seed_count(seeds)
   writer, ckpt = writer_and_checkpointer(run_dir, local)
   snaps = snapshots(run_dir, spec.checkpoint_every)
 
@@ -259,7 +287,8 @@ def train_online(spec: OnlinePhase, run_dir: Path, t: OnlineTraining, log=print)
     if t.on_eval is not None:
       s = t.on_eval(step, s, score)
     if step >= steps:
-      ckpt.save(step, s, {**t.metadata, "phase": spec.phase, "step": step, "final_score": score})
+      ckpt.save(step, s, {**t.metadata, "phase": spec.phase, "step": step, "final_score": score,
+                          **final_meta()})
     return s
 
   t0 = time.time()
@@ -267,13 +296,7 @@ def train_online(spec: OnlinePhase, run_dir: Path, t: OnlineTraining, log=print)
     # Step 0 of the curve: the policy the online phase starts from (the last of `start_scores`).
     writer.write(0, {"eval/normalized_score": list(t.start_scores.values())[-1],
                      **{f"eval/{k}_score": v for k, v in t.start_scores.items()}})
-  _, _, history = loops.run_online(
-      learner, t.states, make_env=data.make_env, num_seeds=local, seed=spec.config["seed"],
-      config=cfg, offline=data.device if cfg.offline_fraction > 0 or cfg.offline_union else None,
-      obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
-      callbacks=loops.OnlineCallbacks(on_eval=on_eval), normalized_score=data.normalized_score,
-      progress=spec.progress and distributed.is_primary(), desc=f"{spec.phase} {spec.agent}",
-      prefill=t.prefill, snapshots=snaps, phase=spec.phase, reward_scale=data.reward_scale, log=log)
+  history = loop(local, writer, snaps, on_eval)
   writer.close()
   ckpt.close()
   snaps.discard()
@@ -281,9 +304,73 @@ def train_online(spec: OnlinePhase, run_dir: Path, t: OnlineTraining, log=print)
   scores = [(h["step"], distributed.gather_seeds(data.normalized_score(h["returns"]).mean(1)))
             for h in history]
   start = {k: distributed.gather_seeds(np.asarray(v)) for k, v in t.start_scores.items()}
-  plot(run_dir, spec.plot_keys, f"{spec.agent} fine-tuning on {spec.dataset_id}")
-  return write_summary(run_dir, dataset_id=spec.dataset_id, agent_name=spec.agent, seeds=seeds,
+  plot(run_dir, spec.plot_keys, title)
+  return write_summary(run_dir, dataset_id=spec.dataset_id, agent_name=label, seeds=seeds,
                        start_scores=start, scores=scores, wall_time_s=time.time() - t0)
+
+
+# ----------------------------------------------------------------------------- on-policy phases
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicyPhase:
+  """What an on-policy online phase is (O2PPO's PPO fine-tuning), known before its run directory is
+  touched: as `OnlinePhase`, with `loop` the on-policy loop (`onpolicy.OnPolicyConfig`). `label`:
+  the summary's agent and the progress label ("<phase> <label>"; default `agent`, which names the
+  run directory), `plot_title` curves.png's (default "<label> fine-tuning on <dataset>")."""
+  agent: str
+  dataset_id: str
+  run_name: str
+  config: Mapping[str, Any]
+  loop: "onpolicy.OnPolicyConfig"
+  label: Optional[str] = None
+  plot_keys: Sequence[str] = ("eval/normalized_score",)
+  plot_title: Optional[str] = None
+  out_dir: str = "runs"
+  restart: bool = False
+  progress: bool = True
+  checkpoint_every: Optional[int] = CHECKPOINT_EVERY
+  phase: str = "finetune"
+
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicyTraining:
+  """What the on-policy phase trains, built once it must run: `agent` (explore, update, act: see
+  `onpolicy`), this process's seed-stacked `states`, `data` (a `prepared.Data`: env, statistics),
+  the final checkpoint's `metadata`, `start_scores` (as `OnlineTraining`'s), `on_eval(step, states,
+  per-seed score) -> states` and `reward_fn` (the rewards the update sees, e.g. a per-seed
+  `onpolicy.RewardScaler`; one with `state(running)` has every seed's state saved in the final
+  checkpoint's metadata as reward_scaler_<key>)."""
+  agent: Any
+  states: Any
+  data: "prepared.Data"
+  metadata: Mapping[str, Any]
+  start_scores: Mapping[str, np.ndarray]
+  on_eval: Optional[Callable] = None
+  reward_fn: Optional[Callable] = None
+
+
+def train_onpolicy(spec: OnPolicyPhase, run_dir: Path, t: OnPolicyTraining, log=print) -> Dict[str, Any]:
+  """`onpolicy.run_onpolicy` on the dataset's env with evaluation every `spec.loop.eval_every` env
+  steps, the final checkpoint, curves.png and summary.{json,txt}; returns the summary. Resumable:
+  snapshots every `spec.checkpoint_every` env steps (at rollout boundaries) under <run_dir>/progress."""
+  from o2o_jax import onpolicy
+  label = spec.label or spec.agent
+
+  def loop(local, writer, snaps, on_eval):
+    return onpolicy.run_onpolicy(
+        t.agent, t.states, make_env=t.data.make_env, num_seeds=local, seed=spec.config["seed"],
+        config=spec.loop, obs_mean=t.data.obs_mean, obs_std=t.data.obs_std, metrics_writer=writer,
+        on_eval=on_eval, normalized_score=t.data.normalized_score, reward_fn=t.reward_fn,
+        progress=spec.progress and distributed.is_primary(), desc=f"{spec.phase} {label}",
+        snapshots=snaps, phase=spec.phase, log=log)[1]
+
+  def final_meta():     # with every seed's reward-scaler state (per-seed arrays, gathered)
+    if not hasattr(t.reward_fn, "state"):
+      return {}
+    return {f"reward_scaler_{k}": np.asarray(v) for k, v in t.reward_fn.state(True).items()}
+
+  return _online_run(spec, run_dir, t, t.data, loop, label,
+                     spec.plot_title or f"{label} fine-tuning on {spec.dataset_id}", final_meta)
 
 
 # Labels of the starting scores in the summary (keys of `start_scores`).

@@ -5,7 +5,7 @@ each give the same per-seed results as one process running 4 seeds, and process 
 keys and env seeds, gathered metrics and checkpoint, the shared run directory). The phase chain of
 `finetune` (checkpoints restored and sliced per process) was checked the same way by hand, 2x2 vs
 1x4 equal to print precision (BUILD_NOTES, "Seeds over processes"); it costs ~3x this test's CPU.
-O2PPO's chain (its own pipeline, the on-policy loop, per-seed reward scalers) is checked 2x1 vs 1x2
+O2PPO's chain (its recipe, the on-policy loop, per-seed reward scalers) is checked 2x1 vs 1x2
 below (~40-60 s)."""
 import csv
 import os

@@ -246,7 +246,7 @@ O2PPO_TINY = ["--agent=o2ppo", "--seeds=2", "--budget=quick", "--pretrain_steps=
 
 def test_o2ppo_finetuning_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_path, crash_at,
                                                         same_outputs, capsys):
-  """O2PPO's fine-tuning (`pipeline_o2ppo.finetune`, the on-policy loop) killed at env step 100, after
+  """O2PPO's fine-tuning (the o2ppo recipe's finetune phase, the on-policy loop) killed at env step 100, after
   its snapshot at the rollout boundary 64 (the O2PPO state: actor, V and their Adam moments and
   learning-rate counts, pi_ref and best score, env steps; every seed's reward scaler), rerun: the
   metrics, the final checkpoint and every seed's reward-scaler statistics equal the uninterrupted

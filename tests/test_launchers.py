@@ -84,9 +84,9 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
   from o2o_jax.agents import registry
   f = finetune_module
   assert set(f.AGENT_FLAGS) == set(registry.O2O) == set(flags.FLAGS["agent"].parser.enum_values)
+  options = {o.name for r in recipes.all_recipes().values() for o in r.options}   # defined there too
   defined = {fl.name for m in ("experiments.finetune", "experiments.common")
              for fl in flags.FLAGS.get_flags_for_module(m)}
-  options = {o.name for r in recipes.all_recipes().values() for o in r.options}
   assert options <= defined                                # every recipe option is a flag
   # Every shared flag is read by some agent (a new one needs its recipe's `reads` or a row entry).
   assert set().union(*f.AGENT_FLAGS.values()) == defined - options
@@ -96,8 +96,7 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
 @pytest.mark.parametrize("agent, flag", [
     ("aca", "buffer"), ("aca", "reference"), ("o3f", "critic_hidden"), ("o2ppo", "utd"),
     ("o2ppo", "warmup_steps"), ("samg_iql", "offline_algo"), ("samg_cql", "tau_end"),
-    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "num_processes"), ("samg_cql", "process_id"),
-    ("samg_iql", "num_processes"),
+    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "num_processes"), ("o3f", "reevaluate_steps"),
     ("o3f", "aca_top_n"), ("o2td3", "o2ppo_aux"), ("aca", "ppo_minibatches"),
     ("samg_iql", "samg_cql_offline_penalty"), ("o2sac", "samg_threshold"),
 ])

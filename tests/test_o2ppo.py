@@ -285,7 +285,7 @@ def test_interval_reference_follows_the_released_update_n():
   """OCR-CFT finetune/O2PPO.py, `__main__`: with `refer_with_optimal_pi` false, `update_n = 4` when
   the env name holds 'hopper' and 'expert', and pi_ref <- pi_on when `total_steps % (update_n *
   evaluate_freq) == 0` (else update_n 1). `--o2ppo_reference=interval` takes that interval."""
-  from experiments import pipeline_o2ppo as p
+  from o2o_jax.recipes import o2ppo as p
   assert p.reference_interval("interval", "o2o/hopper/expert-v0", 2_500) == 10_000
   assert p.reference_interval("interval", "o2o/hopper/medium-expert-v0", 2_500) == 10_000
   assert p.reference_interval("interval", "o2o/walker2d/expert-v0", 2_500) == 2_500
@@ -475,3 +475,45 @@ def test_launcher_end_to_end(tiny_hopper_dataset, tmp_path):
   res = finetune(ds_flag, f"--out_dir={tmp_path}", "--o2ppo_reference=sometimes", *TINY)
   assert res.returncode == 2 and "--o2ppo_reference must be 'best', 'interval' or 'interval:N'" in res.stderr
   assert "Traceback" not in res.stderr
+  # --config.<field> reaches the fine-tuning's Config and its config.json, not the V fit's (clip_eps
+  # is no field the fit reads): from the finished re-evaluation run only the fine-tuning runs.
+  reeval = tmp_path / "reevaluate" / "o2ppo" / ds / "seed0x2"
+  res = finetune(f"--out_dir={tmp_path}", f"--from={reeval}", "--run_name=clip", "--config.clip_eps=0.1",
+                 "--config.entropy_coef=0", *TINY)
+  assert res.returncode == 0, res.stderr[-4000:]
+  config = json.loads((tmp_path / "finetune" / "o2ppo" / ds / "clip" / "config.json").read_text())
+  assert config["agent_config"]["clip_eps"] == 0.1 and config["agent_config"]["entropy_coef"] == 0.0
+  assert config["agent_config"]["epochs"] == 2       # the options still apply (--o2ppo_epochs=2)
+  assert json.loads((reeval / "config.json").read_text())["agent_config"]["clip_eps"] == 0.2
+  # A field of the V fit cannot change after it: one line, before any training.
+  res = finetune(f"--out_dir={tmp_path}", f"--from={reeval}", "--run_name=v",
+                 "--config.value_hidden_dims=4,4", *TINY)
+  assert res.returncode == 2 and "Traceback" not in res.stderr
+  assert res.stderr.strip().splitlines()[-1].startswith(
+      "error: --config.value_hidden_dims: the V fit this run starts from has value_hidden_dims=(8, 8)")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--config.no_such_field=1"], "error: --config.no_such_field: o2o_jax.agents.o2o.o2ppo.Config has no "
+                                   "field 'no_such_field'; valid fields: actor_lr, adam_eps, aux, "),
+    (["--config.clip_eps=wide"], "error: --config.clip_eps=wide: field 'clip_eps' of "
+                                 "o2o_jax.agents.o2o.o2ppo.Config is float"),
+    (["--ppo_rollout_length=62"], "error: --ppo_rollout_length (62) must be a multiple of the number of "
+                                  "minibatches (--ppo_minibatches=4)"),
+    (["--o2ppo_max_std=-1"], "error: --o2ppo_max_std must be positive, or 0 for no cap (got -1.0)"),
+    (["--from={fake}"], "error: --from={fake} is a reevaluate run of o2td3, which o2ppo cannot continue "
+                        "from"),
+])
+def test_launcher_refuses_before_any_work_with_one_line(tiny_hopper_dataset, tmp_path, args, line):
+  """Checked against o2ppo's Config and its options before anything trains; an O2TD3 re-evaluation
+  run is no V fit O2PPO can continue from."""
+  fake = tmp_path / "o2td3_reevaluate"
+  fake.mkdir()
+  (fake / "config.json").write_text(json.dumps({"phase": "reevaluate", "agent": "o2td3",
+                                                "dataset": tiny_hopper_dataset.dataset_id}))
+  out = tmp_path / "out"
+  res = finetune(f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={out}", *TINY,
+                 *(a.format(fake=fake) for a in args))
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert res.stderr.strip().splitlines()[-1].startswith(line.format(fake=fake)), res.stderr[-2000:]
+  assert "Traceback" not in res.stderr and not out.exists()

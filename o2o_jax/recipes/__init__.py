@@ -7,10 +7,13 @@ import importlib
 
 from o2o_jax.errors import O2OError
 
-# agent -> the module declaring its recipe
-RECIPES = {"o2td3": "o2o_jax.recipes.ocr_cft", "o2sac": "o2o_jax.recipes.ocr_cft",
-           "o3f": "o2o_jax.recipes.o3f"}
-RECIPES.update({a: "o2o_jax.recipes.samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
+RECIPES = {   # agent -> the module declaring its recipe
+    "o2td3": "o2o_jax.recipes.ocr_cft",
+    "o2sac": "o2o_jax.recipes.ocr_cft",
+    "o2ppo": "o2o_jax.recipes.o2ppo",
+    "o3f": "o2o_jax.recipes.o3f",
+    **{a: "o2o_jax.recipes.samg" for a in ("samg_cql", "samg_awac", "samg_iql")},
+}
 
 
 def get(agent: str):

@@ -499,26 +499,6 @@ def replay_mode(buffer: str, data: prepared.Data) -> Dict[str, Any]:
   return replay_fields(buffer)
 
 
-# The summary of an online phase (O2PPO's too): the library's.
-START_LABELS = phase_lib.START_LABELS
-write_summary = phase_lib.write_summary
-
-
-def prepare_online_run(*, agent_name: str, dataset_id: str, run_config: Dict[str, Any],
-                       online_steps: int, out_dir: str, run_name: str, restart: bool,
-                       log=print) -> tuple:
-  """(run_dir, done) of an online fine-tuning phase: runs/finetune/<agent>/<dataset>/<name>, its
-  config written or checked; `done` (with the summary printed) if that run already finished."""
-  run_dir = runs.run_dir_for(out_dir, "finetune", agent_name, dataset_id, run_name)
-  resumed = runs.prepare_run_dir(run_dir, run_config, restart=restart)
-  if resumed and runs.finished(run_dir, online_steps):
-    log(f"[finetune] reusing the finished run {run_dir}")
-    summary = run_dir / "summary.txt"
-    print(summary.read_text() if summary.exists() else "")
-    return run_dir, True
-  return run_dir, False
-
-
 # ----------------------------------------------------------------------------- the recipes
 
 def _tau_overrides(ctx) -> Dict[str, float]:
