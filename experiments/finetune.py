@@ -31,7 +31,6 @@ FLAGS = flags.FLAGS
 # --o3f_sigma) and reads the shared ones below from FLAGS.
 OTHER_PIPELINES = {"o2ppo": "experiments.pipeline_o2ppo"}   # agent name -> module name
 OTHER_PIPELINES.update({a: "experiments.pipeline_samg" for a in ("samg_cql", "samg_awac", "samg_iql")})
-OTHER_PIPELINES.update({"aca": "experiments.pipeline_aca"})
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
 
@@ -50,7 +49,6 @@ _READS = {
     "o2td3": _OCR_CFT_FLAGS, "o2sac": _OCR_CFT_FLAGS,
     "o2ppo": ("offline_algo", "reevaluate_steps") + _DISTRIBUTED,     # on-policy: no warmup, no UTD
     **{a: ("warmup_steps", "utd") for a in ("samg_cql", "samg_awac", "samg_iql")},  # base = the name
-    "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
 }
 AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
 AGENT_FLAGS.update({a: tuple(recipe_lib.EVERY_RECIPE_READS) + ("agent",) + r.reads

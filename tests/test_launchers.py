@@ -83,8 +83,9 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
   from o2o_jax.agents import registry
   f = finetune_module
   assert set(f.AGENT_FLAGS) == set(registry.O2O) == set(flags.FLAGS["agent"].parser.enum_values)
+  options = {o.name for r in f.recipes.all_recipes().values() for o in r.options}   # own_flags
   defined = {fl.name for m in ("experiments.finetune", "experiments.common")
-             for fl in flags.FLAGS.get_flags_for_module(m)}
+             for fl in flags.FLAGS.get_flags_for_module(m)} - options
   assert set().union(*f.AGENT_FLAGS.values()) == defined   # a new shared flag needs its row entries
   assert all(f.own_flags(a) for a in f.OTHER_PIPELINES)
 
@@ -92,7 +93,7 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
 @pytest.mark.parametrize("agent, flag", [
     ("aca", "buffer"), ("aca", "reference"), ("o3f", "critic_hidden"), ("o2ppo", "utd"),
     ("o2ppo", "warmup_steps"), ("samg_iql", "offline_algo"), ("samg_cql", "tau_end"),
-    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "num_processes"), ("o3f", "process_id"),
+    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "reevaluate_steps"), ("o3f", "align_steps"),
     ("o3f", "aca_top_n"), ("o2td3", "o2ppo_aux"), ("aca", "ppo_minibatches"),
     ("samg_iql", "samg_cql_offline_penalty"), ("o2sac", "samg_threshold"),
 ])

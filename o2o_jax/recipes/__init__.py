@@ -7,7 +7,7 @@ import importlib
 
 from o2o_jax.errors import O2OError
 
-RECIPES = {"o3f": "o2o_jax.recipes.o3f"}   # agent -> module declaring its recipe
+RECIPES = {"o3f": "o2o_jax.recipes.o3f", "aca": "o2o_jax.recipes.aca"}   # agent -> recipe module
 
 
 def get(agent: str):
