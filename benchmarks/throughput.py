@@ -221,14 +221,14 @@ def ocr(phase: str):
 
 
 def aca_zfit(name: str, s: Settings) -> Spec:
-  """experiments/pipeline_aca.fit_baseline: Z fitted with another stochastic actor (CQL's) fixed."""
+  """o2o_jax/recipes/aca.fit_baseline: Z fitted with another stochastic actor (CQL's) fixed."""
   import jax
-  from experiments import pipeline_aca
+  from o2o_jax.recipes import aca as aca_recipe
   from o2o_jax.agents.o2o import aca
   source, source_config = offline_config("cql", s)
   module = jax.eval_shape(lambda: source.init(jax.random.PRNGKey(0), OBS, ACT, source_config)
                           ).actor.apply_fn.__self__
-  config = aca.Config(**pipeline_aca.actor_config_fields(module), critic_hidden_dims=_dims(s),
+  config = aca.Config(**aca_recipe.actor_config_fields(module), critic_hidden_dims=_dims(s),
                       init_alpha=1.0)
 
   def init(key, obs_dim, act_dim, c):
@@ -240,7 +240,7 @@ def aca_zfit(name: str, s: Settings) -> Spec:
 
 
 def aca_online(name: str, s: Settings) -> Spec:
-  """experiments/pipeline_aca.finetune: the sacml state, `aca.start_online` with the dataset row."""
+  """o2o_jax/recipes/aca.finetune_phase: the sacml state, `aca.start_online` with the dataset row."""
   from o2o_jax import presets
   from o2o_jax.agents.o2o import aca
   _, base = offline_config("sacml", s)

@@ -28,7 +28,6 @@ FLAGS = flags.FLAGS
 # Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
 # --o3f_sigma) and reads the shared ones below from FLAGS.
 OTHER_PIPELINES = {}   # agent name -> module name
-OTHER_PIPELINES.update({"aca": "experiments.pipeline_aca"})
 for _module in sorted(set(OTHER_PIPELINES.values())):
   importlib.import_module(_module)
 
@@ -44,7 +43,6 @@ _OCR_CFT_FLAGS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "
                   "critic_hidden", "utd", "reevaluate", "align", "constrain", "reference", "buffer",
                   "tau_start", "tau_end") + _DISTRIBUTED
 _READS = {
-    "aca": ("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: the Z fit
 }
 AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
 AGENT_FLAGS.update({a: tuple(n for n in recipe_lib.EVERY_RECIPE_READS if n not in r.refuses)

@@ -246,6 +246,23 @@ def check(recipe: Recipe, ctx: Context) -> None:
     recipe.check(ctx)
 
 
+def check_budget(ctx: Context, positive=("online_steps", "eval_every", "eval_episodes", "batch_size"),
+                 nonnegative=("pretrain_steps", "warmup_steps")) -> None:
+  """The checks of the resolved values a fine-tuning recipe shares (the launchers'
+  `common.finetune_budget` before #20): --seeds at least 1, each of `positive` > 0, --utd at least 1
+  when given, each of `nonnegative` >= 0. A one-line O2OError names the flag."""
+  if ctx.get("seeds") is not None and ctx["seeds"] < 1:
+    raise O2OError(f"--seeds must be at least 1 (got {ctx['seeds']})")
+  for k in positive:
+    if ctx[k] <= 0:
+      raise O2OError(f"--{k} must be positive (got {ctx[k]})")
+  if ctx.get("utd") is not None and ctx["utd"] < 1:
+    raise O2OError(f"--utd must be at least 1 (got {ctx['utd']})")
+  for k in nonnegative:
+    if ctx[k] < 0:
+      raise O2OError(f"--{k} must not be negative (got {ctx[k]})")
+
+
 def start_from(recipe: Recipe, ctx: Context, from_dir: Path) -> set:
   """Records the `--from` run in `ctx.runs` and returns the phases it makes unnecessary (its phase
   and everything that phase needs). One-line errors: a run of no phase of the recipe, of another

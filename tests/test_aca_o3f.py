@@ -209,10 +209,10 @@ def test_aca_critic_and_baseline_use_d3rlpy_default_init():
 def test_aca_sacml_pretrain_keeps_raw_states():
   """Official ACA `run_sacml.py` and `run_aca.py`, `main`: `SACML(...)` and `ACA(...)` are built
   without a `scaler` (d3rlpy's default None), so observations are not standardised."""
-  from experiments import pipeline_aca
-  assert pipeline_aca.pretrain_normalizes_states("sacml") is False
-  assert pipeline_aca.pretrain_normalizes_states("cql") is None          # that algorithm's preset
-  assert pipeline_aca.pretrain_normalizes_states("sacml", aca_normalize_states=True) is True
+  from o2o_jax.recipes import aca as aca_recipe
+  assert aca_recipe.pretrain_normalizes_states("sacml") is False
+  assert aca_recipe.pretrain_normalizes_states("cql") is None          # that algorithm's preset
+  assert aca_recipe.pretrain_normalizes_states("sacml", aca_normalize_states=True) is True
 
 
 def test_aca_presets():
@@ -280,7 +280,7 @@ def test_aca_zfit_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_p
                                                      same_outputs):
   """The Z-fit stage (from a BC actor) with snapshots every 10 steps: killed at step 30 (after the
   snapshot at 20) and rerun, it writes the very metrics and checkpoint of the uninterrupted run."""
-  from experiments import pipeline_aca
+  from o2o_jax.recipes import aca as aca_recipe
   from o2o_jax.recipes import offline
   quiet = lambda *_: None
   pretrain_dir = offline.pretrain(algo="bc", dataset_id=tiny_hopper_dataset.dataset_id, seeds=2, seed=0,
@@ -288,7 +288,7 @@ def test_aca_zfit_stage_resumes_exactly_after_a_crash(tiny_hopper_dataset, tmp_p
                                  batch_size=16, out_dir=str(tmp_path), progress=False, log=quiet)
 
   def fit(name, log=quiet):
-    return pipeline_aca.fit_baseline(
+    return aca_recipe.fit_baseline(
         pretrain_dir=pretrain_dir, steps=30, critic_hidden=(8, 8), zfit_alpha=1.0, batch_size=16,
         eval_episodes=1, out_dir=str(tmp_path), run_name=name, restart=False, progress=False,
         checkpoint_every=10, log=log)
@@ -346,3 +346,34 @@ def test_launcher_end_to_end(tiny_hopper_dataset, tmp_path, agent, offline, extr
     col = rows[0].index("train/w/seed0") if "train/w/seed0" in rows[0] else rows[0].index("train/w")
     w = [float(r[col]) for r in rows[1:] if len(r) > col and r[col] not in ("", "nan")]
     assert w and all(0.5 <= x <= 1.0 for x in w) and w[-1] == pytest.approx(0.5)
+
+
+def test_aca_config_overrides_reach_the_finetune_run(tiny_hopper_dataset, tmp_path):
+  """`--config.<field>=<value>` sets a field of ACA's online Config (recorded in the finetune run's
+  config.json), over the dataset's row of the table and over the --aca_ option of the same field;
+  an --aca_ clip of 0 still means no clip."""
+  res = _finetune("--agent=aca", f"--dataset={tiny_hopper_dataset.dataset_id}", f"--out_dir={tmp_path}",
+                  *TINY, "--aca_w_min=0.5", "--config.w_min=0.25", "--config.online_init_alpha=0.5",
+                  "--aca_clip_beta=0")
+  assert res.returncode == 0, res.stderr[-4000:]
+  ds = tiny_hopper_dataset.dataset_id.replace("/", "_")
+  run = tmp_path / "finetune" / "aca" / ds / "seed0x2"
+  agent_config = json.loads((run / "config.json").read_text())["agent_config"]
+  assert agent_config["w_min"] == 0.25 and agent_config["online_init_alpha"] == 0.5
+  assert agent_config["clip_beta"] is None
+  from o2o_jax import presets
+  row = aca.dataset_preset(*presets.dataset_env_and_level(tiny_hopper_dataset.dataset_id))
+  assert agent_config["top_n_trajectories"] == row["top_n_trajectories"]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("--config.top_n_trajectories=2.5", "error: --config.top_n_trajectories=2.5: field "
+                                        "'top_n_trajectories' of o2o_jax.agents.o2o.aca.Config is int"),
+    ("--config.no_such_field=1", "error: --config.no_such_field: o2o_jax.agents.o2o.aca.Config has no "
+                                 "field 'no_such_field'; valid fields: "),
+])
+def test_aca_bad_config_override_is_one_line_before_any_work(tmp_path, override, line):
+  res = _finetune("--agent=aca", f"--out_dir={tmp_path}", *TINY, override)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert res.stderr.strip().splitlines()[-1].startswith(line), res.stderr[-2000:]
+  assert "Traceback" not in res.stderr and not any(tmp_path.iterdir())

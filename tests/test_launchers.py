@@ -96,7 +96,8 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
 @pytest.mark.parametrize("agent, flag", [
     ("aca", "buffer"), ("aca", "reference"), ("o3f", "critic_hidden"), ("o2ppo", "utd"),
     ("o2ppo", "warmup_steps"), ("samg_iql", "offline_algo"), ("samg_cql", "tau_end"),
-    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "num_processes"), ("o3f", "reevaluate_steps"),
+    ("aca", "preset"), ("samg_awac", "preset"), ("aca", "reevaluate_steps"), ("o3f", "align_steps"),
+    ("o3f", "reevaluate_steps"),
     ("o3f", "aca_top_n"), ("o2td3", "o2ppo_aux"), ("aca", "ppo_minibatches"),
     ("samg_iql", "samg_cql_offline_penalty"), ("o2sac", "samg_threshold"),
 ])

@@ -12,6 +12,7 @@ RECIPES = {   # agent -> the module declaring its recipe
     "o2sac": "o2o_jax.recipes.ocr_cft",
     "o2ppo": "o2o_jax.recipes.o2ppo",
     "o3f": "o2o_jax.recipes.o3f",
+    "aca": "o2o_jax.recipes.aca",
     **{a: "o2o_jax.recipes.samg" for a in ("samg_cql", "samg_awac", "samg_iql")},
 }
 

@@ -37,7 +37,7 @@ The log pi0 terms carry no gradient into the critic. Acting: a ~ pi online, tanh
 The SAC pieces (target, critic step, temperature step) come from `agents.online.sac`.
 
 States are not normalised in ACA's own chain (the official `run_sacml.py` and `run_aca.py` build
-SACML and ACA without a d3rlpy `scaler`): `experiments.pipeline_aca` pretrains SAC+ML on raw
+SACML and ACA without a d3rlpy `scaler`): `o2o_jax.recipes.aca` pretrains SAC+ML on raw
 observations. Initialisation: Q, R and Z follow d3rlpy's default encoders and heads (PyTorch's
 nn.Linear default, `critic_init="torch"`), independent of the actor's options, which follow the
 offline actor (SAC+ML: also d3rlpy's default).
