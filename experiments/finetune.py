@@ -1,17 +1,18 @@
-"""OCR-CFT end to end: offline pre-training -> policy re-evaluation -> value alignment -> constrained
-online fine-tuning, N seeds vmapped in one job.
+"""Any O2O agent's recipe end to end (o2o_jax/recipes/: O2TD3, O2SAC, O2PPO, ACA, O3F, SAMG), N seeds
+vmapped in one job:
 
   python -m experiments.finetune --agent=o2td3 --budget=quick            # embedded o2o/hopper/medium-v0
   python -m experiments.finetune --agent=o2td3 --dataset=o2o/hopper/medium-v0 --seeds=5
   python -m experiments.finetune --agent=o2td3 --from=runs/align/o2td3/...  # continue from any phase
+  python -m experiments.finetune --agent=o2sac --config.critic_lr=1e-4    # any field of its Config
+  python -m experiments.finetune --agent=o3f --describe                   # its phases, budget, options
 
 Each phase writes its own run directory (runs/<phase>/...) and is reused when it already finished, so
 rerunning the command skips what is done. `--reevaluate/--align/--constrain=false` are the paper's
-ablations (all three off = direct fine-tuning of the offline policy).
+ablations (all three off = direct fine-tuning of the offline policy). This file only turns flags into
+the recipe's settings and options; the runner is `o2o_jax.recipe.run`.
 """
 from __future__ import annotations
-
-import importlib
 
 from absl import flags
 
@@ -23,35 +24,13 @@ from o2o_jax import recipes
 from o2o_jax.errors import O2OError
 
 FLAGS = flags.FLAGS
-# The OCR-CFT off-policy agents (o2td3, o2sac) run the phases below; every other agent has its own
-# pipeline module (experiments/pipeline_<name>.py exposing `run(FLAGS)`), dispatched in main().
-# Each pipeline module defines its own agent-specific flags at import (prefixed by the agent, e.g.
-# --o3f_sigma) and reads the shared ones below from FLAGS.
-OTHER_PIPELINES = {}   # agent name -> module name
-for _module in sorted(set(OTHER_PIPELINES.values())):
-  importlib.import_module(_module)
-
-# The shared flags (defined in this file) each agent's pipeline reads, found by reading main() with
-# ocr_cft.py and each pipeline_*.py `run(FLAGS)`; a key of a pipeline's BUDGETS that is also a flag
-# counts, since common.budget_values reads it. One given explicitly to an agent that does not read
-# it is an error (check_agent_flags), never silently ignored.
-EVERY_AGENT_FLAGS = ("agent", "describe", "dataset", "from", "seeds", "seed", "budget", "pretrain_steps",
-                     "online_steps", "eval_every", "eval_episodes", "hidden_dims", "batch_size",
-                     "out_dir", "run_name", "restart", "progress", "checkpoint_every")
-_DISTRIBUTED = ("num_processes", "process_id", "coordinator_address")   # jax.distributed pipelines
-_OCR_CFT_FLAGS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "warmup_steps",
-                  "critic_hidden", "utd", "reevaluate", "align", "constrain", "reference", "buffer",
-                  "tau_start", "tau_end") + _DISTRIBUTED
-_READS = {
-}
-AGENT_FLAGS = {a: EVERY_AGENT_FLAGS + v for a, v in _READS.items()}
-AGENT_FLAGS.update({a: tuple(n for n in recipe_lib.EVERY_RECIPE_READS if n not in r.refuses)
-                    + ("agent", "describe") + r.reads for a, r in recipes.all_recipes().items()})
+# The shared flags each agent reads: the runner's own (recipe.EVERY_RECIPE_READS) and its recipe's
+# `reads`. One given explicitly to an agent that does not read it is an error (check_agent_flags),
+# never silently ignored.
+AGENT_FLAGS = {a: recipe_lib.EVERY_RECIPE_READS + ("agent", "describe") + r.reads
+               for a, r in recipes.all_recipes().items()}
 # What to do instead, for the flags whose absence is a known limitation rather than a design choice.
-NOT_APPLICABLE_HINTS = {
-    "num_processes": "run it in one process, or one job per seed range with different --seed; the "
-                     "pretrain and train_online launchers take it",
-    "preset": "its pipeline has its own pre-training settings, see --helpfull"}
+NOT_APPLICABLE_HINTS = {"preset": "its recipe has its own pre-training settings, see --describe"}
 CONFIG_OVERRIDES = {}     # --config.<field>=<value>, taken out of argv before absl parses it (main)
 flags.DEFINE_enum("agent", "o2td3", list(AGENT_FLAGS),
                   "O2O agent: o2td3 (from TD3+BC), o2sac (from CQL), o2ppo (from IQL), ...")
@@ -142,17 +121,8 @@ define_option_flags()
 
 
 def own_flags(agent: str) -> set:
-  """The agent-specific flags of `agent`: its recipe's options (--samg_cql_offline_penalty is
-  samg_cql's alone), or those its pipeline module defines, less those named for another agent of
-  the same module."""
-  if agent in recipes.RECIPES:
-    return {o.name for o in recipes.get(agent).options}
-  module = OTHER_PIPELINES.get(agent)
-  if module is None:
-    return set()
-  siblings = [a for a, m in OTHER_PIPELINES.items() if m == module and a != agent]
-  return {f.name for f in FLAGS.get_flags_for_module(module)
-          if not any(f.name.startswith(a + "_") for a in siblings)}
+  """The agent-specific flags of `agent`: its recipe's options."""
+  return {o.name for o in recipes.get(agent).options}
 
 
 def check_agent_flags(agent: str, given) -> None:
@@ -178,18 +148,10 @@ def take_config_overrides(argv):
 
 
 def check_config_overrides(agent: str, raw) -> None:
-  """Checks `raw` against the agent's Config (unknown field, wrong type: one-line O2OError). The
-  pipelines do not take them yet, so valid ones are refused too rather than silently ignored."""
-  if not raw:
-    return
-  if agent in recipes.RECIPES:     # checked here, before joining a multi-process run; applied by the recipe
+  """Checks `raw` against the agent's Config (unknown field, wrong type: one-line O2OError) before
+  joining a multi-process run; the recipe applies them."""
+  if raw:
     config_lib.apply_overrides(recipes.get(agent).config(), raw)
-    return
-  from o2o_jax.agents import registry
-  config_lib.apply_overrides(registry.get(agent, registry.O2O).Config(), raw)
-  raise O2OError(f"{', '.join(config_lib.PREFIX + k for k in raw)}: valid for {agent}'s Config, but "
-                 f"--config. overrides are checked, not yet applied by the {agent} pipeline (issue "
-                 "#20); use its flags (--helpfull)")
 
 
 def run_recipe(recipe) -> None:
@@ -206,17 +168,15 @@ def run_recipe(recipe) -> None:
 
 def main(argv):
   del argv
-  if FLAGS.describe and FLAGS.agent in recipes.RECIPES:
-    print(recipe_lib.describe(recipes.get(FLAGS.agent), FLAGS.budget))
+  recipe = recipes.get(FLAGS.agent)
+  if FLAGS.describe:
+    print(recipe_lib.describe(recipe, FLAGS.budget))
     return
   # Both checks come before any training (and before joining a multi-process run).
   check_agent_flags(FLAGS.agent, [name for name in FLAGS if FLAGS[name].present])
   check_config_overrides(FLAGS.agent, CONFIG_OVERRIDES)
   common.initialize_distributed(FLAGS)
-  if FLAGS.agent in recipes.RECIPES:
-    run_recipe(recipes.get(FLAGS.agent))
-    return
-  importlib.import_module(OTHER_PIPELINES[FLAGS.agent]).run(FLAGS)
+  run_recipe(recipe)
 
 
 if __name__ == "__main__":

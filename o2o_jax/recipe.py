@@ -34,8 +34,7 @@ from o2o_jax.errors import O2OError
 
 KINDS = ("offline", "fit", "off-policy online", "on-policy online")
 # Settings every recipe reads (the launcher's shared flags); `Recipe.reads` adds the others it uses.
-# A recipe whose phases cannot yet split the seeds over processes lists DISTRIBUTED_READS in its
-# `refuses` (the launcher then refuses them with one line, as any flag an agent does not read).
+# Every recipe splits its seeds over `jax.distributed` processes (tests/test_distributed.py).
 DISTRIBUTED_READS = ("num_processes", "process_id", "coordinator_address")
 EVERY_RECIPE_READS = ("dataset", "from", "seeds", "seed", "budget", "pretrain_steps", "online_steps",
                       "eval_every", "eval_episodes", "hidden_dims", "batch_size", "out_dir",
@@ -106,8 +105,7 @@ class Recipe:
   `budgets[budget]`: the values of `--budget` (step counts, network sizes), each overridable by the
   shared setting of the same name. `dataset_budget(dataset_id, budget) -> values` layers per-dataset
   values over them. `reads`: the shared settings it reads beyond EVERY_RECIPE_READS, `defaults` their
-  defaults (over DEFAULTS); `refuses`: those of EVERY_RECIPE_READS it does not read (e.g.
-  DISTRIBUTED_READS); `options`: its own. `check(ctx)`: validation before any phase runs.
+  defaults (over DEFAULTS); `options`: its own. `check(ctx)`: validation before any phase runs.
   `run_name(ctx)`: the base name of its run directories (default seed<seed>x<seeds>)."""
   agent: str
   doc: str
@@ -116,7 +114,6 @@ class Recipe:
   budgets: Mapping[str, Mapping[str, Any]]
   reads: Tuple[str, ...] = ()
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  refuses: Tuple[str, ...] = ()
   options: Tuple[Option, ...] = ()
   dataset_budget: Optional[Callable[[str, str], Mapping[str, Any]]] = None
   check: Optional[Callable[["Context"], None]] = None
@@ -244,23 +241,6 @@ def check(recipe: Recipe, ctx: Context) -> None:
     config_lib.apply_overrides(recipe.config(), ctx.overrides)
   if recipe.check is not None:
     recipe.check(ctx)
-
-
-def check_budget(ctx: Context, positive=("online_steps", "eval_every", "eval_episodes", "batch_size"),
-                 nonnegative=("pretrain_steps", "warmup_steps")) -> None:
-  """The checks of the resolved values a fine-tuning recipe shares (the launchers'
-  `common.finetune_budget` before #20): --seeds at least 1, each of `positive` > 0, --utd at least 1
-  when given, each of `nonnegative` >= 0. A one-line O2OError names the flag."""
-  if ctx.get("seeds") is not None and ctx["seeds"] < 1:
-    raise O2OError(f"--seeds must be at least 1 (got {ctx['seeds']})")
-  for k in positive:
-    if ctx[k] <= 0:
-      raise O2OError(f"--{k} must be positive (got {ctx[k]})")
-  if ctx.get("utd") is not None and ctx["utd"] < 1:
-    raise O2OError(f"--utd must be at least 1 (got {ctx['utd']})")
-  for k in nonnegative:
-    if ctx[k] < 0:
-      raise O2OError(f"--{k} must not be negative (got {ctx[k]})")
 
 
 def start_from(recipe: Recipe, ctx: Context, from_dir: Path) -> set:

@@ -166,6 +166,7 @@ def test_o2ppo_two_processes_of_one_seed_equal_one_process_of_two(tiny_hopper_da
 # O2PPO: above). Each recipe runs on the one runner, so `--num_processes` takes the same path.
 RECIPE_TINY = {
     "o3f": ["--pretrain_steps=20", "--online_steps=40", "--warmup_steps=0", "--o3f_num_candidates=4"],
+    "aca": ["--pretrain_steps=20", "--online_steps=40", "--warmup_steps=0", "--aca_top_n=2"],
     "samg_cql": ["--pretrain_steps=20", "--samg_cvae_steps=20", "--samg_cvae_hidden=8",
                  "--online_steps=40", "--warmup_steps=0", "--samg_prefill=10"],
 }

@@ -90,7 +90,6 @@ def test_the_applicability_table_covers_every_agent_and_shared_flag(finetune_mod
   assert options <= defined                                # every recipe option is a flag
   # Every shared flag is read by some agent (a new one needs its recipe's `reads` or a row entry).
   assert set().union(*f.AGENT_FLAGS.values()) == defined - options
-  assert all(f.own_flags(a) for a in f.OTHER_PIPELINES)
 
 
 @pytest.mark.parametrize("agent, flag", [

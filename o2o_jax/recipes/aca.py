@@ -213,10 +213,6 @@ def _positive_or_none(value):
   return None if value <= 0 else value
 
 
-def check(ctx: recipe_lib.Context) -> None:
-  recipe_lib.check_budget(ctx)
-
-
 OPTIONS = (
     recipe_lib.Option("aca_zfit_steps", None, "ACA: steps fitting Z to another offline actor "
                       "(--offline_algo other than sacml; paper budget 500k, quick 5k).", kind="int",
@@ -249,7 +245,7 @@ RECIPES = {"aca": recipe_lib.Recipe(
     agent="aca", doc="ACA: SAC+ML pre-training (or another stochastic offline actor and a fit of Z "
     "to it), then SAC online on the critic re-parameterised around log pi0", config=aca.Config,
     budgets=BUDGETS, reads=("offline_algo", "warmup_steps", "critic_hidden", "utd"),  # critic_hidden: Z
-    options=OPTIONS, check=check,
+    options=OPTIONS,
     phases=(offline.pretrain_phase(
                 "sacml", normalize_states=lambda ctx: pretrain_normalizes_states(
                     ctx.get("offline_algo") or "sacml", ctx["aca_normalize_states"])),

@@ -111,15 +111,8 @@ def _max_log_std(max_std: Optional[float]) -> Optional[float]:
 
 
 def check(ctx: recipe_lib.Context) -> None:
-  """Every setting that can be refused before any phase runs (one line each)."""
-  if ctx["seeds"] < 1:
-    raise O2OError(f"--seeds must be at least 1 (got {ctx['seeds']})")
-  for name in ("online_steps", "eval_every", "eval_episodes", "batch_size"):
-    if ctx[name] <= 0:
-      raise O2OError(f"--{name} must be positive (got {ctx[name]})")
-  for name in ("pretrain_steps", "reevaluate_steps"):
-    if ctx[name] < 0:
-      raise O2OError(f"--{name} must not be negative (got {ctx[name]})")
+  """Every O2PPO setting that can be refused before any phase runs (one line each; the shared
+  values are checked by recipe.check first)."""
   max_std = ctx["o2ppo_max_std"]
   if max_std is not None and max_std < 0:
     raise O2OError(f"--o2ppo_max_std must be positive, or 0 for no cap (got {max_std})")

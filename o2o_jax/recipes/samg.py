@@ -326,18 +326,10 @@ def finetune_phase(ctx: recipe_lib.Context) -> Path:
 # ----------------------------------------------------------------------------- the recipes
 
 def check(ctx: recipe_lib.Context) -> None:
-  """Before any phase runs: the budget's values and the shared settings, the prefill, and the
+  """Before any phase runs (after the runner's checks of the shared values): the C-VAE steps, the prefill, and the
   samg.Config the options and --config. overrides make (its own checks, samg.Config.resolved)."""
-  if ctx["seeds"] < 1:
-    raise O2OError(f"--seeds must be at least 1 (got {ctx['seeds']})")
-  for k in ("online_steps", "eval_every", "eval_episodes", "batch_size", "samg_cvae_steps"):
-    if ctx[k] <= 0:
-      raise O2OError(f"--{k} must be positive (got {ctx[k]})")
-  if ctx.get("utd") is not None and ctx["utd"] < 1:
-    raise O2OError(f"--utd must be at least 1 (got {ctx['utd']})")
-  for k in ("pretrain_steps", "warmup_steps"):
-    if ctx[k] < 0:
-      raise O2OError(f"--{k} must not be negative (got {ctx[k]})")
+  if ctx["samg_cvae_steps"] <= 0:    # (the shared values are checked by recipe.check first)
+    raise O2OError(f"--samg_cvae_steps must be positive (got {ctx['samg_cvae_steps']})")
   prefill, warmup = ctx["samg_prefill"], ctx["warmup_steps"]
   if prefill < 0 or prefill + warmup < 1:
     raise O2OError("--samg_prefill must not be negative, and --samg_prefill + --warmup_steps must be at "
