@@ -94,6 +94,12 @@ class Entry:
     return f"{self.agent}/{self.phase}"
 
 
+def _phase(agent: str, phase: str):
+  """The recipe's declaration of `agent`'s phase (o2o_jax/recipes/): the step the runner scans."""
+  from o2o_jax import recipes
+  return recipes.get(agent).phase(phase)
+
+
 def _dims(s: Settings):
   return (s.hidden, s.hidden)
 
@@ -200,10 +206,9 @@ def ocr(phase: str):
       actor = source.init(k_source, obs_dim, act_dim, source_config).actor.params
       return agent.init(k, obs_dim, act_dim, c, actor)
 
-    if phase == "reevaluate":
-      return Spec(reevaluate_init, agent.reevaluate_step, agent.offline_act, config)
-    if phase == "align":
-      return Spec(reevaluate_init, agent.align_step, agent.act, config)
+    declared = _phase(name, phase if phase != "lambda" else "finetune")
+    if phase in ("reevaluate", "align"):
+      return Spec(reevaluate_init, declared.step, declared.act, config)
     finetune_config = _finetune_switches(config, s)
 
     def finetune_init(key, obs_dim, act_dim, c):      # ocr_cft.align's end + ocr_cft.finetune
@@ -211,9 +216,9 @@ def ocr(phase: str):
       score = jnp.zeros((), jnp.float32)
       return agent.init_reference(state.replace(config=c), score, score)
 
-    step = agent.finetune_step if phase == "finetune" else lambda_step(name)
+    step = declared.step if phase == "finetune" else lambda_step(name)
     notes = "" if phase == "finetune" else LAMBDA_NOTES[name]
-    return Spec(finetune_init, step, agent.act, finetune_config,
+    return Spec(finetune_init, step, declared.act, finetune_config,
                 online=ocr_cft.replay_mode("half", None) if phase == "finetune" else None,
                 notes=notes)
 
@@ -236,7 +241,8 @@ def aca_zfit(name: str, s: Settings) -> Spec:
     return aca.init(k, obs_dim, act_dim, c, source.init(k_source, obs_dim, act_dim,
                                                         source_config).actor.params)
 
-  return Spec(init, aca.fit_baseline_step, aca.act, config)
+  declared = _phase("aca", "zfit")
+  return Spec(init, declared.step, declared.act, config)
 
 
 def aca_online(name: str, s: Settings) -> Spec:
@@ -249,11 +255,12 @@ def aca_online(name: str, s: Settings) -> Spec:
   def init(key, obs_dim, act_dim, c):
     return aca.start_online(aca.init(key, obs_dim, act_dim, base), act_dim, c)
 
-  return Spec(init, aca.online_update, aca.act, config, online={})
+  declared = _phase("aca", "finetune")
+  return Spec(init, declared.step, declared.act, config, online={})
 
 
 def o3f_online(name: str, s: Settings) -> Spec:
-  """experiments/pipeline_o3f.finetune: the iql5 state, `o3f.start_online`, buffer = data + online."""
+  """o2o_jax/recipes/o3f.finetune_phase: the iql5 state, `o3f.start_online`, buffer = data + online."""
   from o2o_jax import presets
   from o2o_jax.agents.o2o import o3f
   _, base = offline_config("iql5", s)
@@ -263,7 +270,8 @@ def o3f_online(name: str, s: Settings) -> Spec:
   def init(key, obs_dim, act_dim, c):
     return o3f.start_online(o3f.init(key, obs_dim, act_dim, base), c)
 
-  return Spec(init, o3f.update, o3f.act, config, online={"offline_union": True},
+  declared = _phase("o3f", "finetune")
+  return Spec(init, declared.step, declared.act, config, online={"offline_union": True},
               notes=f"acting: best of {config.num_candidates} candidates x {config.num_critics} critics")
 
 
@@ -276,7 +284,7 @@ def _samg_config(s: Settings, base: str):
 def samg_cvae(name: str, s: Settings) -> Spec:
   """o2o_jax/recipes/samg.train_cvae: the state-action C-VAE (shared by the three bases)."""
   from o2o_jax.agents.o2o import samg
-  return Spec(samg.cvae_init, samg.cvae_update, None, _samg_config(s, "iql"))
+  return Spec(samg.cvae_init, _phase("samg_iql", "cvae").step, None, _samg_config(s, "iql"))
 
 
 def samg_online(name: str, s: Settings) -> Spec:
@@ -312,8 +320,9 @@ def o2ppo_phase(phase: str):
       actor = iql.init(k_source, obs_dim, act_dim, actor_config).actor.params
       return o2ppo.init_value_fit(k, obs_dim, act_dim, c, actor)
 
+    declared = _phase("o2ppo", phase)
     if phase == "reevaluate":
-      return Spec(fit_init, o2ppo.value_fit_step, o2ppo.offline_act, fit_config)
+      return Spec(fit_init, declared.step, declared.act, fit_config)
 
     def init(key, obs_dim, act_dim, c):                 # o2o_jax.recipes.o2ppo.finetune_phase
       k_fit, k = jax.random.split(key)
@@ -322,7 +331,7 @@ def o2ppo_phase(phase: str):
       score = jnp.zeros((), jnp.float32)
       return o2ppo.init_reference(state, score, score)
 
-    return Spec(init, o2ppo.update, o2ppo.act, config, batch="rollout", explore=o2ppo.explore,
+    return Spec(init, declared.step, declared.act, config, batch="rollout", explore=o2ppo.explore,
                 notes=_ppo_note(config))
 
   return build

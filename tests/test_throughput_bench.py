@@ -63,6 +63,20 @@ def test_every_entry_builds_and_traces_one_update():
   assert [e.name for e in tp.select(["o2td3"], ["lambda"])] == ["o2td3/lambda"]
 
 
+def test_every_declared_recipe_step_is_the_one_measured():
+  """The throughput rows measure the steps the recipes declare (and the runner scans): every phase
+  with a declared step has a row whose update is that function (SAMG's shared C-VAE: row samg/cvae)."""
+  from o2o_jax import recipes
+  rows = {e.name: e for e in tp.ENTRIES}
+  for agent, recipe in recipes.all_recipes().items():
+    for phase in recipe.phases:
+      if phase.step is None:
+        continue
+      name = "samg/cvae" if phase.name == "cvae" else f"{agent}/{phase.name}"
+      assert name in rows, f"benchmarks/throughput.py has no row for {name}"
+      assert tp.build(rows[name], TINY).update is phase.step, name
+
+
 def test_loop_programs():
   # The seed-vmapped programs of a rollout row and of an online row (traced).
   for name, phase in (("ppo", "online"), ("o2td3", "finetune")):

@@ -96,9 +96,11 @@ def _zfit_init(config: aca.Config, obs_dim: int, act_dim: int):
 
 def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: float, batch_size: int,
                  eval_episodes: int, out_dir: str, run_name: str, restart: bool, progress: bool,
-                 checkpoint_every: Optional[int] = None, log=print) -> Path:
+                 checkpoint_every: Optional[int] = None, learner: Optional[loops.Learner] = None,
+                 log=print) -> Path:
   """Z fitted with another offline actor held fixed as pi0: its own run directory. Resumable
-  (snapshots every `checkpoint_every` steps under <run_dir>/progress, see loops.run_offline)."""
+  (snapshots every `checkpoint_every` steps under <run_dir>/progress, see loops.run_offline).
+  `learner`: the phase's declared step and act (default aca.fit_baseline_step, aca.act)."""
   loaded = recipe_lib.load_run(pretrain_dir, phases=("pretrain",),
                                want="a pretrain run (an offline actor to fit Z to)")
   cfg, base_states, meta = loaded.config, loaded.states, loaded.meta
@@ -120,10 +122,9 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
     obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
     expected = jax.eval_shape(lambda: aca.init(jax.random.PRNGKey(0), obs_dim, act_dim,
                                                config).actor.params)
-    given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                                   base_states.actor.params)
-    if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(given):
-      raise O2OError(f"the {cfg['algo']} actor does not fit ACA's actor (different network layout)")
+    recipe_lib.check_actor_fits(expected, base_states.actor.params,
+                                f"the {cfg['algo']} actor does not fit ACA's actor (different network "
+                                "layout)")
     keys = distributed.local_slice(seed_keys(seed + 1, seeds), distributed.local_seed_count(seeds))
     states = _zfit_init(config, obs_dim, act_dim)(keys, base_states.actor.params)
     # Z serves the online critic, which sees raw env rewards: no reward transform here.
@@ -135,7 +136,8 @@ def fit_baseline(*, pretrain_dir: Path, steps: int, critic_hidden, zfit_alpha: f
                                         "obs_std")},
                 "reward_transform": {"scale": 1.0, "shift": 0.0}, "phase": "zfit", "agent": "aca",
                 "offline_algo": cfg["algo"]}
-    return phase_lib.Training(loops.Learner(aca.fit_baseline_step, aca.act), states, data.device,
+    return phase_lib.Training(learner or loops.Learner(aca.fit_baseline_step, aca.act), states,
+                              data.device,
                               data, out_meta)
 
   return phase_lib.run_offline_phase(spec, build, log)
@@ -150,7 +152,9 @@ def zfit_phase(ctx: recipe_lib.Context) -> Path:
   return fit_baseline(pretrain_dir=pretrain_dir, steps=ctx["aca_zfit_steps"],
                       critic_hidden=ctx["critic_hidden"], zfit_alpha=ctx["aca_zfit_alpha"],
                       batch_size=ctx["batch_size"], eval_episodes=ctx["eval_episodes"],
-                      run_name=ctx.base_name() + run_suffix(source), log=ctx.log, **ctx.phase_args())
+                      run_name=ctx.base_name() + run_suffix(source),
+                      learner=loops.Learner(ctx.phase.step, ctx.phase.act), log=ctx.log,
+                      **ctx.phase_args())
 
 
 # ----------------------------------------------------------------------------- finetune
@@ -199,7 +203,7 @@ def finetune_phase(ctx: recipe_lib.Context) -> Path:
         f"buffer seeded with {len(rows)} transitions of the top {config.top_n_trajectories} episodes "
         f"-> {run_dir}")
     return phase_lib.OnlineTraining(
-        learner=loops.Learner(aca.online_update, aca.act), states=states, data=data,
+        learner=loops.Learner(ctx.phase.step, ctx.phase.act), states=states, data=data,
         metadata={**meta, "agent": "aca"},
         start_scores={"offline": np.asarray(meta["eval_score"], np.float32)}, prefill=prefill)
 
@@ -249,5 +253,12 @@ RECIPES = {"aca": recipe_lib.Recipe(
     phases=(offline.pretrain_phase(
                 "sacml", normalize_states=lambda ctx: pretrain_normalizes_states(
                     ctx.get("offline_algo") or "sacml", ctx["aca_normalize_states"])),
-            recipe_lib.Phase("zfit", "fit", zfit_phase, needs=("pretrain",)),
-            recipe_lib.Phase("finetune", "off-policy online", finetune_phase, needs=("zfit",))))}
+            recipe_lib.Phase("zfit", "fit", zfit_phase, needs=("pretrain",),
+                             step=aca.fit_baseline_step, act=aca.act,
+                             data="the offline dataset, raw rewards (a pass-through after sacml, "
+                                  "whose critic is Z already)"),
+            recipe_lib.Phase("finetune", "off-policy online", finetune_phase, needs=("zfit",),
+                             step=aca.online_update, act=aca.act, data="the online buffer",
+                             replay="the top-N offline episodes by return (--aca_top_n, the "
+                                    "dataset's row of the official table)",
+                             hook="none; the switch weight w decays every update")))}

@@ -198,7 +198,7 @@ def reevaluate_phase(ctx: recipe_lib.Context) -> Path:
                 "reward_scaler": dataset_stats,
                 "phase": "reevaluate", "agent": AGENT, "offline_algo": prev["algo"]}
     # V targets travel in the rewards field.
-    return phase_lib.Training(loops.Learner(o2ppo.value_fit_step, o2ppo.offline_act), states,
+    return phase_lib.Training(loops.Learner(ctx.phase.step, ctx.phase.act), states,
                               data.device.replace(rewards=returns), data, out_meta)
 
   return phase_lib.run_offline_phase(spec, build, log)
@@ -370,5 +370,13 @@ RECIPES = {AGENT: recipe_lib.Recipe(
     phases=(offline.pretrain_phase("iql", preset=lambda ctx: ctx["o2ppo_iql_preset"],
                                    run_name=_pretrain_run_name),
             recipe_lib.Phase("reevaluate", "fit", reevaluate_phase, needs=("pretrain",),
-                             accepts=lambda cfg: cfg.get("agent") == AGENT),
-            recipe_lib.Phase("finetune", "on-policy online", finetune_phase, needs=("reevaluate",))))}
+                             accepts=lambda cfg: cfg.get("agent") == AGENT,
+                             step=o2ppo.value_fit_step, act=o2ppo.offline_act,
+                             data="the offline dataset, V targets = Monte-Carlo returns (with the "
+                                  "dynamic reward scaler's dataset pass where it applies)"),
+            recipe_lib.Phase("finetune", "on-policy online", finetune_phase, needs=("reevaluate",),
+                             step=o2ppo.update, act=o2ppo.act,
+                             data="rollouts of --ppo_rollout_length env steps per seed (explore: "
+                                  "o2ppo.explore), advantages normalised over each rollout",
+                             hook="pi_ref refresh (--o2ppo_reference: the best evaluated policy, or "
+                                  "every N env steps)")))}

@@ -404,12 +404,16 @@ def recipe(agent: str) -> recipe_lib.Recipe:
       "dataset, then the base algorithm online with the offline critic's guidance weighted by the "
       "C-VAE", config=samg.Config, budgets=BUDGETS, reads=("warmup_steps", "utd"),
       options=options(agent), check=check,
-      # The C-VAE fit and the prefill run every seed in one process: no --num_processes yet.
       phases=(dataclasses.replace(pretrain, accepts=lambda cfg: cfg.get("algo") == base),
               recipe_lib.Phase("cvae", "fit", cvae_phase, needs=("pretrain",),
-                               accepts=lambda cfg: False),
+                               accepts=lambda cfg: False, step=samg.cvae_update,
+                               data="the offline dataset's (s, a) pairs (raw states by default); "
+                                    "at the end a normal fit of the latent means"),
               recipe_lib.Phase("finetune", "off-policy online", finetune_phase,
-                               needs=("pretrain", "cvae"))))
+                               needs=("pretrain", "cvae"), act=samg.act,
+                               data="the online buffer (samg.update; on CQL samg.update_with_offline "
+                                    "with as many offline rows for the p-weighted penalty)",
+                               replay="--samg_prefill transitions of the offline policy per seed")))
 
 
 RECIPES = {agent: recipe(agent) for agent in AGENTS}
