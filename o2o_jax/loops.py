@@ -5,7 +5,8 @@
 - Online: `run_online` steps one host env per seed; per env step there is one device call that
   inserts the transition, runs `utd` updates (a `lax.scan`) and returns the next action.
   `collect_prefill` gathers a policy's transitions the way `run_online` stores them (its `prefill`).
-- Evaluation: `make_eval_policy` + `envs.Evaluator` (all seeds' episodes batched).
+- Evaluation: `Evaluation` (`make_eval_policy` + `envs.Evaluator`, all seeds' episodes batched),
+  one for every loop.
 """
 from __future__ import annotations
 
@@ -133,6 +134,44 @@ def make_eval_policy(act: Callable, obs_mean=None, obs_std=None):
   mean = np.float32(0.0) if obs_mean is None else np.asarray(obs_mean, np.float32)
   std = np.float32(1.0) if obs_std is None else np.asarray(obs_std, np.float32)
   return lambda states, obs: np.asarray(policy(states, obs, mean, std))
+
+
+def observation_normalizer(obs_dim: int, obs_mean=None, obs_std=None):
+  """(mean, std, normalise) of the host-side observation path every loop shares: float32 statistics
+  (none given: the identity) and o -> (o - mean) / std."""
+  mean = np.zeros(obs_dim, np.float32) if obs_mean is None else np.asarray(obs_mean, np.float32)
+  std = np.ones(obs_dim, np.float32) if obs_std is None else np.asarray(obs_std, np.float32)
+  return mean, std, lambda o: (o - mean) / std
+
+
+class Evaluation:
+  """The evaluation every loop (offline, online, on-policy) and a 0-step phase share: `eval_episodes`
+  episodes per seed of the deterministic policy on normalised observations, all seeds' episodes
+  batched (`envs.Evaluator`, `make_eval_policy`). `run(states, bar)` -> (returns [seeds, episodes],
+  the metrics row: eval/return and, with `normalized_score`, eval/normalized_score per seed); the
+  progress bar shows the mean."""
+
+  def __init__(self, act: Callable, make_env: Callable, num_seeds: int, eval_episodes: int,
+               obs_mean=None, obs_std=None, normalized_score: Optional[Callable] = None):
+    from o2o_jax import envs as envs_lib
+    self.evaluator = envs_lib.Evaluator(make_env, num_seeds, eval_episodes)
+    self.policy = make_eval_policy(act, obs_mean, obs_std)
+    self.normalized_score = normalized_score
+
+  def run(self, states, bar=None):
+    returns = self.evaluator.run(lambda o: self.policy(states, o))
+    row = {"eval/return": returns.mean(1)}
+    if self.normalized_score is not None:
+      row["eval/normalized_score"] = self.normalized_score(returns).mean(1)
+      postfix = {"score": f"{float(np.mean(row['eval/normalized_score'])):.1f}"}
+    else:
+      postfix = {"eval": f"{float(returns.mean()):.1f}"}
+    if bar is not None:
+      bar.set_postfix(**postfix)
+    return returns, row
+
+  def close(self):
+    self.evaluator.close()
 
 
 # ----------------------------------------------------------------------------------------- online
@@ -265,10 +304,9 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   obs_dim, act_dim = envs_lib.env_dims(env_probe)
   env_probe.close()
   train_envs = envs_lib.SeedEnvs(make_env, num_seeds, seed)
-  evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
-  mean = np.zeros(obs_dim, np.float32) if obs_mean is None else np.asarray(obs_mean, np.float32)
-  std = np.ones(obs_dim, np.float32) if obs_std is None else np.asarray(obs_std, np.float32)
-  norm = lambda o: (o - mean) / std
+  mean, std, norm = observation_normalizer(obs_dim, obs_mean, obs_std)
+  evaluation = Evaluation(agent.act, make_env, num_seeds, config.eval_episodes, mean, std,
+                          normalized_score)
 
   n_prefill = 0 if prefill is None else int(prefill.rewards.shape[-1])
   buffer = replay.init(min(config.buffer_size, config.total_steps) + n_prefill, obs_dim, act_dim,
@@ -279,7 +317,6 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
   step_fn, insert_fn, _, act_fn = online_functions(agent.update, agent.act, config.batch_size,
                                                    config.utd, config.offline_fraction,
                                                    config.offline_union)
-  eval_policy = make_eval_policy(agent.act, mean, std)
 
   states = unalias(states)
   keys = seed_keys(seed, num_seeds)
@@ -309,7 +346,6 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
     metrics_writer.truncate_after(start)
   bar = log_lib.progress(config.total_steps, desc, initial=start, disable=not progress)
   last_metrics, action, t0 = None, None, time.time()
-  latest_eval = None
   with session:
     for t in range(start + 1, config.total_steps + 1):
       session.fault.at(t)
@@ -338,13 +374,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
       bar.update(1)
 
       if t % config.eval_every == 0 or t == config.total_steps:
-        returns = evaluator.run(lambda o: eval_policy(states, o))
-        row = {"eval/return": returns.mean(1)}
-        if normalized_score is not None:
-          row["eval/normalized_score"] = normalized_score(returns).mean(1)
+        returns, row = evaluation.run(states, bar)
         history.append({"step": t, "returns": returns})
-        latest_eval = float(returns.mean())
-        bar.set_postfix(eval=f"{latest_eval:.1f}")
         if callbacks.on_eval is not None:  # may return updated states (e.g. a refreshed pi_ref)
           new_states = callbacks.on_eval(t, states, returns)
           states = states if new_states is None else new_states
@@ -374,10 +405,10 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
         if callbacks.on_save is not None:
           callbacks.on_save(t, states)
         session.save(t, *payload_and_meta())
-      session.stop_if_requested(t, (bar.close, train_envs.close, evaluator.close))
+      session.stop_if_requested(t, (bar.close, train_envs.close, evaluation.close))
   bar.close()
   train_envs.close()
-  evaluator.close()
+  evaluation.close()
   return states, buffer, history
 
 
@@ -433,7 +464,6 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   updates and on SIGINT/SIGTERM (then raises `errors.Interrupted`). The PRNG key of a chunk is
   derived from its first step, and chunks end at evaluation and snapshot steps, so a resumed run
   computes exactly what the uninterrupted one does. Returns (states, eval history)."""
-  from o2o_jax import envs as envs_lib
   from o2o_jax import logging as log_lib
 
   session = resume.Session(snapshots, phase, log=log)
@@ -443,8 +473,8 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   states, data = sharding.place_seeds(states, mesh), sharding.place_shared(data, mesh)
   if metrics_writer is not None:
     metrics_writer.truncate_after(step)
-  evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
-  eval_policy = make_eval_policy(agent.act, obs_mean, obs_std)
+  evaluation = Evaluation(agent.act, make_env, num_seeds, config.eval_episodes, obs_mean, obs_std,
+                          normalized_score)
   base_key = jax.random.PRNGKey(seed)
   bar = log_lib.progress(config.num_steps, desc, initial=step, disable=not progress)
   t0, start = time.time(), step
@@ -463,14 +493,9 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
       session.check_finite(metrics[GUARD_KEY], step=step, states=states,
                            metrics=jax.device_get(metrics))
       if step % config.eval_every == 0 or step >= config.num_steps:
-        returns = evaluator.run(lambda o: eval_policy(states, o))
+        returns, eval_row = evaluation.run(states, bar)
         row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items() if k_ != GUARD_KEY}
-        row["eval/return"] = returns.mean(1)
-        if normalized_score is not None:
-          row["eval/normalized_score"] = normalized_score(returns).mean(1)
-          bar.set_postfix(score=f"{float(np.mean(row['eval/normalized_score'])):.1f}")
-        else:
-          bar.set_postfix(eval=f"{float(returns.mean()):.1f}")
+        row.update(eval_row)
         row["perf/updates_per_s"] = (step - start) / (time.time() - t0)
         history.append({"step": step, "returns": returns})
         if metrics_writer is not None:
@@ -482,7 +507,7 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
         if metrics_writer is not None:
           metrics_writer.flush()
         session.save(step, states, {"history": history})
-      session.stop_if_requested(step, (bar.close, evaluator.close))
+      session.stop_if_requested(step, (bar.close, evaluation.close))
   bar.close()
-  evaluator.close()
+  evaluation.close()
   return states, history

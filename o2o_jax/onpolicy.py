@@ -2,7 +2,7 @@
 
 One host env per seed (`envs.SeedEnvs`); per env step one jitted, seed-vmapped call picks every seed's
 action and its log-probability; every `rollout_length` steps one jitted, seed-vmapped `update` trains
-on the seeds' rollouts. Evaluation (`envs.Evaluator` + `loops.make_eval_policy`) every `eval_every`
+on the seeds' rollouts. Evaluation (`loops.Evaluation`) every `eval_every`
 env steps, with an `on_eval(step, states, returns) -> states | None` hook (e.g. to refresh pi_ref).
 
 Resumable like `loops.run_online` (`resume.Session`): with `snapshots`, the first rollout boundary at
@@ -196,12 +196,10 @@ def run_onpolicy(agent, states, *, make_env: Callable, num_seeds: int, seed: int
   obs_dim, act_dim = envs_lib.env_dims(probe)
   probe.close()
   train_envs = envs_lib.SeedEnvs(make_env, num_seeds, seed)
-  evaluator = envs_lib.Evaluator(make_env, num_seeds, config.eval_episodes)
-  mean = np.zeros(obs_dim, np.float32) if obs_mean is None else np.asarray(obs_mean, np.float32)
-  std = np.ones(obs_dim, np.float32) if obs_std is None else np.asarray(obs_std, np.float32)
-  norm = lambda o: (o - mean) / std
+  mean, std, norm = loops.observation_normalizer(obs_dim, obs_mean, obs_std)
+  evaluation = loops.Evaluation(agent.act, make_env, num_seeds, config.eval_episodes, mean, std,
+                                normalized_score)
   explore_fn, update_fn = onpolicy_functions(agent.explore, agent.update)
-  eval_policy = loops.make_eval_policy(agent.act, mean, std)
 
   s, n = num_seeds, config.rollout_length
   buf = {"observations": np.zeros((s, n, obs_dim), np.float32),
@@ -261,13 +259,7 @@ def run_onpolicy(agent, states, *, make_env: Callable, num_seeds: int, seed: int
           metrics_writer.write(t, row)
       bar.update(1)
       if t % config.eval_every == 0 or t == config.total_steps:
-        returns = evaluator.run(lambda o: eval_policy(states, o))
-        row = {"eval/return": returns.mean(1)}
-        if normalized_score is not None:
-          row["eval/normalized_score"] = normalized_score(returns).mean(1)
-          bar.set_postfix(score=f"{float(np.mean(row['eval/normalized_score'])):.1f}")
-        else:
-          bar.set_postfix(eval=f"{float(returns.mean()):.1f}")
+        returns, row = evaluation.run(states, bar)
         history.append({"step": t, "returns": returns})
         if on_eval is not None:
           new_states = on_eval(t, states, returns)
@@ -286,8 +278,8 @@ def run_onpolicy(agent, states, *, make_env: Callable, num_seeds: int, seed: int
           buf["dones"][:, i - 1] = 1.0
         session.save(t, payload(), {"history": history, "rollout_index": i,
                                     "reward_fn": scaler.state(running=True) if scaler else None})
-      session.stop_if_requested(t, (bar.close, train_envs.close, evaluator.close))
+      session.stop_if_requested(t, (bar.close, train_envs.close, evaluation.close))
   bar.close()
   train_envs.close()
-  evaluator.close()
+  evaluation.close()
   return states, history

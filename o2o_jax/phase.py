@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 
 import numpy as np
 
-from o2o_jax import compile_time, distributed, envs, loops, resume, runs
+from o2o_jax import compile_time, distributed, loops, resume, runs
 from o2o_jax import logging as log_lib
 from o2o_jax.checkpoints import Checkpointer
 from o2o_jax.types import Transition
@@ -160,10 +160,10 @@ def run_offline_phase(spec: OfflinePhase, build: Callable[[Path], Training], log
     return s
 
   if steps == 0:
-    evaluator = envs.Evaluator(t.env.make_env, local, spec.loop.eval_episodes)
-    policy = loops.make_eval_policy(t.learner.act, t.env.obs_mean, t.env.obs_std)
-    on_eval(0, t.states, evaluator.run(lambda o: policy(t.states, o)))
-    evaluator.close()
+    evaluation = loops.Evaluation(t.learner.act, t.env.make_env, local, spec.loop.eval_episodes,
+                                  t.env.obs_mean, t.env.obs_std)
+    on_eval(0, t.states, evaluation.run(t.states)[0])
+    evaluation.close()
   else:
     loops.run_offline(t.learner, t.states, t.dataset, make_env=t.env.make_env, num_seeds=local,
                       seed=spec.config["seed"], config=spec.loop, obs_mean=t.env.obs_mean,
