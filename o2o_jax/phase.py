@@ -312,24 +312,14 @@ def _online_run(spec, run_dir: Path, t, data: "prepared.Data", loop: Callable, l
 # ----------------------------------------------------------------------------- on-policy phases
 
 @dataclasses.dataclass(frozen=True)
-class OnPolicyPhase:
+class OnPolicyPhase(OnlinePhase):
   """What an on-policy online phase is (O2PPO's PPO fine-tuning), known before its run directory is
   touched: as `OnlinePhase`, with `loop` the on-policy loop (`onpolicy.OnPolicyConfig`). `label`:
   the summary's agent and the progress label ("<phase> <label>"; default `agent`, which names the
   run directory), `plot_title` curves.png's (default "<label> fine-tuning on <dataset>")."""
-  agent: str
-  dataset_id: str
-  run_name: str
-  config: Mapping[str, Any]
   loop: "onpolicy.OnPolicyConfig"
   label: Optional[str] = None
-  plot_keys: Sequence[str] = ("eval/normalized_score",)
   plot_title: Optional[str] = None
-  out_dir: str = "runs"
-  restart: bool = False
-  progress: bool = True
-  checkpoint_every: Optional[int] = CHECKPOINT_EVERY
-  phase: str = "finetune"
 
 
 @dataclasses.dataclass(frozen=True)
