@@ -357,22 +357,27 @@ def load_run(run_dir, phases: Optional[Sequence[str]] = None,
   return LoadedRun(run_dir, cfg, meta, states, module, agent_config)
 
 
-def check_fits(loaded: LoadedRun, config, source: str = "--config") -> None:
-  """A one-line error if `config`, replacing the Config of `loaded`'s states, would change their
-  networks or optimiser states (shapes or dtypes): such a setting is fixed by the run that built
-  them, e.g. `--config.critic_hidden_dims` given with `--from=<an align run>`."""
+def check_fits(run_dir, config, source: str = "--config") -> None:
+  """A one-line error if `config`, replacing the Config the run in `run_dir` trained with (its
+  config.json's `agent_config`), would change the networks or optimiser states it saved (shapes or
+  dtypes): such a setting is fixed by that run, e.g. `--config.critic_hidden_dims` given with
+  `--from=<an align run>`. Nothing is restored (both forms come from `jax.eval_shape`)."""
   import jax
   from o2o_jax import loops
+  from o2o_jax.agents import registry
+  from o2o_jax.checkpoints import Checkpointer
   from o2o_jax.types import seed_keys
-  cfg, meta = loaded.config, loaded.meta
-  new = loops.init_shapes(loaded.module, seed_keys(cfg["seed"], 1), meta["obs_dim"], meta["act_dim"],
-                          config)
-  form = lambda tree: [(tuple(x.shape[1:]), x.dtype) for x in jax.tree_util.tree_leaves(tree)]
-  if form(new) != form(loaded.states):
+  cfg = runs.read_config(run_dir)
+  meta = Checkpointer(Path(run_dir) / "checkpoints").read_metadata()
+  module = registry.get(cfg["agent"], registry.O2O)
+  trained = runs.config_from_dict(module.Config, cfg["agent_config"])
+  form = lambda c: [(tuple(x.shape), x.dtype) for x in jax.tree_util.tree_leaves(loops.init_shapes(
+      module, seed_keys(cfg["seed"], 1), meta["obs_dim"], meta["act_dim"], c))]
+  if config != trained and form(config) != form(trained):
     changed = [f.name for f in dataclasses.fields(config)
-               if getattr(config, f.name) != getattr(loaded.agent_config, f.name, None)]
+               if getattr(config, f.name) != getattr(trained, f.name, None)]
     raise O2OError(f"{source}: {', '.join(changed)} would change the networks trained by "
-                   f"{loaded.run_dir} ({cfg.get('phase')} run): pass it to an earlier phase's run "
+                   f"{run_dir} ({cfg.get('phase')} run): pass it to an earlier phase's run "
                    "(--from a pretrain run, or no --from)")
 
 

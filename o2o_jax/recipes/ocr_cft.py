@@ -299,7 +299,7 @@ def _restore_o2o(from_dir: Path, configure=None):
   if configure is not None:
     agent_config = configure(agent_config)
     if agent_config != loaded.agent_config:
-      recipe_lib.check_fits(loaded, agent_config)
+      recipe_lib.check_fits(from_dir, agent_config)
       states = states.replace(config=agent_config)
   return loaded.config, loaded.module, agent_config, states, loaded.meta
 
@@ -402,20 +402,22 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
   if n is not None and n % eval_every:
     raise O2OError(f"--reference=interval:{n}: pi_ref is refreshed at evaluations, so N must be a "
                    f"multiple of --eval_every ({eval_every})")
-  cfg, agent, agent_config, states, meta = _restore_o2o(align_dir)
-  restored = recipe_lib.LoadedRun(align_dir, cfg, meta, states, agent, agent_config)
+  # The align run's record only: its states are restored in `build`, when the phase must run.
+  cfg = runs.read_config(align_dir)
+  if cfg.get("phase") not in ("reevaluate", "align"):
+    raise O2OError(f"{align_dir} is a '{cfg.get('phase')}' run, not a reevaluate or align run")
+  agent = registry.get(cfg["agent"], registry.O2O)
+  agent_config = runs.config_from_dict(agent.Config, cfg["agent_config"])
+  meta = Checkpointer(align_dir / "checkpoints").read_metadata()
   agent_config, settings = resolve_finetune(cfg["agent"], cfg["dataset"], agent_config,
                                             reference=reference, constrain=constrain, utd=utd,
                                             overrides=overrides, eval_every=eval_every)
   if configure is not None:     # the options and --config. overrides win over the resolved Config
     configured = check_tau(configure(agent_config))
     if configured != agent_config:
-      recipe_lib.check_fits(restored, configured)
+      recipe_lib.check_fits(align_dir, configured)
     agent_config = configured
   utd, interval = settings["utd"], settings["interval_steps"]
-  states = states.replace(config=agent_config)
-  if settings["actor_grad_clip"] is not None:
-    states = clip_actor_gradients(states, settings["actor_grad_clip"])
   scale, shift = prepared.reward_transform(meta)
   extra = {"agent_config": dataclasses.asdict(agent_config), "utd": utd, "buffer": buffer,
            "reference": reference, "warmup_steps": warmup_steps, "eval_every": eval_every,
@@ -436,6 +438,11 @@ def finetune(*, align_dir: Path, online_steps: int, warmup_steps: int, eval_ever
       out_dir=out_dir, restart=restart, progress=progress, checkpoint_every=checkpoint_every)
 
   def build(run_dir):
+    loaded = recipe_lib.load_run(align_dir)
+    meta = loaded.meta      # this process's seeds of the per-seed scores
+    states = loaded.states.replace(config=agent_config)
+    if settings["actor_grad_clip"] is not None:
+      states = clip_actor_gradients(states, settings["actor_grad_clip"])
     data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
                               batch_size=batch_size, reward_shift=shift)
     offline_score = np.asarray(meta["offline_score"] if "offline_score" in meta else
