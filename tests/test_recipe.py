@@ -182,3 +182,16 @@ def test_describe_lists_the_phases_with_their_declared_steps():
   for fn in ("o2td3.reevaluate_step", "o2td3.align_step", "o2td3.finetune_step"):
     assert fn in text
   assert "--budget=quick: pretrain_steps=10000" in text
+
+
+def test_check_actor_fits_compares_tree_and_shapes_without_the_seed_axis():
+  import numpy as np
+  expected = {"dense": {"kernel": np.zeros((4, 3)), "bias": np.zeros(3)}}
+  stacked = {"dense": {"kernel": np.zeros((2, 4, 3)), "bias": np.zeros((2, 3))}}   # 2 seeds
+  recipe_lib.check_actor_fits(expected, stacked, "no")
+  wider = {"dense": {"kernel": np.zeros((2, 4, 5)), "bias": np.zeros((2, 5))}}
+  with pytest.raises(O2OError, match="^does not fit$"):
+    recipe_lib.check_actor_fits(expected, wider, "does not fit")
+  other = {"dense": {"kernel": np.zeros((2, 4, 3))}}
+  with pytest.raises(O2OError, match="^does not fit$"):
+    recipe_lib.check_actor_fits(expected, other, "does not fit")

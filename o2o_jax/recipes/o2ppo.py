@@ -133,13 +133,9 @@ def _check_actor(algo, actor_config, o2ppo_config, meta, actor_params):
                    "with --o2ppo_iql_preset=none (its default), or pass a Gaussian offline run")
   expected = jax.eval_shape(lambda: ppo.make_actor(o2ppo_config, meta["act_dim"]).init(
       jax.random.PRNGKey(0), jnp.zeros((1, meta["obs_dim"]))))
-  given = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), actor_params)
-  same = jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(given) and all(
-      a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(expected),
-                                         jax.tree_util.tree_leaves(given)))
-  if not same:
-    raise O2OError(f"the {algo} actor does not fit O2PPO's Gaussian actor (state-independent log-std): "
-                   "pretrain with --offline_algo=iql")
+  recipe_lib.check_actor_fits(expected, actor_params, (
+      f"the {algo} actor does not fit O2PPO's Gaussian actor (state-independent log-std): pretrain "
+      "with --offline_algo=iql"))
 
 
 def reevaluate_phase(ctx: recipe_lib.Context) -> Path:
