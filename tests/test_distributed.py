@@ -164,8 +164,8 @@ def test_o2ppo_two_processes_of_one_seed_equal_one_process_of_two(tiny_hopper_da
 
 # Tiny settings per agent whose 2-process run is not checked elsewhere (O2SAC: test_equivalence.py;
 # O2PPO: above). Each recipe runs on the one runner, so `--num_processes` takes the same path.
+# (O3F's phases, a pretrain and the shared off-policy online phase, are the ones O2SAC's test crosses.)
 RECIPE_TINY = {
-    "o3f": ["--pretrain_steps=20", "--online_steps=40", "--warmup_steps=0", "--o3f_num_candidates=4"],
     "aca": ["--pretrain_steps=20", "--online_steps=40", "--warmup_steps=0", "--aca_top_n=2"],
     "samg_cql": ["--pretrain_steps=20", "--samg_cvae_steps=20", "--samg_cvae_hidden=8",
                  "--online_steps=40", "--warmup_steps=0", "--samg_prefill=10"],

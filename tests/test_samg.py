@@ -431,20 +431,26 @@ def test_samg_cql_config_overrides_land_in_its_runs(tiny_hopper_dataset, tmp_pat
   assert "[pretrain]" not in res.stdout and "[cvae] done" in res.stdout
   again = json.loads((tmp_path / "finetune" / "samg_cql" / name / "again" / "config.json").read_text())
   assert again["agent_config"]["kl_weight"] == 0.125 and again["from"] == str(pretrain)
-  for args, line in (
-      (["--config.no_such_field=1"], "error: --config.no_such_field: o2o_jax.agents.o2o.samg.Config has "
-                                     "no field 'no_such_field'; valid fields: base, base_config, "),
-      (["--config.base=iql"], "error: --config.base: samg_cql's base algorithm is the one its name "
-                              "says (cql); pass --agent=samg_<base> instead"),
-      (["--config.threshold=2"], "error: SAMG threshold must lie in [0, 1] (got 2.0)"),
-      ([f"--from={tmp_path / 'cvae' / 'samg' / name / 'seed0x2'}"],
-       "error: --from=" + str(tmp_path / "cvae" / "samg" / name / "seed0x2") + " is a cvae run of "
-       "samg, which samg_cql cannot continue from")):
-    out = tmp_path / "refused"
-    res = finetune("--agent=samg_cql", f"--out_dir={out}", *TINY, *args)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines()[-1].startswith(line), res.stderr[-2000:]
-    assert "Traceback" not in res.stderr and not out.exists()
+  # Refused by the runner before any work (in process: the launcher's one-line path is
+  # tests/test_launchers.py::test_finetune_refuses_before_any_work_with_one_line).
+  from o2o_jax import recipe as recipe_lib
+  from o2o_jax.errors import O2OError
+  cvae_dir = tmp_path / "cvae" / "samg" / name / "seed0x2"
+  out = tmp_path / "refused"
+  for overrides, settings, line in (
+      ({"no_such_field": "1"}, {}, "--config.no_such_field: o2o_jax.agents.o2o.samg.Config has no "
+                                   "field 'no_such_field'; valid fields: base, base_config, "),
+      ({"base": "iql"}, {}, "--config.base: samg_cql's base algorithm is the one its name says (cql); "
+                            "pass --agent=samg_<base> instead"),
+      ({"threshold": "2"}, {}, "SAMG threshold must lie in [0, 1] (got 2.0)"),
+      ({}, {"from": str(cvae_dir)}, f"--from={cvae_dir} is a cvae run of samg, which samg_cql cannot "
+                                    "continue from")):
+    recipe, ctx = _recipe_and_context("samg_cql", out, dataset=ds, **settings)
+    ctx.overrides.update(overrides)
+    with pytest.raises(O2OError) as e:
+      recipe_lib.run(recipe, ctx, from_dir=settings.get("from"))
+    assert str(e.value).startswith(line) and "\n" not in str(e.value)
+    assert not out.exists()
 
 
 def _recipe_and_context(agent, tmp_path, options=None, **settings):
