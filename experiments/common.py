@@ -107,20 +107,6 @@ def run(main, argv_filter=None):
   app.run(wrapped, argv=argv)
 
 
-def finetune_budget(defaults_by_budget, flag_values, positive=(),
-                    nonnegative=("pretrain_steps", "warmup_steps")):
-  """`budget_values` for a fine-tuning pipeline with the checks every one shares: positive online
-  steps, evaluation interval/episodes and batch size, --utd >= 1, and non-negative `nonnegative`."""
-  values = budget_values(defaults_by_budget, flag_values, positive=(
-      "online_steps", "eval_every", "eval_episodes", "batch_size") + tuple(positive))
-  if flag_values.utd is not None and flag_values.utd < 1:
-    raise O2OError(f"--utd must be at least 1 (got {flag_values.utd})")
-  for k in nonnegative:
-    if values[k] < 0:
-      raise O2OError(f"--{k} must not be negative (got {values[k]})")
-  return values
-
-
 def budget_values(defaults_by_budget, flag_values, positive=()):
   """The --budget defaults with every explicitly given flag taking precedence, validated:
   --seeds >= 1 and each name in `positive` > 0 (an O2OError names the flag otherwise)."""

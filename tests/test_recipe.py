@@ -195,3 +195,103 @@ def test_check_actor_fits_compares_tree_and_shapes_without_the_seed_axis():
   other = {"dense": {"kernel": np.zeros((2, 4, 3))}}
   with pytest.raises(O2OError, match="^does not fit$"):
     recipe_lib.check_actor_fits(expected, other, "does not fit")
+
+
+# ----------------------------------------------------------------------------- adding a method
+# A new O2O method is a module with an agent (init / update / act over a pytree state) and a
+# `RECIPES` dict, plus one line in o2o_jax/recipes/__init__.py. This file is such a module: a toy
+# agent (a linear tanh policy cloned onto the dataset's actions) and a two-phase recipe, "train" from
+# the data, then "tune" from the train run restored by `recipe.load_run`.
+
+@dataclasses.dataclass(frozen=True)
+class ToyAgentConfig:
+  lr: float = 0.05
+
+
+class toy_agent:   # noqa: N801 (an agent module's namespace)
+  Config = ToyAgentConfig
+
+  @staticmethod
+  def init(key, obs_dim, act_dim, config):
+    import jax
+    return {"w": 0.1 * jax.random.normal(key, (obs_dim, act_dim))}
+
+  @staticmethod
+  def act(state, obs, key, explore):
+    import jax.numpy as jnp
+    return jnp.tanh(obs @ state["w"])
+
+  @staticmethod
+  def update(state, batch, key, lr=ToyAgentConfig.lr):
+    import jax
+    import jax.numpy as jnp
+    loss_fn = lambda w: jnp.mean((jnp.tanh(batch.observations @ w) - batch.actions) ** 2)
+    loss, grad = jax.value_and_grad(loss_fn)(state["w"])
+    return {"w": state["w"] - lr * grad}, {"bc_loss": loss}
+
+
+def _toy_phase(name, from_phase=None):
+  def run(ctx):
+    from o2o_jax import loops
+    from o2o_jax import phase as phase_lib
+    from o2o_jax.data import prepared
+    from o2o_jax.types import seed_keys
+    config = ctx.configure(ToyAgentConfig())
+    data = prepared.load_data(ctx["dataset"], batch_size=ctx["batch_size"])
+    run_config = {"phase": name, "agent": "toy", "dataset": ctx["dataset"], "seeds": ctx["seeds"],
+                  "seed": ctx["seed"], "agent_config": dataclasses.asdict(config),
+                  "from": str(ctx.runs.get(from_phase, ""))}
+    spec = phase_lib.OfflinePhase(
+        phase=name, agent="toy", dataset_id=ctx["dataset"], run_name=ctx.base_name(), config=run_config,
+        loop=loops.OfflineConfig(num_steps=ctx["online_steps"], batch_size=ctx["batch_size"], chunk=10,
+                                 eval_every=ctx["eval_every"], eval_episodes=1),
+        out_dir=ctx["out_dir"], progress=False, checkpoint_every=ctx["checkpoint_every"])
+
+    def build(run_dir):
+      ds = data.dataset
+      if from_phase is None:
+        states = loops.init_states(toy_agent, seed_keys(ctx["seed"], ctx["seeds"]), ds.observation_dim,
+                                   ds.action_dim, config)
+      else:   # the earlier run, restored with shapes from its own record
+        states = recipe_lib.load_run(ctx.runs[from_phase], template=lambda cfg, meta: loops.init_shapes(
+            toy_agent, seed_keys(cfg["seed"], cfg["seeds"]), meta["obs_dim"], meta["act_dim"],
+            config)).states
+      meta = {"obs_dim": ds.observation_dim, "act_dim": ds.action_dim}
+      return phase_lib.Training(loops.Learner(ctx.phase.step, ctx.phase.act), states, data.device, data,
+                                meta)
+    return phase_lib.run_offline_phase(spec, build, ctx.log)
+  return run
+
+
+TOY = recipe_lib.Recipe(
+    agent="toy", doc="a toy method: clone the dataset's actions, then more of it", config=ToyAgentConfig,
+    budgets={"paper": {"online_steps": 40, "eval_every": 20}, "quick": {"online_steps": 40, "eval_every": 20}},
+    phases=(recipe_lib.Phase("train", "offline", _toy_phase("train"), step=toy_agent.update,
+                             act=toy_agent.act),
+            recipe_lib.Phase("tune", "fit", _toy_phase("tune", "train"), needs=("train",),
+                             step=toy_agent.update, act=toy_agent.act)))
+RECIPES = {"toy": TOY}
+
+
+def test_a_method_defined_here_runs_through_the_runner_and_resumes_exactly(
+    tiny_hopper_dataset, tmp_path, monkeypatch, crash_at, same_outputs):
+  monkeypatch.setitem(recipes.RECIPES, "toy", __name__)           # the one registry line
+  toy = recipes.get("toy")
+  assert toy is TOY
+
+  def run(out, **settings):
+    ctx = _ctx(toy, dataset=tiny_hopper_dataset.dataset_id, batch_size=16, out_dir=str(out),
+               checkpoint_every=20, **settings)
+    recipe_lib.run(toy, ctx)
+    return ctx.runs
+
+  ref = run(tmp_path / "ref")
+  assert json.loads((ref["tune"] / "config.json").read_text())["from"] == str(ref["train"])
+  assert "train/bc_loss" in (ref["tune"] / "metrics.csv").read_text().splitlines()[0]
+  crash_at("tune", 30)                      # dies after the snapshot at 20, before the end at 40
+  with pytest.raises(Exception, match="crashed by the fault injection"):
+    run(tmp_path / "crashed")
+  crash_at(None)
+  again = run(tmp_path / "crashed")         # train is reused, tune resumes from its snapshot
+  for phase in ("train", "tune"):
+    same_outputs(again[phase], ref[phase])
