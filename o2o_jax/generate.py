@@ -295,8 +295,9 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
 
   def get_state():
     actors = [policies.params.get(t, no_params) for t in eval_steps]
-    tree = {"record": record, "eval_key": key_holder[0],
-            "actors": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *actors)}
+    tree = {"eval_key": key_holder[0], "actors": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *actors)}
+    if rows:      # a continued run has no record, and orbax refuses to save zero-size arrays
+      tree["record"] = record
     return tree, {"run": run, "steps": policies.steps, "returns": policies.returns,
                   "param_steps": sorted(policies.params)}
 
@@ -305,7 +306,7 @@ def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_ev
       raise O2OError(f"the snapshots in {snapshots.directory} belong to another behaviour run "
                      f"({meta['run']}, this one is {run}): rerun with the same flags, or delete "
                      "that folder to start over")
-    for k, v in tree["record"].items():
+    for k, v in tree.get("record", {}).items():
       record[k][:] = np.asarray(v)
     key_holder[0] = tree["eval_key"]
     policies.steps[:], policies.returns[:] = list(meta["steps"]), list(meta["returns"])
