@@ -10,20 +10,13 @@ set -u
 cd "$(dirname "$0")/.."
 dataset=${1:-o2o/hopper/medium-v0}
 shift || true
-agents=${@:-o2td3 o2td3:direct o2sac o2sac:direct o2ppo o2ppo:direct aca o3f samg_cql samg_awac samg_iql}
+agents=${@:-o2td3 direct_td3 o2sac direct_sac o2ppo direct_ppo aca o3f samg_cql samg_awac samg_iql}
 out=${OUT:-benchmarks/results/o2o_quick}
 mkdir -p "$out/logs"
-for spec in $agents; do
-  agent=${spec%%:*}
+for agent in $agents; do
   extra="${EXTRA:-}"
-  if [ "$spec" != "$agent" ]; then      # direct fine-tuning: the paper's comparison
-    case $agent in
-      o2ppo) extra="$extra --o2ppo_aux=false" ;;
-      *) extra="$extra --reevaluate=false --align=false --constrain=false" ;;
-    esac
-  fi
-  name=$(echo "$dataset" | tr / _)_${spec/:/_}
-  echo "== $spec on $dataset ($(date +%T))"
+  name=$(echo "$dataset" | tr / _)_$agent
+  echo "== $agent on $dataset ($(date +%T))"
   ${PYTHON:-python} -m experiments.finetune --agent="$agent" --dataset="$dataset" --seeds=5 --budget=quick \
     --out_dir="$out/runs" --progress=false $extra > "$out/logs/$name.log" 2>&1
   echo "   exit $? ($(date +%T)); $( (grep -E "^(best|final) fine-tuned" "$out/logs/$name.log" || tail -n 2 "$out/logs/$name.log") | head -c 400)"

@@ -81,6 +81,9 @@ class Spec:
   explore: Optional[Callable] = None    # rollout entries: (state, obs, key) -> (action, log-prob)
   online: Optional[Dict[str, Any]] = None  # phases run by loops.run_online: its replay keywords
   notes: str = ""
+  # (transitions, key) -> the step's batch, for a step whose batch is not a plain Transition (Off2On's
+  # prioritised batch): the synthetic transitions pass through it before every update.
+  batch_of: Optional[Callable] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +202,7 @@ def ocr(phase: str):
     agent = registry.get(name, registry.O2O)
     source, source_config = offline_config(ocr_cft.SOURCE_ALGO[name], s)
     config = ocr_cft.make_o2o_config(name, source_config, s.dataset, None if s.own_dims else _dims(s),
-                                    constrain=True)
+                                    constrain=name not in ocr_cft.DIRECT)
 
     def reevaluate_init(key, obs_dim, act_dim, c):   # offline.offline_actor_params + ocr_cft.reevaluate
       k_source, k = jax.random.split(key)
@@ -259,6 +262,45 @@ def aca_online(name: str, s: Settings) -> Spec:
   return Spec(init, declared.step, declared.act, config, online={})
 
 
+def continued_online(name: str, s: Settings) -> Spec:
+  """o2o_jax/recipes/{iql_way,pex}.py finetune phases: the offline run's state after the agent's
+  `start_online` (iql_ft, awac_ft: the same objective, buffer = data + online; pex: policy
+  expansion, batches half offline rows)."""
+  import jax
+  from o2o_jax.agents import registry
+  from o2o_jax.recipes import online_from_offline
+  agent = registry.get(name, registry.O2O)
+  source, base = offline_config("awac" if name == "awac_ft" else "iql", s)
+  config = online_from_offline.carried_config(agent.Config, base)
+
+  def init(key, obs_dim, act_dim, c):
+    if name == "pex":
+      k_offline, k_policy = jax.random.split(key)
+      return agent.start_online(source.init(k_offline, obs_dim, act_dim, base), k_policy, obs_dim,
+                                act_dim, c)
+    return agent.start_online(source.init(key, obs_dim, act_dim, base), c)
+
+  declared = _phase(name, "finetune")
+  online = {"offline_fraction": 0.5} if name == "pex" else {"offline_union": True}
+  return Spec(init, declared.step, declared.act, config, online=online)
+
+
+def proto_online(name: str, s: Settings) -> Spec:
+  """o2o_jax/recipes/proto.finetune_phase: the CQL (proto) or TD3+BC (proto_td3) state through the
+  agent's `from_offline` switch, batches half offline rows."""
+  from o2o_jax.agents import registry
+  from o2o_jax.recipes import proto as proto_recipe
+  agent = registry.get(name, registry.O2O)
+  source, base = offline_config(proto_recipe.SOURCES[name][0], s)
+  config = proto_recipe.make_config(name, base, s.dataset, ACT)
+
+  def init(key, obs_dim, act_dim, c):
+    return agent.from_offline(source.init(key, obs_dim, act_dim, base), c)
+
+  declared = _phase(name, "finetune")
+  return Spec(init, declared.step, declared.act, config, online={"offline_fraction": 0.5})
+
+
 def o3f_online(name: str, s: Settings) -> Spec:
   """o2o_jax/recipes/o3f.finetune_phase: the iql5 state, `o3f.start_online`, buffer = data + online."""
   from o2o_jax import presets
@@ -275,10 +317,63 @@ def o3f_online(name: str, s: Settings) -> Spec:
               notes=f"acting: best of {config.num_candidates} candidates x {config.num_critics} critics")
 
 
+def calql_pretrain(name: str, s: Settings) -> Spec:
+  """`offline.pretrain` of calql: `calql.update` on rows carrying V^mu (`calql.offline_dataset`; the
+  synthetic rows here get r / (1 - gamma))."""
+  from o2o_jax.agents.o2o import calql
+  from o2o_jax.data import returns
+  _, config = offline_config(name, s)
+
+  def update(state, batch, key):
+    return calql.update(state, returns.with_returns(batch, batch.rewards / (1 - config.discount)), key)
+
+  return Spec(calql.init, update, calql.act, config)
+
+
+def calql_online(name: str, s: Settings) -> Spec:
+  """o2o_jax/recipes/calql.finetune_phase: the calql state after CORL's switch (`calql.online_config`),
+  batches half offline rows."""
+  from o2o_jax.agents.o2o import calql
+  from o2o_jax.recipes import calql as calql_recipe
+  _, base = offline_config("calql", s)
+  declared = _phase("calql", "finetune")
+  return Spec(calql.init, declared.step, declared.act, calql.online_config(base),
+              online={"offline_fraction": calql_recipe.MIXING_RATIO})
+
+
+def off2on_online(name: str, s: Settings) -> Spec:
+  """o2o_jax/recipes/off2on.finetune_phase: an ensemble of 5 CQL-shaped members (`off2on.init`; the
+  recipe loads them with `from_members`) over a replay of dataset_size offline + dataset_size online
+  rows. The batch is `sample_batch`'s form built from the synthetic rows (random priority indices,
+  w_psi's rows reshuffled), so the figure is the update alone: the sampler's cumsum over every
+  row's priority per draw and the online loop are not in it."""
+  import jax
+  from o2o_jax.agents.o2o import off2on
+  _, base = offline_config("cql", s)
+  sizes = {} if s.own_dims else {"ratio_hidden_dims": _dims(s)}
+  config = off2on.Config(**{k: getattr(base, k) for k in off2on.ARCHITECTURE}, **sizes,
+                         offline_rows=s.dataset_size, online_rows=s.dataset_size)
+
+  def batch_of(batch, key):
+    k_rows, k_off, k_on = jax.random.split(key, 3)
+    n = batch.rewards.shape[0]
+    off, on = (jax.random.permutation(k, n) for k in (k_off, k_on))
+    return off2on.Batch(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)},
+                        indices=jax.random.randint(k_rows, (n,), 0, 2 * s.dataset_size),
+                        offline_observations=batch.observations[off],
+                        offline_actions=batch.actions[off],
+                        online_observations=batch.observations[on], online_actions=batch.actions[on])
+
+  declared = _phase("off2on", "finetune")
+  return Spec(off2on.init, declared.step, declared.act, config, batch_of=batch_of,
+              notes=f"ensemble of {config.ensemble_size}; update only (no sampler, no online loop)")
+
+
 def _samg_config(s: Settings, base: str):
   from o2o_jax.agents.o2o import samg
   _, base_config = offline_config(base, s)
-  return samg.Config(base=base, base_config=base_config, cvae_hidden_dims=_dims(s)).resolved(ACT)
+  return samg.Config(base=base, base_config=samg.online_base_config(base, base_config),
+                     cvae_hidden_dims=_dims(s)).resolved(ACT)
 
 
 def samg_cvae(name: str, s: Settings) -> Spec:
@@ -320,7 +415,9 @@ def o2ppo_phase(phase: str):
       actor = iql.init(k_source, obs_dim, act_dim, actor_config).actor.params
       return o2ppo.init_value_fit(k, obs_dim, act_dim, c, actor)
 
-    declared = _phase("o2ppo", phase)
+    declared = _phase(name, phase)
+    if name == "direct_ppo":                            # the recipe's finetune_phase: aux off
+      config = dataclasses.replace(config, aux=False)
     if phase == "reevaluate":
       return Spec(fit_init, declared.step, declared.act, fit_config)
 
@@ -345,13 +442,21 @@ ENTRIES = (
     *(Entry(a, "pretrain", offline) for a in ("td3bc", "cql", "iql", "awac", "bc", "iql5", "sacml")),
     *(Entry(a, p, ocr(p)) for a in ("o2td3", "o2sac")
       for p in ("reevaluate", "align", "finetune", "lambda")),
+    Entry("direct_td3", "finetune", ocr("finetune")),     # the OCR-CFT step with lambda = 0
+    Entry("direct_sac", "finetune", ocr("finetune")),
     Entry("o2ppo", "reevaluate", o2ppo_phase("reevaluate")),
     Entry("o2ppo", "finetune", o2ppo_phase("finetune")),
+    *(Entry("direct_ppo", p, o2ppo_phase(p)) for p in ("reevaluate", "finetune")),
     Entry("aca", "zfit", aca_zfit),
     Entry("aca", "finetune", aca_online),
     Entry("o3f", "finetune", o3f_online),
+    *(Entry(a, "finetune", continued_online) for a in ("iql_ft", "awac_ft", "pex")),
     Entry("samg", "cvae", samg_cvae),
-    *(Entry(f"samg_{b}", "finetune", samg_online) for b in ("cql", "awac", "iql")),
+    *(Entry(f"samg_{b}", "finetune", samg_online) for b in ("cql", "awac", "iql", "calql")),
+    Entry("off2on", "finetune", off2on_online),
+    Entry("calql", "pretrain", calql_pretrain),
+    Entry("calql", "finetune", calql_online),
+    *(Entry(a, "finetune", proto_online) for a in ("proto", "proto_td3")),
 )
 
 
@@ -422,7 +527,10 @@ def chunk_fn(spec: Spec, s: Settings, num_updates: int):
   if spec.batch == "rollout":
     return jax.jit(loops.vmap_lockstep(rollout_chunk(spec.update, num_updates), in_axes=(0, 0, 0)),
                    donate_argnums=(0,))
-  return loops.vmap_offline_chunk(loops.make_offline_chunk(spec.update, s.batch_size, num_updates))
+  update = spec.update
+  if spec.batch_of is not None:
+    update = lambda state, batch, key: spec.update(state, spec.batch_of(batch, key), key)
+  return loops.vmap_offline_chunk(loops.make_offline_chunk(update, s.batch_size, num_updates))
 
 
 def init_states(spec: Spec, num_seeds: int, seed: int = 0):
@@ -537,6 +645,8 @@ def measure(entry: Entry, s: Settings, seeds_list: Sequence[int], *, seconds: fl
   else:
     data = transitions(s.dataset_size, jax.random.PRNGKey(2))
     batch = jax.tree_util.tree_map(lambda x: x[:s.batch_size], data)
+    if spec.batch_of is not None:
+      batch = spec.batch_of(batch, jax.random.PRNGKey(3))
     n_chunk = chunk
   state = take_index(states, 0)
 

@@ -53,8 +53,10 @@ def initialize_distributed(flag_values) -> int:
 
 def enable_compilation_cache():
   """Persistent XLA compilation cache (under $O2O_JAX_CACHE, default ~/.cache/o2o_jax), so a rerun or
-  a later phase of the same run does not recompile the same programs. O2O_JAX_XLA_CACHE=off disables."""
-  if os.environ.get("O2O_JAX_XLA_CACHE", "").lower() in ("0", "off", "false"):
+  a later phase of the same run does not recompile the same programs. O2O_JAX_XLA_CACHE=off disables;
+  an explicit JAX_COMPILATION_CACHE_DIR is left to JAX (with its JAX_PERSISTENT_CACHE_* settings)."""
+  if (os.environ.get("O2O_JAX_XLA_CACHE", "").lower() in ("0", "off", "false")
+      or os.environ.get("JAX_COMPILATION_CACHE_DIR")):
     return
   import jax
   root = os.environ.get("O2O_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "o2o_jax"))

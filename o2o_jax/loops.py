@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -27,9 +28,13 @@ from o2o_jax.types import Transition, seed_keys
 @dataclasses.dataclass(frozen=True)
 class Learner:
   """What the loops need of an agent: `update(state, batch, key)` and `act(state, obs, key, explore)`.
-  An agent module already is one; phases of an O2O agent are `Learner(o2td3.align_step, o2td3.act)`."""
+  An agent module already is one; phases of an O2O agent are `Learner(o2td3.align_step, o2td3.act)`.
+  `sampler(state, buffer, offline, key, batch_size) -> (state, batch)`, when given, draws the online
+  loop's batches instead of its uniform/mixed/union sampling, from the agent's own state (Off2On's
+  priorities, which its update writes back); an agent module may define one as `sampler`."""
   update: Callable
   act: Callable
+  sampler: Optional[Callable] = None
 
 
 def init_states(agent, keys, obs_dim: int, act_dim: int, config):
@@ -121,19 +126,23 @@ def vmap_offline_chunk(chunk: Callable):
 @functools.lru_cache(maxsize=None)
 def _eval_policy_fn(act: Callable):
   @jax.jit
-  def policy(states, observations, mean, std):
+  def policy(states, observations, mean, std, t):
     observations = (observations - mean) / std
-    key = jax.random.PRNGKey(0)  # unused by deterministic actions
+    # A key per evaluation step t: unused by deterministic actions; an evaluation policy that draws
+    # (PEX's epsilon-greedy composite policy) gets fresh randomness at every step, the same in every
+    # evaluation and for every seed, as the envs' reset seeds are.
+    key = jax.random.fold_in(jax.random.PRNGKey(0), t)
     return jax.vmap(lambda s, o: act(s, o, key, False))(states, observations)
   return policy
 
 
 def make_eval_policy(act: Callable, obs_mean=None, obs_std=None):
-  """jit(vmap over seeds) of the deterministic policy; observations (S, E, obs_dim) on the host."""
+  """jit(vmap over seeds) of the evaluation policy `(states, obs, t=0) -> actions`; observations
+  (S, E, obs_dim) on the host, t the step within the evaluation (its PRNG key's index)."""
   policy = _eval_policy_fn(act)
   mean = np.float32(0.0) if obs_mean is None else np.asarray(obs_mean, np.float32)
   std = np.float32(1.0) if obs_std is None else np.asarray(obs_std, np.float32)
-  return lambda states, obs: np.asarray(policy(states, obs, mean, std))
+  return lambda states, obs, t=0: np.asarray(policy(states, obs, mean, std, np.int32(t)))
 
 
 def observation_normalizer(obs_dim: int, obs_mean=None, obs_std=None):
@@ -159,7 +168,8 @@ class Evaluation:
     self.normalized_score = normalized_score
 
   def run(self, states, bar=None):
-    returns = self.evaluator.run(lambda o: self.policy(states, o))
+    steps = itertools.count()
+    returns = self.evaluator.run(lambda o: self.policy(states, o, next(steps)))
     row = {"eval/return": returns.mean(1)}
     if self.normalized_score is not None:
       row["eval/normalized_score"] = self.normalized_score(returns).mean(1)
@@ -192,10 +202,11 @@ class OnlineConfig:
 
 
 def make_online_step(update: Callable, act: Callable, batch_size: int, utd: int,
-                     offline_fraction: float, offline_union: bool = False):
+                     offline_fraction: float, offline_union: bool = False,
+                     sampler: Optional[Callable] = None):
   """Per seed (vmap it): run `utd` updates on batches from `buffer` (mixed with `offline` as
-  `offline_fraction` or `offline_union` say), then pick the action for `next_obs`. The PRNG key
-  travels in and out, so the host never splits keys."""
+  `offline_fraction` or `offline_union` say; or drawn by `sampler`, see `Learner`), then pick the
+  action for `next_obs`. The PRNG key travels in and out, so the host never splits keys."""
 
   def step(state, buffer, next_obs, key, offline: Optional[Transition]):
     key, k_sample, k_updates, k_act = jax.random.split(key, 4)
@@ -207,10 +218,19 @@ def make_online_step(update: Callable, act: Callable, batch_size: int, utd: int,
         return replay.sample_mixed(offline, buffer, k, batch_size, offline_fraction)
       return replay.sample(buffer, k, batch_size)
 
-    # All UTD batches are gathered up front (one gather per field), then the updates are scanned.
-    batches = jax.vmap(sample)(jax.random.split(k_sample, utd))
-    state, metrics = jax.lax.scan(lambda s, xs: update(s, *xs), state,
-                                  (batches, jax.random.split(k_updates, utd)))
+    if sampler is None:
+      # All UTD batches are gathered up front (one gather per field), then the updates are scanned.
+      batches = jax.vmap(sample)(jax.random.split(k_sample, utd))
+      state, metrics = jax.lax.scan(lambda s, xs: update(s, *xs), state,
+                                    (batches, jax.random.split(k_updates, utd)))
+    else:
+      # The agent's sampler reads its state (e.g. priorities the previous update wrote back), so each
+      # batch is drawn inside the scan, after the update before it.
+      def sampled_update(s, keys):
+        s, batch = sampler(s, buffer, offline, keys[0], batch_size)
+        return update(s, batch, keys[1])
+      state, metrics = jax.lax.scan(sampled_update, state, jnp.stack(
+          [jax.random.split(k_sample, utd), jax.random.split(k_updates, utd)], axis=1))
     action = act(state, next_obs, k_act, True)
     # No divergence guard here: the host reads it every `log_every` steps, so `run_online` computes it
     # then (`guard_counts`) instead of reducing the whole state after every env step.
@@ -234,12 +254,13 @@ class OnlineFunctions(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def online_functions(update: Callable, act: Callable, batch_size: int, utd: int,
-                     offline_fraction: float, offline_union: bool = False):
+                     offline_fraction: float, offline_union: bool = False,
+                     sampler: Optional[Callable] = None):
   """Jitted functions over seed-stacked states and buffers, cached so repeated runs in one process
   compile once. `step` inserts the seeds' transitions, runs the UTD updates and returns the next
-  actions; states and buffers are donated."""
+  actions; states and buffers are donated. `sampler`: the agent's own batch sampler (`Learner`)."""
   per_seed = vmap_lockstep(make_online_step(update, act, batch_size, utd, offline_fraction,
-                                            offline_union), in_axes=(0, 0, 0, 0, None))
+                                            offline_union, sampler), in_axes=(0, 0, 0, 0, None))
 
   def step(states, buffers, transitions, next_obs, keys, offline):
     buffers = insert_fn(buffers, transitions)
@@ -285,7 +306,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
                reward_scale: float = 1.0, first_step: int = 0, log: Callable = print) -> tuple:
   """Online training of `num_seeds` vmapped agents, one host env per seed.
 
-  `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)`.
+  `agent` is a module with `update(state, batch, key)` and `act(state, obs, key, explore)` (and
+  optionally `sampler`, see `Learner`: it gets `offline` as it is, None included).
   `prefill`: transitions (normalised observations) written into every seed's buffer before the first
   step — leaves (N, ...) shared by all seeds or (S, N, ...) per seed; the buffer grows by N rows.
   `reward_scale`: the offline data's reward transform, applied to the env rewards before they are
@@ -316,7 +338,8 @@ def run_online(agent, states, *, make_env: Callable, num_seeds: int, seed: int,
     buffer = jax.jit(jax.vmap(replay.insert, in_axes=(0, 0 if per_seed else None)))(buffer, prefill)
   step_fn, insert_fn, _, act_fn = online_functions(agent.update, agent.act, config.batch_size,
                                                    config.utd, config.offline_fraction,
-                                                   config.offline_union)
+                                                   config.offline_union,
+                                                   getattr(agent, "sampler", None))
 
   states = unalias(states)
   keys = seed_keys(seed, num_seeds)

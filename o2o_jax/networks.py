@@ -84,6 +84,9 @@ INIT_SCHEMES = {
     # CORL cql.py FullyConnectedQFunction with orthogonal_init=True (`init_module_weights`): hidden
     # layers orthogonal(sqrt 2), the head orthogonal(1e-2), biases 0.
     "corl_cql_critic": dict(orthogonal_init=True, head_scale=1e-2),
+    # CORL finetune/cal_ql.py, actor and critics with orthogonal_init=True (`init_module_weights`
+    # applied to every nn.Linear): orthogonal(sqrt 2) everywhere, the head included, biases 0.
+    "corl_calql": dict(orthogonal_init=True, head_scale=SQRT2),
 }
 
 

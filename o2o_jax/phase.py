@@ -253,13 +253,18 @@ def train_online(spec: OnlinePhase, run_dir: Path, t: OnlineTraining, log=print)
   from o2o_jax.data import prepared
   cfg, learner, data = spec.loop, t.learner, t.data
   if data.reward_shift:
-    learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act)
+    learner = loops.Learner(prepared.shift_rewards(learner.update, data.reward_shift), learner.act,
+                            getattr(learner, "sampler", None))
     data = data.without_shift()
+  # The offline rows go to the device step when a batch mixes them in (or the agent's own sampler
+  # draws from them, Off2On's).
+  uses_offline = (cfg.offline_fraction > 0 or cfg.offline_union
+                  or getattr(learner, "sampler", None) is not None)
 
   def loop(local, writer, snaps, on_eval):
     return loops.run_online(
         learner, t.states, make_env=data.make_env, num_seeds=local, seed=spec.config["seed"],
-        config=cfg, offline=data.device if cfg.offline_fraction > 0 or cfg.offline_union else None,
+        config=cfg, offline=data.device if uses_offline else None,
         obs_mean=data.obs_mean, obs_std=data.obs_std, metrics_writer=writer,
         callbacks=loops.OnlineCallbacks(on_eval=on_eval), normalized_score=data.normalized_score,
         progress=spec.progress and distributed.is_primary(), desc=f"{spec.phase} {spec.agent}",

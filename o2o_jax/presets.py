@@ -12,7 +12,10 @@ agent does not implement; recorded in the run's config.json and printed, never s
               `config/offline/<algo>/antmaze/*.yaml` settings on AntMaze;
             iql5, and iql in the O3F chain: the IQL that O3F builds on (CORL `iql.py`
               `modify_reward`): locomotion rewards normalised, AntMaze rewards r - 1;
-            awac, bc: the algorithm's defaults.
+            awac: CORL `finetune/awac.py`, which OCR-CFT ran: its defaults on MuJoCo, lambda 0.1 and
+              rewards r - 1 on AntMaze; bc: the algorithm's defaults;
+            calql (the same under 'corl': OCR-CFT ran Cal-QL with CORL's `finetune/cal_ql.py`): its
+              TrainConfig defaults on MuJoCo, `configs/finetune/cal_ql/antmaze/*.yaml` on AntMaze.
   corl      CORL's `configs/offline/<algo>/<env>/<dataset>.yaml` (shared/reference/baselines.md §2),
             e.g. IQL's deterministic actor and CQL's reward normalisation on hopper-medium.
   none      the algorithm's defaults, raw rewards.
@@ -65,6 +68,8 @@ def offline_preset(algo: str, dataset_id: str, preset: str = "corl",
   if preset not in PRESETS:
     from o2o_jax.errors import O2OError
     raise O2OError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+  if algo == "calql" and preset != "none":
+    return _calql(dataset_id)
   if preset == "official":
     return _official(algo, dataset_id, chain)
   out = {"config": {}, "normalize_reward": False}
@@ -107,6 +112,27 @@ def _official(algo: str, dataset_id: str, chain: Optional[str]) -> Dict[str, Any
   elif algo == "iql":
     out["config"] = {"beta": 10.0, "expectile": 0.9}    # config/offline/iql/antmaze/*.yaml
     out["reward_shift"] = -1.0
+  elif algo == "awac":
+    # OCR-CFT ran AWAC with CORL's finetune/awac.py: configs/finetune/awac/antmaze/*.yaml set
+    # awac_lambda 0.1 and normalize_reward (its modify_reward: r - 1 on AntMaze).
+    out["config"] = {"awac_lambda": 0.1}
+    out["reward_shift"] = -1.0
+  return out
+
+
+def _calql(dataset_id: str) -> Dict[str, Any]:
+  """Cal-QL (CORL `finetune/cal_ql.py`): on MuJoCo its TrainConfig defaults (the agent's Config: raw
+  rewards, `normalize_reward: false`, states normalised); on AntMaze `configs/finetune/cal_ql/
+  antmaze/*.yaml` (the same for every maze): 5x256 critics, policy (and alpha) lr 1e-4, alpha_cql 5
+  offline and online with Lagrange gap 0.8, r * 10 - 5, raw states, sparse V^mu."""
+  out: Dict[str, Any] = {"config": {}, "normalize_reward": False}
+  if antmaze_size(dataset_id) is None:
+    return out
+  out["config"] = {"critic_hidden_dims": (256,) * 5, "actor_lr": 1e-4, "alpha_lr": 1e-4,
+                   "cql_alpha": 5.0, "cql_alpha_online": 5.0, "lagrange": True,
+                   "target_action_gap": 0.8, "sparse_reward": True}
+  out.update(reward_scale=10.0, reward_shift=-5.0, normalize_states=False,
+             unsupported={"cql_max_target_backup": True, "cql_clip_diff_min": -200.0})
   return out
 
 

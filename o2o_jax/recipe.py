@@ -304,7 +304,8 @@ def describe(recipe: Recipe, budget: str = "paper") -> str:
   if recipe.options:
     lines.append("options: " + ", ".join(f"--{o.name}" + (f" (-> {o.field})" if o.field else "")
                                          for o in recipe.options))
-  lines.append(f"--config.<field>=<value>: any field of {recipe.config.__module__}.Config")
+  lines.append(f"--config.<field>=<value>: any field of {recipe.config.__module__}."
+               f"{recipe.config.__qualname__}")
   return "\n".join(lines)
 
 

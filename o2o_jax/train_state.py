@@ -2,6 +2,8 @@
 as `lagrange` can hold one without importing an agent package."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -19,6 +21,20 @@ def make_train_state(module, params, learning_rate, grad_clip: float | None = No
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
   apply_fn = None if module is None else module.apply
   return strong_types(TrainState.create(apply_fn=apply_fn, params=params, tx=tx))
+
+
+def with_learning_rate(state: TrainState, learning_rate) -> TrainState:
+  """`state` stepping with `make_train_state`'s Adam at `learning_rate` (a rate or a schedule), its
+  moments and update count kept: a restored optimizer given an online Config's rate (the optimizer
+  state's form must stay: a constant rate for a constant one, a schedule for a schedule). The
+  optimizer is one object per rate, so states made by separate runs in one process share their
+  static fields and the jitted loops compiled for one run serve the next."""
+  return state.replace(tx=_adam(learning_rate))
+
+
+@functools.lru_cache(maxsize=None)
+def _adam(learning_rate):
+  return optax.adam(learning_rate, eps=1e-8)
 
 
 def strong_types(tree):

@@ -23,6 +23,31 @@ FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_
 if not os.environ.get("O2O_JAX_TEST_FULL_XLA"):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA_FLAGS}".strip()
 
+# The other half of the suite's compile time is the same small programs compiled again: by each test
+# that builds fresh closures, and by every launcher subprocess. One persistent XLA cache per test run,
+# shared by the pytest-xdist workers (they inherit its folder) and the subprocesses they start
+# (`experiments.common.enable_compilation_cache` leaves an explicit JAX_COMPILATION_CACHE_DIR alone),
+# caches every program, however fast it compiled (measured: tests/test_ocr_cft.py 57 s CPU cold,
+# 52 s with the cache empty at the start, 19 s when another process had filled it). The executables
+# are the ones XLA would build; O2O_JAX_TEST_XLA_CACHE=off turns it off.
+_TEST_XLA_CACHE = None      # set in the process that made the folder (the controller), which removes it
+if os.environ.get("O2O_JAX_TEST_XLA_CACHE", "").lower() not in ("0", "off", "false"):
+  if not os.environ.get("O2O_JAX_TEST_XLA_CACHE_DIR"):     # xdist workers inherit the controller's
+    import tempfile
+    _TEST_XLA_CACHE = tempfile.mkdtemp(prefix="o2o_jax_test_xla_")
+    os.environ["O2O_JAX_TEST_XLA_CACHE_DIR"] = _TEST_XLA_CACHE
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["O2O_JAX_TEST_XLA_CACHE_DIR"]
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """The process that made the run's XLA cache removes it."""
+  import shutil
+  if _TEST_XLA_CACHE:
+    shutil.rmtree(_TEST_XLA_CACHE, ignore_errors=True)
+
+
 # Hopper-v5 with a 30-step limit under a uniform-random policy, per reset/action seed:
 #   seed 0 -> 26 steps, terminated     seed 1 -> 13 steps, terminated
 #   seed 4 -> 30 steps, truncated      seed 5 -> 26 steps, terminated

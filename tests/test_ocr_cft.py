@@ -397,3 +397,40 @@ def test_o2o_critics_use_the_official_init(agent, config):
     np.testing.assert_array_equal(layer["bias"], 0.0)
   head = np.asarray(critic["Dense_0"]["kernel"])[:, :, 0]
   np.testing.assert_allclose(np.linalg.norm(head, axis=-1), 1.0, rtol=1e-5)   # gain 1, not 1e-2
+
+
+# ----------------------------------------------------------------------------- direct fine-tuning
+
+@pytest.mark.parametrize("offline_name, o2o_agent", [("td3bc", o2td3), ("cql", o2sac)])
+def test_without_reevaluation_the_o2o_critic_is_the_offline_one(offline_name, o2o_agent):
+  """--reevaluate=false and direct_td3 / direct_sac keep the offline run's critic (paper appendix,
+  figure 5: without re-evaluation "the offline critic may be severely pessimistic"): the O2O config
+  takes its architecture (no LayerNorm in TD3+BC's and CQL's critics) and its weights fit the O2O
+  critic's tree exactly; BC has no critic to keep."""
+  from o2o_jax.agents import registry
+  from o2o_jax.recipes import ocr_cft
+  offline = registry.get(offline_name, registry.OFFLINE)
+  off_config = offline.Config(hidden_dims=(8, 8))
+  states = jax.vmap(lambda k: offline.init(k, 5, 3, off_config))(seed_keys(0, 2))
+  params, target = ocr_cft.offline_critic(states)
+  fields = ocr_cft.offline_critic_fields(off_config)
+  assert fields == {"critic_hidden_dims": (8, 8), "critic_layer_norm": False}
+  o2o_state = o2o_agent.init(jax.random.PRNGKey(1), 5, 3,
+                             o2o_agent.Config(hidden_dims=(8, 8), **fields))
+  same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape[1:], o2o_state.critic.params, params)
+  assert all(jax.tree_util.tree_leaves(same))
+  assert jax.tree_util.tree_structure(target) == jax.tree_util.tree_structure(params)
+  from o2o_jax.agents.offline import bc
+  assert ocr_cft.offline_critic(bc.init(jax.random.PRNGKey(0), 5, 3, bc.Config())) is None
+
+
+def test_direct_agents_are_their_ocr_cft_agent_with_every_switch_off():
+  from o2o_jax import recipes
+  from o2o_jax.recipes import ocr_cft
+  for direct, base in (("direct_td3", "o2td3"), ("direct_sac", "o2sac")):
+    recipe = recipes.get(direct)
+    assert recipe.config is recipes.get(base).config
+    assert all(recipe.defaults[s] is False for s in ocr_cft.SWITCHES)
+    assert not set(ocr_cft.DIRECT_UNREAD) & set(recipe.reads)     # no flag can switch one back on
+    assert ocr_cft.SOURCE_ALGO[direct] == ocr_cft.SOURCE_ALGO[base]
+    assert ocr_cft.o2o_preset(direct, "o2o/hopper/medium-v0") == ocr_cft.o2o_preset(base, "o2o/hopper/medium-v0")

@@ -40,6 +40,8 @@ def _trace_one_update(spec):
     batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batch)
   else:
     batch = jax.eval_shape(lambda k: tp.transitions(TINY.batch_size, k), key)
+  if spec.batch_of is not None:
+    batch = jax.eval_shape(spec.batch_of, batch, key)
   new_state, info = jax.eval_shape(spec.update, state, batch, key)
   _same_shapes(state, new_state)
   assert info and all(v.shape == () for v in info.values()), info

@@ -5,7 +5,8 @@ from __future__ import annotations
 from o2o_jax import losses
 # Re-exported: every agent takes the train state from here; it lives in the library layer so that
 # building blocks (lagrange) need no agent import.
-from o2o_jax.train_state import TrainState, make_train_state, strong_types  # noqa: F401
+from o2o_jax.train_state import (TrainState, make_train_state, strong_types,  # noqa: F401
+                                  with_learning_rate)
 
 
 def critic_loss(critic_params, state, batch, targets, key=None):

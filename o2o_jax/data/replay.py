@@ -110,11 +110,81 @@ def sample_union(offline: Transition, buffer: ReplayBuffer, key: jax.Array,
   copying the dataset into every seed's buffer."""
   n_off = offline.rewards.shape[0]
   indices = jax.random.randint(key, (batch_size,), 0, n_off + buffer.size)
+  return gather_union(offline, buffer, indices)
+
+
+def gather_union(offline: Transition, buffer: ReplayBuffer, indices: jax.Array) -> Transition:
+  """Rows of the offline data and the buffer seen as one array: index i < |offline| is offline row
+  i, index |offline| + j is buffer row j (`sample_union`; Off2On's prioritised draw)."""
+  n_off = offline.rewards.shape[0]
   from_offline = indices < n_off
   off = gather(offline, jnp.minimum(indices, n_off - 1))
   on = gather(buffer.data, jnp.clip(indices - n_off, 0, buffer.capacity - 1))
   return jax.tree_util.tree_map(
       lambda a, b: jnp.where(from_offline.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), off, on)
+
+
+# ----------------------------------------------------------------------------- a sum tree
+# A device-side sum tree (Off2On's prioritised replay; the reference's `SegmentTree`,
+# prioritized_replay_buffer.py): one float32 array of 2L nodes, L a power of 2, node 1 the root, node i
+# the sum of nodes 2i and 2i+1, leaf j at node L + j (node 0 unused). Writing B leaves recomputes
+# their ancestors from their children (as `SegmentTree._propagate`), drawing B rows descends from the
+# root: O(B log L) either way, pure and vmappable.
+
+def sum_tree(priorities: jax.Array, num_leaves: int | None = None) -> jax.Array:
+  """The sum tree of `priorities` (non-negative), with L = the next power of 2 >= `num_leaves`
+  (default: their count) leaves; leaves past the priorities hold 0."""
+  n = priorities.shape[-1]
+  leaves = 1 << max(int(num_leaves or n) - 1, 0).bit_length()
+  if n > leaves:
+    raise ValueError(f"{n} priorities do not fit a sum tree of {leaves} leaves")
+  levels = [jnp.zeros((leaves,), jnp.float32).at[:n].set(priorities.astype(jnp.float32))]
+  while levels[0].shape[0] > 1:
+    levels.insert(0, levels[0].reshape(-1, 2).sum(1))
+  return jnp.concatenate([jnp.zeros((1,), jnp.float32)] + levels)
+
+
+def sum_tree_leaves(tree: jax.Array) -> jax.Array:
+  """Every leaf's priority (L of them)."""
+  return tree[tree.shape[-1] // 2:]
+
+
+def sum_tree_set(tree: jax.Array, indices: jax.Array, values: jax.Array) -> jax.Array:
+  """Leaves `indices` set to `values` (a repeated index must carry one value) and every ancestor
+  recomputed as the sum of its two children, level by level up to the root."""
+  leaves = tree.shape[-1] // 2
+  nodes = leaves + indices
+  tree = tree.at[nodes].set(values.astype(tree.dtype))
+
+  def level(_, carry):
+    tree, nodes = carry
+    nodes = nodes // 2
+    return tree.at[nodes].set(tree[2 * nodes] + tree[2 * nodes + 1]), nodes
+
+  return jax.lax.fori_loop(0, leaves.bit_length() - 1, level, (tree, nodes))[0]
+
+
+def sum_tree_sample(tree: jax.Array, key: jax.Array, batch_size: int) -> jax.Array:
+  """`batch_size` leaves drawn in proportion to their priority (leaves at 0 never), by stratified
+  segment sampling as PriorityReplayBuffer._get_samples_from_segments: the total mass is cut into
+  `batch_size` equal segments, one point drawn uniformly in each, and each point found by descending
+  from the root (SegmentTree._retrieve). Leaf j's expected count is batch_size p_j / sum(p)."""
+  leaves = tree.shape[-1] // 2
+  total = tree[1]
+  points = (jnp.arange(batch_size) + jax.random.uniform(key, (batch_size,))) * (total / batch_size)
+  points = jnp.minimum(points, jnp.nextafter(total, jnp.zeros_like(total)))
+
+  def level(_, carry):
+    nodes, points = carry
+    left, right = tree[2 * nodes], tree[2 * nodes + 1]
+    # Right when the point is past the left mass, unless the right subtree is empty (a point that
+    # float rounding put at its subtree's very end stays on mass).
+    go_right = (points >= left) & (right > 0)
+    return 2 * nodes + go_right, jnp.where(go_right, points - left, points)
+
+  nodes, _ = jax.lax.fori_loop(0, leaves.bit_length() - 1, level,
+                               (jnp.ones((batch_size,), jnp.int32), points))
+  return (nodes - leaves).astype(jnp.int32)
 
 
 def from_transitions(data: Transition, capacity: int | None = None) -> ReplayBuffer:

@@ -10,10 +10,19 @@ from o2o_jax.errors import O2OError
 RECIPES = {   # agent -> the module declaring its recipe
     "o2td3": "o2o_jax.recipes.ocr_cft",
     "o2sac": "o2o_jax.recipes.ocr_cft",
+    "direct_td3": "o2o_jax.recipes.ocr_cft",
+    "direct_sac": "o2o_jax.recipes.ocr_cft",
     "o2ppo": "o2o_jax.recipes.o2ppo",
+    "direct_ppo": "o2o_jax.recipes.o2ppo",
     "o3f": "o2o_jax.recipes.o3f",
     "aca": "o2o_jax.recipes.aca",
+    **{a: "o2o_jax.recipes.iql_way" for a in ("iql_ft", "awac_ft")},
+    "pex": "o2o_jax.recipes.pex",
     **{a: "o2o_jax.recipes.samg" for a in ("samg_cql", "samg_awac", "samg_iql")},
+    "calql": "o2o_jax.recipes.calql",
+    "samg_calql": "o2o_jax.recipes.samg",
+    **{a: "o2o_jax.recipes.proto" for a in ("proto", "proto_td3")},
+    "off2on": "o2o_jax.recipes.off2on",
 }
 
 

@@ -8,7 +8,8 @@ returns) -> PPO fine-tuning with the auxiliary advantage.
 
   python -m experiments.finetune --agent=o2ppo --budget=quick                 # embedded dataset
   python -m experiments.finetune --agent=o2ppo --dataset=o2o/hopper/medium-v0 --seeds=5
-  python -m experiments.finetune --agent=o2ppo --o2ppo_aux=false              # direct PPO from IQL
+  python -m experiments.finetune --agent=direct_ppo                           # direct PPO from IQL
+  python -m experiments.finetune --agent=o2ppo --o2ppo_aux=false              # the same, as an ablation
   python -m experiments.finetune --agent=o2ppo --from=runs/reevaluate/o2ppo/...
 
 A finished phase is reused. The re-evaluation run depends only on the V settings, so O2PPO and the
@@ -40,6 +41,9 @@ from o2o_jax.recipes import offline
 from o2o_jax.types import seed_keys
 
 AGENT = "o2ppo"
+# Direct PPO fine-tuning as a named agent (issue #21): O2PPO with its one switch, the auxiliary
+# advantage, off; it shares O2PPO's pre-training and V fit (the same run directories).
+DIRECT = "direct_ppo"
 # --budget: 'paper' = 250k online env steps (paper §5 / H.5), evaluated every 2.5k steps with 10
 # episodes, V fitted for 1M steps (released code), IQL for 1M; 'quick' = minutes on a laptop CPU:
 # 51,200 online steps = 100 rollouts of 512 (~3 min for 5 seeds here). 12 rollouts (session 5)
@@ -116,7 +120,7 @@ def check(ctx: recipe_lib.Context) -> None:
   max_std = ctx["o2ppo_max_std"]
   if max_std is not None and max_std < 0:
     raise O2OError(f"--o2ppo_max_std must be positive, or 0 for no cap (got {max_std})")
-  _reference_mode(ctx["o2ppo_reference"])
+  _reference_mode(ctx.get("o2ppo_reference", "best"))
   rollout_length, minibatches = ctx["ppo_rollout_length"], ctx["ppo_minibatches"]
   if rollout_length % minibatches:
     raise O2OError(f"--ppo_rollout_length ({rollout_length}) must be a multiple of the number of "
@@ -244,19 +248,22 @@ def finetune_phase(ctx: recipe_lib.Context) -> Path:
   prev = runs.read_config(reevaluate_dir)
   dataset_id = prev["dataset"]
   online_steps, eval_every, eval_episodes = ctx["online_steps"], ctx["eval_every"], ctx["eval_episodes"]
-  reference = ctx["o2ppo_reference"]
-  config = finetune_config(ctx, runs.config_from_dict(o2ppo.Config, prev["agent_config"]), dataset_id)
+  reference = ctx.get("o2ppo_reference", "best")
+  fit_config = runs.config_from_dict(o2ppo.Config, prev["agent_config"])
+  if ctx.agent == DIRECT:
+    fit_config = dataclasses.replace(fit_config, aux=False)
+  config = finetune_config(ctx, fit_config, dataset_id)
   interval = reference_interval(reference, dataset_id, eval_every)
-  run_config = {"phase": "finetune", "agent": AGENT, "dataset": dataset_id, "env": prev["env"],
+  run_config = {"phase": "finetune", "agent": ctx.agent, "dataset": dataset_id, "env": prev["env"],
                 "seeds": prev["seeds"], "seed": prev["seed"], "from": str(reevaluate_dir),
                 "steps": online_steps, "eval_every": eval_every, "eval_episodes": eval_episodes,
                 "reference": reference, "agent_config": dataclasses.asdict(config)}
   if interval is not None:
     run_config["reference_interval"] = interval
-  suffix = ("" if config.aux else "-noaux") + ("-broadcast" if config.aux and
-                                                config.aux_pairing == "broadcast" else "")
+  suffix = ("" if config.aux or ctx.agent == DIRECT else "-noaux") + (
+      "-broadcast" if config.aux and config.aux_pairing == "broadcast" else "")
   spec = phase_lib.OnPolicyPhase(
-      agent=AGENT, dataset_id=dataset_id, run_name=ctx.base_name() + suffix, config=run_config,
+      agent=ctx.agent, dataset_id=dataset_id, run_name=ctx.base_name() + suffix, config=run_config,
       loop=onpolicy.OnPolicyConfig(total_steps=online_steps, rollout_length=config.rollout_length,
                                    eval_every=eval_every, eval_episodes=eval_episodes),
       label=AGENT if config.aux else "ppo",
@@ -359,20 +366,34 @@ OPTIONS = (
     Option("ppo_entropy_coef", 0.01, "Entropy bonus coefficient.", field="entropy_coef"),
 )
 
-RECIPES = {AGENT: recipe_lib.Recipe(
-    agent=AGENT, doc="O2PPO: IQL pre-training, V fitted to the offline Monte-Carlo returns, then "
-    "on-policy PPO fine-tuning with the auxiliary advantage", config=o2ppo.Config, budgets=BUDGETS,
-    reads=("offline_algo", "reevaluate_steps"), options=OPTIONS, check=check,
-    phases=(offline.pretrain_phase("iql", preset=lambda ctx: ctx["o2ppo_iql_preset"],
-                                   run_name=_pretrain_run_name),
-            recipe_lib.Phase("reevaluate", "fit", reevaluate_phase, needs=("pretrain",),
-                             accepts=lambda cfg: cfg.get("agent") == AGENT,
-                             step=o2ppo.value_fit_step, act=o2ppo.offline_act,
-                             data="the offline dataset, V targets = Monte-Carlo returns (with the "
-                                  "dynamic reward scaler's dataset pass where it applies)"),
-            recipe_lib.Phase("finetune", "on-policy online", finetune_phase, needs=("reevaluate",),
-                             step=o2ppo.update, act=o2ppo.act,
-                             data="rollouts of --ppo_rollout_length env steps per seed (explore: "
-                                  "o2ppo.explore), advantages normalised over each rollout",
-                             hook="pi_ref refresh (--o2ppo_reference: the best evaluated policy, or "
-                                  "every N env steps)")))}
+# The options a direct_ppo run has no use for (the auxiliary advantage's and pi_ref's).
+AUX_OPTIONS = ("o2ppo_aux", "o2ppo_aux_pairing", "o2ppo_aux_clip", "o2ppo_aux_alpha", "o2ppo_beta_steps",
+               "o2ppo_reference")
+
+
+def _recipe(agent: str, doc: str) -> recipe_lib.Recipe:
+  direct = agent == DIRECT
+  return recipe_lib.Recipe(
+      agent=agent, doc=doc, config=o2ppo.Config, budgets=BUDGETS,
+      reads=("offline_algo", "reevaluate_steps"), check=check,
+      options=tuple(o for o in OPTIONS if not (direct and o.name in AUX_OPTIONS)),
+      phases=(offline.pretrain_phase("iql", preset=lambda ctx: ctx["o2ppo_iql_preset"],
+                                     run_name=_pretrain_run_name),
+              recipe_lib.Phase("reevaluate", "fit", reevaluate_phase, needs=("pretrain",),
+                               accepts=lambda cfg: cfg.get("agent") == AGENT,
+                               step=o2ppo.value_fit_step, act=o2ppo.offline_act,
+                               data="the offline dataset, V targets = Monte-Carlo returns (with the "
+                                    "dynamic reward scaler's dataset pass where it applies)"),
+              recipe_lib.Phase("finetune", "on-policy online", finetune_phase, needs=("reevaluate",),
+                               step=o2ppo.update, act=o2ppo.act,
+                               data="rollouts of --ppo_rollout_length env steps per seed (explore: "
+                                    "o2ppo.explore), advantages normalised over each rollout",
+                               hook="" if direct else
+                                    "pi_ref refresh (--o2ppo_reference: the best evaluated policy, "
+                                    "or every N env steps)")))
+
+
+RECIPES = {AGENT: _recipe(AGENT, "O2PPO: IQL pre-training, V fitted to the offline Monte-Carlo "
+                          "returns, then on-policy PPO fine-tuning with the auxiliary advantage"),
+           DIRECT: _recipe(DIRECT, "Direct PPO fine-tuning from IQL: O2PPO's V fit, then plain PPO "
+                           "(O2PPO without the auxiliary advantage; paper appendix A, figure 4)")}

@@ -17,19 +17,14 @@ scale.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
 import jax
-import numpy as np
-from o2o_jax import loops, presets
+from o2o_jax import presets
 from o2o_jax import recipe as recipe_lib
-from o2o_jax import phase as phase_lib
 from o2o_jax.agents.o2o import o3f
-from o2o_jax.data import prepared
-from o2o_jax.errors import O2OError
-from o2o_jax.recipes import offline, ocr_cft
+from o2o_jax.recipes import offline, ocr_cft, online_from_offline
 
 IQL_ALGOS = ("iql5", "iql")     # offline runs O3F can fine-tune (IQL's state, any number of critics)
 # --budget: ocr_cft.BUDGETS' offline/online step counts; no warm-up, since the buffer starts with the
@@ -40,59 +35,28 @@ BUDGETS = {b: {**{k: v[k] for k in ("pretrain_steps", "pretrain_eval_every", "on
 
 def restore_iql(pretrain_dir: Path) -> recipe_lib.LoadedRun:
   """A finished IQL pretrain run (any number of critics)."""
-  loaded = recipe_lib.load_run(pretrain_dir, phases=("pretrain",), want="a pretrain run of iql5 or iql")
-  if loaded.config.get("algo") not in IQL_ALGOS:
-    raise O2OError(f"{pretrain_dir} is a pretrain run of {loaded.config.get('algo')}: o3f fine-tunes "
-                   "an iql5 or iql run")
-  return loaded
+  return online_from_offline.restore(pretrain_dir, IQL_ALGOS, "o3f")
 
 
 def finetune_phase(ctx: recipe_lib.Context) -> Path:
   """O3F online from the pretrain run: the IQL run's Config carried over, sigma for the dataset's env
   (paper: 0.2 on locomotion, 0.05 elsewhere), then the options and the --config. overrides."""
-  pretrain_dir = ctx.runs["pretrain"]
-  loaded = restore_iql(pretrain_dir)
-  cfg, base_config, states, meta = loaded.config, loaded.agent_config, loaded.states, loaded.meta
-  names = {f.name for f in dataclasses.fields(o3f.Config)}
-  values = {k: v for k, v in dataclasses.asdict(base_config).items() if k in names}
-  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  env, _ = presets.dataset_env_and_level(cfg["dataset"])
-  config = ctx.configure(o3f.Config(**{**values, "sigma": o3f.sigma_for_env(env)}))
-  seeds, seed, utd, batch_size = cfg["seeds"], cfg["seed"], ctx.get("utd") or 1, ctx["batch_size"]
-  online_steps, warmup_steps = ctx["online_steps"], ctx["warmup_steps"]
-  eval_every, eval_episodes, log = ctx["eval_every"], ctx["eval_episodes"], ctx.log
-  run_config = {"phase": "finetune", "agent": "o3f", "dataset": cfg["dataset"], "env": cfg["env"],
-                "seeds": seeds, "seed": seed, "from": str(pretrain_dir), "steps": online_steps,
-                "offline_algo": cfg["algo"], "preset": cfg.get("preset"),
-                "reward_transform": dict(zip(("scale", "shift"), prepared.reward_transform(meta))),
-                "agent_config": dataclasses.asdict(config), "utd": utd,
-                "warmup_steps": warmup_steps, "eval_every": eval_every,
-                "eval_episodes": eval_episodes, "batch_size": batch_size}
-  spec = phase_lib.OnlinePhase(
-      agent="o3f", dataset_id=cfg["dataset"], run_name=ctx.base_name(), config=run_config,
-      loop=phase_lib.online_loop(online_steps, warmup_steps, eval_every, eval_episodes, utd=utd,
-                                 batch_size=batch_size, offline_fraction=0.0,
-                                 offline_union=True),   # the buffer "starts as the whole dataset"
-      plot_keys=("eval/normalized_score", "train/critic_loss", "train/value_loss", "train/actor_loss"),
-      **ctx.phase_args())
+  loaded = restore_iql(ctx.runs["pretrain"])
+  env, _ = presets.dataset_env_and_level(loaded.config["dataset"])
+  config = ctx.configure(online_from_offline.carried_config(o3f.Config, loaded.agent_config,
+                                                            sigma=o3f.sigma_for_env(env)))
 
-  def build(run_dir):
-    s0 = jax.jit(jax.vmap(functools.partial(o3f.start_online, config=config)))(states)
-    # The buffer starts as the whole dataset, with the IQL run's reward transform (the online loop
-    # stores env rewards with the same scale; the library adds a shift to every batch).
-    scale, shift = prepared.reward_transform(meta)
-    data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"], scale,
-                              batch_size=batch_size, reward_shift=shift)
-    log(f"[finetune] o3f from {cfg['algo']} ({config.num_critics} critics"
-        f"{', deterministic actor' if config.deterministic else ''}): {online_steps} online steps, "
-        f"UTD {utd}, best of {config.num_candidates} candidates (sigma {config.sigma}, omega "
-        f"{config.omega}), buffer = the {data.dataset.size} offline transitions + online -> {run_dir}")
-    return phase_lib.OnlineTraining(
-        learner=loops.Learner(ctx.phase.step, ctx.phase.act), states=s0, data=data,
-        metadata={**meta, "agent": "o3f"},
-        start_scores={"offline": np.asarray(meta["eval_score"], np.float32)})
+  def describe(data):
+    return (f"o3f from {loaded.config['algo']} ({config.num_critics} critics"
+            f"{', deterministic actor' if config.deterministic else ''}): {ctx['online_steps']} "
+            f"online steps, UTD {ctx.get('utd') or 1}, best of {config.num_candidates} candidates "
+            f"(sigma {config.sigma}, omega {config.omega}), buffer = the {data.dataset.size} offline "
+            "transitions + online")
 
-  return phase_lib.run_online_phase(spec, build, log)
+  return online_from_offline.finetune_phase(
+      ctx, "o3f", loaded, config, jax.jit(jax.vmap(functools.partial(o3f.start_online, config=config))),
+      describe, offline_union=True,    # the buffer "starts as the whole dataset"
+      plot_keys=("eval/normalized_score", "train/critic_loss", "train/value_loss", "train/actor_loss"))
 
 
 OPTIONS = (

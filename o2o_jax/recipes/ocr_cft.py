@@ -52,8 +52,22 @@ BUDGETS = {
                   align_steps=5_000, align_eval_every=5_000, online_steps=10_000, warmup_steps=1_000,
                   eval_every=2_000, eval_episodes=5, hidden_dims=(64, 64), critic_hidden=(64, 64)),
 }
+# Direct fine-tuning as named agents (issue #21): the OCR-CFT agent with every component switched off
+# (no re-evaluation: the offline critic is kept; no alignment; lambda = 0), its own run directories.
+DIRECT = {"direct_td3": "o2td3", "direct_sac": "o2sac"}
+SWITCHES = ("reevaluate", "align", "constrain")
+# What a direct_* agent has no use for: the switches, and the settings of the phases and the
+# constraint it switches off.
+DIRECT_UNREAD = SWITCHES + ("reevaluate_steps", "align_steps", "reference", "tau_start", "tau_end")
+
+
+def base_agent(agent_name: str) -> str:
+  """The OCR-CFT agent a direct_* agent switches off (itself for o2td3 / o2sac)."""
+  return DIRECT.get(agent_name, agent_name)
+
+
 # The paper's source algorithm per O2O agent (CQL -> O2SAC, TD3+BC -> O2TD3).
-SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
+SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql", "direct_td3": "td3bc", "direct_sac": "cql"}
 # Quick-budget offline steps for the algorithms whose count differs from BUDGETS["quick"].
 # TD3+BC gets 100k: at 10k it is a snapshot of a policy still changing (walker2d-medium: mean Q 21
 # of the ~38 it settles at, score 52 at 5k falling to ~37 by 15k), not the converged offline policy
@@ -62,7 +76,8 @@ SOURCE_ALGO = {"o2td3": "td3bc", "o2sac": "cql"}
 # update is ~20x cheaper than CQL's, so 100k steps (~6 min for 5 seeds on 2 cores) still cost less
 # than CQL's 10k (~14 min).
 QUICK_PRETRAIN_STEPS = {"td3bc": 100_000}
-DEFAULT_UTD = {"o2td3": 1, "o2sac": 10}     # the released code: O2SAC 10 updates per env step
+# The released code: O2SAC 10 updates per env step (direct SAC the same learner).
+DEFAULT_UTD = {"o2td3": 1, "o2sac": 10, "direct_td3": 1, "direct_sac": 10}
 # Actor options an O2O agent copies from the offline agent's config, so the networks match.
 ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max", "learnable_log_std_scale", "orthogonal_init",
                 "actor_init")
@@ -90,6 +105,7 @@ def o2o_preset(agent_name: str, dataset_id: str) -> Dict[str, Any]:
   O2SAC a single 5x256 critic (LayerNorm), alpha 0.2 (umaze) / 0.5 (medium, large), lambda init 1.0 /
   2.0; O2TD3 no critic LayerNorm. (AntMaze rewards and state normalisation come with the source
   algorithm's 'official' offline preset, o2o_jax.presets; step counts with `dataset_budget`.)"""
+  agent_name = base_agent(agent_name)
   _, level = presets.dataset_env_and_level(dataset_id)
   maze = presets.antmaze_size(dataset_id)
   expert = level in ("medium-expert", "expert")
@@ -121,6 +137,7 @@ ANTMAZE_WARMUP = {"o2sac": 5_000, "o2td3": 1_000}
 
 def dataset_budget(agent_name: str, dataset_id: str, budget: str) -> Dict[str, Any]:
   """Budget values a dataset's released config changes (see ANTMAZE_BUDGET) for `agent_name`."""
+  agent_name = base_agent(agent_name)
   if budget != "paper" or presets.antmaze_size(dataset_id) is None or agent_name not in ANTMAZE_WARMUP:
     return {}
   return {**ANTMAZE_BUDGET, "warmup_steps": ANTMAZE_WARMUP[agent_name]}
@@ -139,6 +156,7 @@ INTERVAL_UPDATE_N = 10
 
 def interval_extras(agent_name: str, dataset_id: str) -> Dict[str, Any]:
   """{'tau_end_divisor', 'actor_grad_clip' (None: none), 'update_n'} of --reference=interval:N."""
+  agent_name = base_agent(agent_name)
   if agent_name not in ("o2sac", "o2td3"):
     return {}
   env = presets.d4rl_name(dataset_id)
@@ -241,17 +259,45 @@ def _o2o_run(phase: str, agent_name: str, from_dir: Path, steps: int, run_name: 
   return prev, config, run_dir, resumed
 
 
+def offline_critic(states):
+  """(critic params, target critic params) of seed-stacked offline states: TD3+BC's, or the SAC
+  inside CQL's; None for an offline algorithm without a Q critic of that form (e.g. BC)."""
+  inner = getattr(states, "sac", states)
+  critic, target = getattr(inner, "critic", None), getattr(inner, "target_critic_params", None)
+  return None if critic is None or target is None else (critic.params, target)
+
+
+def offline_critic_fields(offline_config) -> Dict[str, Any]:
+  """The O2O Config fields that give the O2O agent the offline run's critic architecture."""
+  hidden = getattr(offline_config, "critic_hidden_dims", None) or offline_config.hidden_dims
+  return {"critic_hidden_dims": tuple(hidden),
+          "critic_layer_norm": bool(getattr(offline_config, "critic_layer_norm", False))}
+
+
 def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes: int,
                critic_hidden: Optional[Sequence[int]] = None, batch_size: int = 256,
-               constrain: bool = True,
+               constrain: bool = True, keep_offline_critic: bool = False,
                overrides: Optional[Dict[str, Any]] = None, configure=None,
                learner: Optional[loops.Learner] = None, out_dir: str = "runs",
                run_name: Optional[str] = None, restart: bool = False, progress: bool = True,
                checkpoint_every: int = CHECKPOINT_EVERY, log=print) -> Path:
-  """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE); `steps` 0 (the
-  ablation --reevaluate=false): the fresh critic, pi_off evaluated once."""
+  """Policy re-evaluation: a fresh critic fitted to the frozen offline actor (FQE) for `steps`.
+  `keep_offline_critic` (the ablation --reevaluate=false, and direct fine-tuning; `steps` 0): no
+  re-evaluation, the critic is the offline run's own (its architecture, its weights and targets), as
+  in the paper's ablation (appendix, figure 5: without re-evaluation "the offline critic may be
+  severely pessimistic"); pi_off is evaluated once."""
   agent = registry.get(agent_name, registry.O2O)
-  actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
+  if keep_offline_critic:
+    loaded = recipe_lib.load_run(pretrain_dir, phases=("pretrain",))
+    actor_params, actor_config, meta = loaded.states.actor.params, loaded.agent_config, loaded.meta
+    critic = offline_critic(loaded.states)
+    if critic is None:
+      raise O2OError(f"--reevaluate=false keeps the offline critic, and the {loaded.config.get('algo')} "
+                     f"run {pretrain_dir} has none: re-evaluate (--reevaluate=true) or pretrain an "
+                     "algorithm with a Q critic")
+    overrides = {**offline_critic_fields(actor_config), **(overrides or {})}
+  else:
+    actor_params, actor_config, meta = offline_actor_params(pretrain_dir)
   o2o_config = make_o2o_config(agent_name, actor_config, meta["dataset_id"], critic_hidden, constrain,
                                overrides, configure)
   scale, shift = prepared.reward_transform(meta)
@@ -280,8 +326,18 @@ def reevaluate(*, agent_name: str, pretrain_dir: Path, steps: int, eval_episodes
     local = distributed.local_seed_count(prev["seeds"])
     states = jax.jit(jax.vmap(lambda k, p: agent.init(k, meta["obs_dim"], meta["act_dim"], o2o_config,
                                                       p)))(seed_keys(prev["seed"] + 1, local), actor_params)
-    log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
-        f"steps -> {run_dir}")
+    if keep_offline_critic:
+      params, target = critic
+      recipe_lib.check_actor_fits(
+          jax.tree_util.tree_map(lambda x: x[0], states.critic.params), params,
+          f"the {prev['algo']} critic does not fit {agent_name}'s critic (network type or sizes): "
+          "re-evaluate instead (--reevaluate=true)")
+      states = states.replace(critic=states.critic.replace(params=params), target_critic_params=target)
+      log(f"[reevaluate] {agent_name}: no re-evaluation, the {prev['algo']} run's critic is kept "
+          f"-> {run_dir}")
+    else:
+      log(f"[reevaluate] {agent_name}: fitting a fresh critic to the frozen offline actor for {steps} "
+          f"steps -> {run_dir}")
     out_meta = {**{k: meta[k] for k in ("dataset_id", "env_id", "obs_dim", "act_dim", "obs_mean",
                                         "obs_std", "reward_transform")}, "phase": "reevaluate",
                 "agent": agent_name, "offline_algo": prev["algo"]}
@@ -512,8 +568,11 @@ def _tau_overrides(ctx) -> Dict[str, float]:
   return {k: ctx.settings[k] for k in ("tau_start", "tau_end") if ctx.settings.get(k) is not None}
 
 
-def _switches(ctx) -> str:
-  return "".join(f"-no{n}" for n in ("reevaluate", "align", "constrain") if not ctx[n])
+def _switches(ctx, names=SWITCHES) -> str:
+  """The run-name suffix of the switched-off components (none for a direct_* agent: all are off)."""
+  if ctx.agent in DIRECT:
+    return ""
+  return "".join(f"-no{n}" for n in names if not ctx[n])
 
 
 def _check(ctx) -> None:
@@ -541,10 +600,11 @@ def _pretrain_steps(ctx) -> int:
 def _reevaluate_phase(ctx) -> Path:
   return reevaluate(agent_name=ctx.agent, pretrain_dir=ctx.runs["pretrain"],
                     steps=ctx["reevaluate_steps"] if ctx["reevaluate"] else 0,
+                    keep_offline_critic=not ctx["reevaluate"],
                     eval_episodes=ctx["eval_episodes"], critic_hidden=ctx["critic_hidden"],
                     batch_size=ctx["batch_size"], overrides=_tau_overrides(ctx),
                     configure=ctx.configure, learner=_learner(ctx), log=ctx.log,
-                    run_name=ctx.base_name() + ("" if ctx["reevaluate"] else "-noreevaluate"),
+                    run_name=ctx.base_name() + _switches(ctx, ("reevaluate",)),
                     **ctx.phase_args())
 
 
@@ -556,7 +616,7 @@ def _align_phase(ctx) -> Path:
                eval_every=min(ctx["align_eval_every"], ctx["align_steps"]),
                eval_episodes=ctx["eval_episodes"], batch_size=ctx["batch_size"],
                configure=ctx.configure, learner=_learner(ctx), log=ctx.log,
-               run_name=ctx.base_name() + ("" if ctx["reevaluate"] else "-noreevaluate"),
+               run_name=ctx.base_name() + _switches(ctx, ("reevaluate",)),
                **ctx.phase_args())
 
 
@@ -575,34 +635,50 @@ READS = ("offline_algo", "preset", "reevaluate_steps", "align_steps", "warmup_st
          "utd", "reevaluate", "align", "constrain", "reference", "buffer", "tau_start", "tau_end")
 
 
+
+
 def _recipe(agent: str, doc: str) -> recipe_lib.Recipe:
+  """The OCR-CFT recipe of `agent`; a direct_* agent has every switch off, and no flag for them (its
+  reads leave them out), and shares the offline run of its OCR-CFT agent (the same `chain`)."""
   module = registry.get(agent, registry.O2O)
   offline_data = "the offline dataset, with the offline run's reward transform"
+  direct = agent in DIRECT
   return recipe_lib.Recipe(
       agent=agent, doc=doc, config=registry.get(agent, registry.O2O).Config, budgets=BUDGETS,
-      reads=READS, check=_check, run_name=offline.preset_run_name,
-      defaults={"preset": "official", "reevaluate": True, "align": True, "constrain": True,
-                "reference": "best", "buffer": "half"},
+      reads=tuple(r for r in READS if not (direct and r in DIRECT_UNREAD)),
+      check=_check, run_name=offline.preset_run_name,
+      defaults={"preset": "official", **{s: not direct for s in SWITCHES}, "reference": "best",
+                "buffer": "half"},
       dataset_budget=lambda dataset_id, budget: dataset_budget(agent, dataset_id, budget),
       phases=(offline.pretrain_phase(SOURCE_ALGO[agent], steps=_pretrain_steps,
                                      eval_every=lambda ctx: ctx["pretrain_eval_every"],
-                                     preset=lambda ctx: ctx["preset"], chain=agent),
+                                     preset=lambda ctx: ctx["preset"], chain=base_agent(agent)),
               recipe_lib.Phase("reevaluate", "fit", _reevaluate_phase, needs=("pretrain",),
-                               step=module.reevaluate_step, act=module.offline_act, data=offline_data,
-                               hook="pi_off's score (the constraint's first reference)"),
+                               step=None if direct else module.reevaluate_step, act=module.offline_act,
+                               data=("none: the offline run's critic is kept" if direct else
+                                     offline_data),
+                               hook="pi_off's score" + ("" if direct else
+                                                        " (the constraint's first reference)")),
               recipe_lib.Phase("align", "fit", _align_phase, needs=("reevaluate",),
-                               step=module.align_step, act=module.act, data=offline_data,
-                               hook="pi_on's score; at the end finish_alignment"),
+                               step=None if direct else module.align_step, act=module.act,
+                               data="none: skipped (pi_on = pi_off)" if direct else offline_data,
+                               hook="finish_alignment" if direct else
+                                    "pi_on's score; at the end finish_alignment"),
               recipe_lib.Phase("finetune", "off-policy online", _finetune_phase, needs=("align",),
                                step=module.finetune_step, act=module.act,
                                data="the online buffer (+ offline rows, --buffer)",
                                replay="--buffer: half = half of each batch offline (H.2), all = the "
                                       "whole dataset, part = the top-50 episodes, null = online only",
-                               hook="pi_ref refresh (--reference: the best evaluated policy, or "
+                               hook="" if direct else
+                                    "pi_ref refresh (--reference: the best evaluated policy, or "
                                     "pi_on every N env steps)")))
 
 
 RECIPES = {"o2td3": _recipe("o2td3", "OCR-CFT on TD3 (from TD3+BC): re-evaluation, alignment, "
                             "constrained fine-tuning"),
            "o2sac": _recipe("o2sac", "OCR-CFT on SAC (from CQL): re-evaluation, alignment, "
-                            "constrained fine-tuning")}
+                            "constrained fine-tuning"),
+           "direct_td3": _recipe("direct_td3", "Direct fine-tuning with TD3 from TD3+BC: the offline "
+                                 "actor and critic, plain TD3 online (O2TD3 with every component off)"),
+           "direct_sac": _recipe("direct_sac", "Direct fine-tuning with SAC from CQL: the offline "
+                                 "actor and critic, plain SAC online (O2SAC with every component off)")}

@@ -96,7 +96,11 @@ def pretrain(*, algo: str, dataset_id: str, seeds: int, seed: int, num_steps: in
                 "obs_mean": data.obs_mean, "obs_std": data.obs_std,
                 "reward_transform": {"scale": scale, "shift": shift},
                 "ref_min_score": ds.ref_min_score, "ref_max_score": ds.ref_max_score}
-    return phase_lib.Training(agent, states, data.device, data, metadata)
+    # An algorithm that trains on more than the transitions builds its dataset itself (Cal-QL: the
+    # return-to-go of each row, which the offline loop's sampler gathers with the transition).
+    rows = (agent.offline_dataset(data, agent_config) if hasattr(agent, "offline_dataset")
+            else data.device)
+    return phase_lib.Training(agent, states, rows, data, metadata)
 
   return phase_lib.run_offline_phase(spec, build, log)
 
@@ -124,13 +128,15 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
                    preset: Optional[Callable] = None, chain: Optional[str] = None,
                    normalize_states: Optional[Callable] = None,
                    run_name: Optional[Callable] = None,
-                   hidden_dims: Optional[Callable] = None) -> recipe_lib.Phase:
+                   hidden_dims: Optional[Callable] = None,
+                   seeds: Optional[Callable] = None) -> recipe_lib.Phase:
   """The 'pretrain' phase of a recipe: `pretrain` of `ctx['offline_algo']` (default
   `default_algo`; one of `algos` when given, else any offline algorithm: a one-line error says
   `why`) with the context's budget. The callables take the Context: `steps` (default
   ctx['pretrain_steps']), `eval_every` (default min(ctx['pretrain_eval_every'], steps)), `preset`
   (default ctx['preset'], else 'corl'), `normalize_states` (default None: the preset's), `run_name`
-  (default ctx.base_name()) and `hidden_dims` (default ctx['hidden_dims']). Its step is the offline
+  (default ctx.base_name()), `hidden_dims` (default ctx['hidden_dims']) and `seeds` (default
+  ctx['seeds']; Off2On pre-trains its ensemble members as seeds). Its step is the offline
   algorithm's `update`, chosen at run time."""
   def run(ctx) -> Path:
     algo = ctx.get("offline_algo") or default_algo
@@ -140,7 +146,8 @@ def pretrain_phase(default_algo: str, algos: Optional[Sequence[str]] = None, *, 
                      + (f" ({why})" if why else ""))
     n = steps(ctx) if steps else ctx["pretrain_steps"]
     return pretrain(
-        algo=algo, dataset_id=ctx["dataset"], seeds=ctx["seeds"], seed=ctx["seed"], num_steps=n,
+        algo=algo, dataset_id=ctx["dataset"], seeds=seeds(ctx) if seeds else ctx["seeds"],
+        seed=ctx["seed"], num_steps=n,
         eval_every=eval_every(ctx) if eval_every else min(ctx["pretrain_eval_every"], max(n, 1)),
         eval_episodes=ctx["eval_episodes"],
         hidden_dims=hidden_dims(ctx) if hidden_dims else ctx["hidden_dims"],

@@ -1,11 +1,14 @@
-"""SAMG's recipes (agents samg_cql, samg_awac, samg_iql: SAMG on the base algorithm of the name):
+"""SAMG's recipes (agents samg_cql, samg_awac, samg_iql, samg_calql: SAMG on the base algorithm of
+the name):
 
   pretrain   the base algorithm offline (offline.pretrain; reused when finished)  runs/pretrain/<base>/...
   cvae       the state-action C-VAE on the dataset + the normal fit of its latent means
                                                                                   runs/cvae/samg/...
   finetune   SAMG online: frozen offline critic, mixed target, online-only buffer seeded with
-             `--samg_prefill` transitions of the offline policy (o2o_jax.phase); samg_cql also
-             draws offline rows for its p-weighted conservative term (--samg_cql_offline_penalty)
+             `--samg_prefill` transitions of the offline policy (o2o_jax.phase); samg_cql and
+             samg_calql also draw offline rows for their p-weighted conservative term
+             (--samg_cql_offline_penalty); Cal-QL runs online as after CORL's switch (no calibration,
+             alpha_cql = its cql_alpha_online)
                                                                                   runs/finetune/samg_<base>/...
 
   python -m experiments.finetune --agent=samg_iql --budget=quick
@@ -41,7 +44,8 @@ from o2o_jax.errors import O2OError
 from o2o_jax.recipes import offline
 from o2o_jax.types import seed_keys
 
-AGENTS = ("samg_cql", "samg_awac", "samg_iql")
+AGENTS = ("samg_cql", "samg_awac", "samg_iql", "samg_calql")
+BASE_NAMES = {"cql": "CQL", "awac": "AWAC", "iql": "IQL", "calql": "Cal-QL"}
 # --budget: 'paper' = the OCR-CFT protocol (1M offline steps, 100k online, eval every 1k with 10
 # episodes; the SAMG paper itself fine-tunes 500k/1M steps) and a 100k-step C-VAE [recon];
 # 'quick' = minutes on a laptop CPU. The 1000 prefill transitions play the paper's 1000-step warm-up,
@@ -256,6 +260,7 @@ def restore_base(pretrain_dir: Path, base: str, extra_steps: int) -> recipe_lib.
     # offline run's schedule ended at its own length (lr 0), so the horizon is extended here (in
     # the restore template: the restored optimizer is the template's).
     base_config = dataclasses.replace(base_config, max_steps=base_config.max_steps + extra_steps)
+  base_config = samg.online_base_config(base, base_config)     # Cal-QL: CORL's offline -> online switch
   loaded = recipe_lib.load_run(
       pretrain_dir, phases=("pretrain",), want=f"a pretrain run of {base}",
       template=lambda c, m: loops.init_shapes(module, seed_keys(c["seed"], c["seeds"]), m["obs_dim"],
@@ -342,7 +347,7 @@ def check(ctx: recipe_lib.Context) -> None:
 
 
 def options(agent: str):
-  """The --samg_* options of `agent` (--samg_cql_offline_penalty is samg_cql's alone)."""
+  """The --samg_* options of `agent` (--samg_cql_offline_penalty: samg_cql's and samg_calql's)."""
   Option = recipe_lib.Option
   opts = [
       Option("samg_threshold", 0.5, "SAMG p_m^off: the weight p(s,a) is 0 below it (paper 0.5 on "
@@ -380,11 +385,11 @@ def options(agent: str):
              "[-clip, clip] before it is added (CORL finetune/iql.py `noise_clip` 0.5).",
              field="exploration_noise_clip"),
   ]
-  if agent == "samg_cql":
-    opts.append(Option("samg_cql_offline_penalty", 1.0, "samg_cql: weight, relative to CQL's alpha, "
-                       "of the p-weighted conservative term on offline rows (paper App. C.1); each "
-                       "update then draws as many offline rows as online ones. 0: off (no offline "
-                       "data online).", field="cql_offline_penalty"))
+  if base_of(agent) in samg.CQL_BASES:
+    opts.append(Option("samg_cql_offline_penalty", 1.0, "samg_cql, samg_calql: weight, relative to "
+                       "CQL's alpha, of the p-weighted conservative term on offline rows (paper App. "
+                       "C.1); each update then draws as many offline rows as online ones. 0: off (no "
+                       "offline data online).", field="cql_offline_penalty"))
   # Env steps here, updates in samg.Config (x --utd): read by samg_config, not a `field`.
   opts.append(Option("samg_guidance_steps", None, "SAMG: online env steps with offline guidance; "
                      "after them p = 0 and the base algorithm runs unchanged (paper App. C.4 cuts it "
@@ -400,8 +405,8 @@ def recipe(agent: str) -> recipe_lib.Recipe:
       eval_every=lambda ctx: ctx["pretrain_eval_every"], preset=lambda ctx: "corl",
       hidden_dims=lambda ctx: network_dims(ctx["hidden_dims"]))
   return recipe_lib.Recipe(
-      agent=agent, doc=f"SAMG on {base.upper()}: {base} pre-training, a state-action C-VAE on the "
-      "dataset, then the base algorithm online with the offline critic's guidance weighted by the "
+      agent=agent, doc=f"SAMG on {BASE_NAMES[base]}: {base} pre-training, a state-action C-VAE on "
+      "the dataset, then the base algorithm online with the offline critic's guidance weighted by the "
       "C-VAE", config=samg.Config, budgets=BUDGETS, reads=("warmup_steps", "utd"),
       options=options(agent), check=check,
       phases=(dataclasses.replace(pretrain, accepts=lambda cfg: cfg.get("algo") == base),
@@ -411,8 +416,9 @@ def recipe(agent: str) -> recipe_lib.Recipe:
                                     "at the end a normal fit of the latent means"),
               recipe_lib.Phase("finetune", "off-policy online", finetune_phase,
                                needs=("pretrain", "cvae"), act=samg.act,
-                               data="the online buffer (samg.update; on CQL samg.update_with_offline "
-                                    "with as many offline rows for the p-weighted penalty)",
+                               data="the online buffer (samg.update; on CQL and Cal-QL "
+                                    "samg.update_with_offline with as many offline rows for the "
+                                    "p-weighted penalty)",
                                replay="--samg_prefill transitions of the offline policy per seed")))
 
 

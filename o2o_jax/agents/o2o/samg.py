@@ -1,5 +1,5 @@
 """SAMG: state-action-conditional offline-to-online RL with offline model guidance (Zhang et al., 2024),
-on CQL, AWAC or IQL (`Config.base`). The paper's equations were stripped from our copy; they are
+on CQL, AWAC, IQL or Cal-QL (`Config.base`). The paper's equations were stripped from our copy; they are
 rebuilt in shared/reference/baselines.md §9 and the numbers below refer to the paper's equations.
 
   (2) C-VAE on D:   L = E||s' - D(z, s, a)||^2 + beta_KL KL(q(z|s,a) || N(0, I)),  z ~ q(z|s,a)
@@ -11,10 +11,12 @@ rebuilt in shared/reference/baselines.md §9 and the numbers below refer to the 
                     IQL mixes its value target instead: (1 - p) V(s') + p V_off(s')
   (5) equivalently  y = r + r_in + gamma (1-d) Q'(s', a'),  r_in = gamma (1-d) p (Q_off - Q')
 Q_off (min over the twin critics) or V_off is the offline critic, frozen at the switch; the C-VAE and
-its latent statistics are frozen too. The base algorithm's own losses are unchanged: SAMG swaps the
-bootstrap value through the bases' `next_value_hook`. Online the buffer is small and holds online
-data only, seeded with transitions of the offline policy (`loops.collect_prefill`, called by
-o2o_jax/recipes/samg.py).
+its latent statistics are frozen too. Cal-QL (`calql`) is a CQL-family base: its offline critic is
+the calibrated one, and online it runs as CORL's Cal-QL does after the switch (`calql.online_config`:
+no calibration, alpha_cql = cql_alpha_online), i.e. CQL's losses, the offline term below included.
+The base algorithm's own losses are unchanged: SAMG swaps the bootstrap value through the bases'
+`next_value_hook`. Online the buffer is small and holds online data only, seeded with transitions of
+the offline policy (`loops.collect_prefill`, called by o2o_jax/recipes/samg.py).
 
 Two extras of the paper's practice (App. C), both pure functions of traced values (jit/vmap-safe):
   CQL offline penalty (App. C.1: CQL's conservative term "is unrestricted in our paradigm and may
@@ -42,18 +44,20 @@ from jax.scipy.special import erfc
 
 from o2o_jax import networks
 from o2o_jax.agents.common import TrainState, make_train_state
+from o2o_jax.agents.o2o import calql
 from o2o_jax.agents.offline import awac, cql, iql
 from o2o_jax.agents.online import sac
 from o2o_jax.errors import O2OError
 from o2o_jax.types import PRNGKey, Transition
 
-BASES = {"cql": cql, "awac": awac, "iql": iql}
+BASES = {"cql": cql, "awac": awac, "iql": iql, "calql": calql}
+CQL_BASES = ("cql", "calql")     # a cql.State (critic under .sac) and CQL's conservative term
 WEIGHT_AT = ("sa", "next")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  base: str = "iql"                                  # cql | awac | iql
+  base: str = "iql"                                  # cql | awac | iql | calql
   base_config: Any = None                            # the base's Config (None: its defaults)
   # C-VAE, eq. (2). CPQ/BCQ layout 750-750 [recon]; latent 2|A| when None.
   cvae_hidden_dims: Sequence[int] = (750, 750)
@@ -93,7 +97,7 @@ class Config:
     if self.guidance_steps is not None and self.guidance_steps < 0:
       raise O2OError(f"SAMG guidance_steps must not be negative (got {self.guidance_steps})")
     return dataclasses.replace(
-        self, base_config=self.base_config or BASES[self.base].Config(),
+        self, base_config=self.base_config or online_base_config(self.base, BASES[self.base].Config()),
         latent_dim=self.latent_dim or 2 * act_dim,
         cvae_hidden_dims=tuple(self.cvae_hidden_dims),
         cvae_decoder_hidden_dims=(None if self.cvae_decoder_hidden_dims is None
@@ -102,7 +106,13 @@ class Config:
   @property
   def uses_offline_rows(self) -> bool:
     """Whether an update wants offline rows beside the online batch (the CQL offline penalty)."""
-    return self.base == "cql" and self.cql_offline_penalty > 0
+    return self.base in CQL_BASES and self.cql_offline_penalty > 0
+
+
+def online_base_config(base: str, config):
+  """The base's Config for online training: Cal-QL's after CORL's switch (`calql.online_config`),
+  the others' as they are."""
+  return calql.online_config(config) if base == "calql" else config
 
 
 # ----------------------------------------------------------------------------- C-VAE, eq. (2)
@@ -250,7 +260,7 @@ class State:
 
 
 def _critic(config: Config, base_state):
-  return base_state.sac.critic if config.base == "cql" else base_state.critic
+  return base_state.sac.critic if config.base in CQL_BASES else base_state.critic
 
 
 def frozen_offline_params(config: Config, base_state):
@@ -321,8 +331,9 @@ def next_value_hook(state: State):
 
 
 def _cql_update(state: State, batch: Transition, offline: Transition, key: PRNGKey):
-  """`cql.update` with the p-weighted offline term (`cql_offline_penalty`) added to the critic loss;
-  with p = 0 on every offline row it equals `cql.update` exactly (tests/test_samg.py pins this)."""
+  """The CQL-family base's update (`cql.update`, or `calql.update`, which is it online) with the
+  p-weighted offline term (`cql_offline_penalty`) added to the critic loss; with p = 0 on every
+  offline row it equals the base's update exactly (tests/test_samg.py pins this)."""
   c = state.config
   p_off = jax.lax.stop_gradient(weight(state, offline.observations, offline.actions))
 
@@ -331,8 +342,8 @@ def _cql_update(state: State, batch: Transition, offline: Transition, key: PRNGK
                                          alpha_prime=ap, config=c)
     return extra, {"samg_offline_penalty": extra, "samg_offline_gap": off_gap.mean()}
 
-  new, info = cql.update(state.base, batch, key, next_value_hook=next_value_hook(state),
-                         extra_critic_loss=offline_term)
+  new, info = BASES[c.base].update(state.base, batch, key, next_value_hook=next_value_hook(state),
+                                   extra_critic_loss=offline_term)
   return new, {**info, "samg_offline_weight": p_off.mean()}
 
 

@@ -5,6 +5,8 @@
             a_j: 10 uniform on [-1,1]^|A| (log q = |A| log 0.5), 10 from pi(.|s), 10 from pi(.|s')
             (evaluated at s), each with its own log-density (importance weights).
   Lagrange form (AntMaze): the penalty is alpha' alpha_cql (diff - gap), log alpha' maximises it.
+  A lower bound on the policy actions' Q-values (`policy_q_floor`, Cal-QL's calibration) replaces
+  Q(s,a_j) by max(Q(s,a_j), floor(s)) for the 20 policy actions inside the logsumexp (None: CQL's own).
   actor / temperature: SAC's (`sac.update_actor`).
 The SAC state, networks, target and actor update are reused from `sac` (composition, no copy).
 """
@@ -75,8 +77,10 @@ def alpha_prime(state: State):
   return jnp.clip(jnp.exp(state.alpha_prime.params["log_alpha_prime"]), 0.0, 1e6)
 
 
-def conservative_gap(critic_params, state: sac.State, batch: Transition, q_data, key):
-  """Per critic member: E_s[T logsumexp_j((Q(s,a_j) - log q(a_j))/T)] - E_D[Q(s,a)] -> (N,)."""
+def conservative_gap(critic_params, state: sac.State, batch: Transition, q_data, key, q_floor=None):
+  """Per critic member: E_s[T logsumexp_j((Q(s,a_j) - log q(a_j))/T)] - E_D[Q(s,a)] -> (N,).
+  `q_floor` (B,), when given, lower-bounds the Q-values of the actions from pi(.|s) and pi(.|s') (not
+  the uniform ones): max(Q(s,a_j), q_floor(s)) (Cal-QL; CORL `finetune/cal_ql.py` `CalQL._q_loss`)."""
   c = state.config
   b, m = batch.rewards.shape[0], c.cql_n_actions
   act_dim = batch.actions.shape[-1]
@@ -89,17 +93,20 @@ def conservative_gap(critic_params, state: sac.State, batch: Transition, q_data,
   next_actions, next_log_pi = sac.policy(state, next_obs).sample_and_log_prob(seed=k_next)
   sg = jax.lax.stop_gradient
   q_of = lambda a: state.critic.apply_fn(critic_params, obs, sg(a))       # (N, B, M)
-  q_samples = jnp.concatenate([q_of(random_actions), q_of(next_actions), q_of(cur_actions)], axis=-1)
+  q_policy = q_of if q_floor is None else lambda a: jnp.maximum(q_of(a), q_floor[None, :, None])
+  q_samples = jnp.concatenate([q_of(random_actions), q_policy(next_actions), q_policy(cur_actions)],
+                              axis=-1)
   log_q = jnp.concatenate([random_log_density, sg(next_log_pi), sg(cur_log_pi)], axis=-1)
   ood = losses.cql_logsumexp(q_samples, log_q[None], c.cql_temperature)  # (N, B)
   return (ood - q_data).mean(-1)
 
 
-def critic_loss(critic_params, state: sac.State, batch: Transition, targets, key, *, alpha_prime):
+def critic_loss(critic_params, state: sac.State, batch: Transition, targets, key, *, alpha_prime,
+                q_floor=None):
   c = state.config
   q = state.critic.apply_fn(critic_params, batch.observations, batch.actions)
   td = losses.critic_mse(q, targets)
-  gap = conservative_gap(critic_params, state, batch, q, key)
+  gap = conservative_gap(critic_params, state, batch, q, key, q_floor)
   if c.lagrange:
     penalty = alpha_prime * c.cql_alpha * (gap - c.target_action_gap)
   else:
@@ -109,7 +116,8 @@ def critic_loss(critic_params, state: sac.State, batch: Transition, targets, key
                 "target_mean": targets.mean()}
 
 
-def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None, extra_critic_loss=None):
+def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None, extra_critic_loss=None,
+           policy_q_floor=None):
   """One CQL step (critic with the conservative penalty, actor, temperature, alpha').
   Every gradient is taken at the step's starting parameters, as CORL's `ContinuousCQL.train` does:
   the actor and temperature losses are built before the critic step (the actor ascends the
@@ -118,14 +126,17 @@ def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None, 
   bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
   `extra_critic_loss(critic_params, sac_state, key, alpha_prime) -> (loss, metrics)`, when given, is
   added to the critic loss (SAMG's p-weighted offline penalty); alpha' still follows CQL's own gap.
+  `policy_q_floor` (B,), when given, lower-bounds the policy actions' Q inside the conservative term
+  (`conservative_gap`'s `q_floor`: Cal-QL's calibration); None keeps CQL's.
   """
   c = state.config
   k_critic, k_actor = jax.random.split(key)
   ap = jax.lax.stop_gradient(alpha_prime(state)) if c.lagrange else 1.0
-  loss_fn = functools.partial(critic_loss, alpha_prime=ap)
+  loss_fn = functools.partial(critic_loss, alpha_prime=ap, q_floor=policy_q_floor)
   if extra_critic_loss is not None:
     def loss_fn(critic_params, sac_state, b, targets, k):   # noqa: F811 (the extended loss)
-      loss, info = critic_loss(critic_params, sac_state, b, targets, k, alpha_prime=ap)
+      loss, info = critic_loss(critic_params, sac_state, b, targets, k, alpha_prime=ap,
+                               q_floor=policy_q_floor)
       extra, extra_info = extra_critic_loss(critic_params, sac_state, jax.random.fold_in(k, 1), ap)
       return loss + extra, {**info, **extra_info, "critic_loss": loss + extra}
   after_actor, actor_info = sac.update_actor(state.sac, batch, k_actor)

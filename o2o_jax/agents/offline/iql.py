@@ -94,10 +94,12 @@ def actor_loss(actor_params, state: State, batch: Transition, advantages):
 
 
 
-def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
+def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None,
+           train_actor: bool = True):
   """One IQL step (value, actor, critic, target).
   `next_value_hook(batch, None, next_values) -> next_values`, when given, rewrites the
   bootstrap values of the TD target (SAMG's mixed target); None keeps the algorithm's own.
+  `train_actor=False` leaves the actor as it is (PEX trains its own policy after this step).
   """
   del key  # IQL is deterministic given the batch
   c = state.config
@@ -107,8 +109,10 @@ def update(state: State, batch: Transition, key: PRNGKey, next_value_hook=None):
   g, v_info = jax.grad(value_loss, has_aux=True)(state.value.params, state, batch, target_q)
   value = state.value.apply_gradients(grads=g)
   advantages = v_info.pop("advantage")
-  g, a_info = jax.grad(actor_loss, has_aux=True)(state.actor.params, state, batch, advantages)
-  actor = state.actor.apply_gradients(grads=g)
+  actor, a_info = state.actor, {}
+  if train_actor:
+    g, a_info = jax.grad(actor_loss, has_aux=True)(state.actor.params, state, batch, advantages)
+    actor = state.actor.apply_gradients(grads=g)
   if next_value_hook is not None:
     next_v = next_value_hook(batch, None, next_v)
   targets = losses.td_target(batch.rewards, batch.masks, c.discount, next_v)

@@ -91,10 +91,12 @@ def policy(state: State, observations, params=None):
   return state.actor.apply_fn(state.actor.params if params is None else params, observations)
 
 
-def soft_td_target(state: State, batch: Transition, key: PRNGKey, next_value_hook=None) -> jax.Array:
+def soft_td_target(state: State, batch: Transition, key: PRNGKey, next_value_hook=None,
+                   next_regularizer=None) -> jax.Array:
   """y = r + gamma (1-d) (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s').
   `next_value_hook(batch, a', min_j Q'_j(s', a')) -> values` (SAMG) rewrites the bootstrap Q before
-  the entropy term; None keeps SAC's own."""
+  the entropy term; None keeps SAC's own. `next_regularizer(batch, a', log pi(a'|s')) -> values` is
+  subtracted after it (PROTO's KL to pi_k); None: nothing."""
   next_actions, next_log_probs = policy(state, batch.next_observations).sample_and_log_prob(seed=key)
   next_q = state.critic.apply_fn(state.target_critic_params, batch.next_observations,
                                  next_actions).min(0)
@@ -102,16 +104,23 @@ def soft_td_target(state: State, batch: Transition, key: PRNGKey, next_value_hoo
     next_q = next_value_hook(batch, next_actions, next_q)
   if state.config.backup_entropy:
     next_q = losses.soft_value(next_q, next_log_probs, alpha(state))
+  if next_regularizer is not None:
+    next_q = next_q - next_regularizer(batch, next_actions, next_log_probs)
   return losses.td_target(batch.rewards, batch.masks, state.config.discount, next_q)
 
 
 
 
 def update_critic(state: State, batch: Transition, key: PRNGKey, loss_fn=critic_loss,
-                  next_value_hook=None):
-  """One critic step on `loss_fn(params, state, batch, targets, key)` then the Polyak target update."""
+                  next_value_hook=None, target_fn=None):
+  """One critic step on `loss_fn(params, state, batch, targets, key)` then the Polyak target update.
+  `target_fn(state, batch, key) -> targets` replaces SAC's `soft_td_target` (Off2On's per-member
+  targets under the ensemble policy)."""
   k_target, k_loss = jax.random.split(key)
-  targets = soft_td_target(state, batch, k_target, next_value_hook)
+  if target_fn is None:
+    targets = soft_td_target(state, batch, k_target, next_value_hook)
+  else:
+    targets = target_fn(state, batch, k_target)
   grads, info = jax.grad(loss_fn, has_aux=True)(state.critic.params, state, batch, targets, k_loss)
   critic = state.critic.apply_gradients(grads=grads)
   target = losses.polyak(state.target_critic_params, critic.params, state.config.tau)
@@ -126,21 +135,24 @@ def actor_loss(actor_params, state: State, batch: Transition, key: PRNGKey):
   return loss, {"actor_loss": loss, "entropy": -log_probs.mean(), "log_probs": log_probs}
 
 
-def update_temperature(state: State, log_probs) -> tuple:
+def update_temperature(state: State, log_probs, loss=losses.temperature_loss) -> tuple:
+  """One step on `loss(log_alpha, log_probs, target_entropy)` (default the references' form)."""
   if not state.config.autotune_alpha:
     return state, {"alpha": alpha(state)}
   def loss_fn(params):
-    return losses.temperature_loss(params["log_alpha"], log_probs, state.config.target_entropy)
+    return loss(params["log_alpha"], log_probs, state.config.target_entropy)
   grads = jax.grad(loss_fn)(state.temperature.params)
   state = state.replace(temperature=state.temperature.apply_gradients(grads=grads))
   return state, {"alpha": alpha(state)}
 
 
-def update_actor(state: State, batch: Transition, key: PRNGKey, loss_fn=actor_loss):
-  """One actor step on `loss_fn(params, state, batch, key)` then one temperature step."""
+def update_actor(state: State, batch: Transition, key: PRNGKey, loss_fn=actor_loss,
+                 temperature_loss=losses.temperature_loss):
+  """One actor step on `loss_fn(params, state, batch, key)` then one temperature step on
+  `temperature_loss` (PROTO passes its own form)."""
   grads, info = jax.grad(loss_fn, has_aux=True)(state.actor.params, state, batch, key)
   state = state.replace(actor=state.actor.apply_gradients(grads=grads))
-  state, temp_info = update_temperature(state, info.pop("log_probs"))
+  state, temp_info = update_temperature(state, info.pop("log_probs"), temperature_loss)
   return state, {**info, **temp_info}
 
 

@@ -93,9 +93,11 @@ def update_actor_and_targets(state: State, batch: Transition, actor_objective=td
   grads, info = jax.grad(actor_objective, has_aux=True)(state.actor.params, state, batch)
   actor = state.actor.apply_gradients(grads=grads)
   tau = state.config.tau
+  # A Config with its own `tau_actor` moves the target actor at that rate (TD3-PROTO's pi_k).
+  actor_tau = getattr(state.config, "tau_actor", tau)
   return state.replace(
       actor=actor,
-      target_actor_params=losses.polyak(state.target_actor_params, actor.params, tau),
+      target_actor_params=losses.polyak(state.target_actor_params, actor.params, actor_tau),
       target_critic_params=losses.polyak(state.target_critic_params, state.critic.params, tau)), info
 
 
