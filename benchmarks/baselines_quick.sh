@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue #21: every comparison method beside O2SAC, O2TD3, O2PPO and direct fine-tuning, --budget=quick,
+# 5 seeds vmapped per job, on the three medium sets; one table per dataset (pi_off, early minimum over
+# the first 10% of the online steps with the dip, best, final +- std) under
+# benchmarks/results/baselines_quick/<dataset>/table.md. Agents sharing an offline run reuse it
+# (o2sac / direct_sac / proto / off2on with --seeds=1 read the same CQL run, ...). Resumable: rerun it
+# and every finished run is reused, an interrupted one continues from its snapshot.
+#   bash benchmarks/baselines_quick.sh [dataset ...]
+# Datasets: o2o/hopper/medium-v0 is embedded; generate the others with
+#   python -m experiments.make_dataset --env=halfcheetah,walker2d --from_policies --levels=medium
+# Off2On runs 3 seeds (15 CQL members): at 5 seeds its 25 CQL pre-trainings alone would cost as much as
+# the rest of a dataset's row (EXTRA applies to every other agent).
+set -u
+cd "$(dirname "$0")/.."
+datasets=${*:-o2o/hopper/medium-v0 o2o/halfcheetah/medium-v0 o2o/walker2d/medium-v0}
+agents="o2td3 direct_td3 proto_td3 o2sac direct_sac proto calql off2on aca o2ppo direct_ppo iql_ft awac_ft pex"
+for dataset in $datasets; do
+  out=benchmarks/results/baselines_quick/$(echo "$dataset" | tr / _)
+  for agent in $agents; do
+    seeds=5
+    [ "$agent" = off2on ] && seeds=3
+    OUT=$out EARLY=0.1 EXTRA="--seeds=$seeds" bash benchmarks/o2o_quick.sh "$dataset" "$agent"
+  done
+done
