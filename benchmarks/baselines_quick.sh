@@ -6,7 +6,11 @@
 # (o2sac / direct_sac / proto / off2on with --seeds=1 read the same CQL run, ...). Resumable: rerun it
 # and every finished run is reused, an interrupted one continues from its snapshot.
 #   bash benchmarks/baselines_quick.sh [dataset ...]
-# Datasets: o2o/hopper/medium-v0 is embedded; generate the others with
+# Datasets (1M transitions each; the embedded o2o/hopper/medium-v0 is a 100k subset, and a local set
+# of the same id wins): the behaviour policies of the earlier evidence (#5, #19), i.e. hopper's from
+# before #22 replaced them, halfcheetah's and walker2d's as committed until their experts finish:
+#   git archive 3efe74f^ behaviour_policies/hopper | tar -x -C /tmp/old
+#   python -m experiments.make_dataset --env=hopper --from_policies --policy_dir=/tmp/old/behaviour_policies --levels=medium
 #   python -m experiments.make_dataset --env=halfcheetah,walker2d --from_policies --levels=medium
 # Off2On runs 3 seeds (15 CQL members): at 5 seeds its 25 CQL pre-trainings alone would cost as much as
 # the rest of a dataset's row (EXTRA applies to every other agent).
