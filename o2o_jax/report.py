@@ -42,7 +42,7 @@ SCORE = "eval/normalized_score"
 # Curve-grid columns: (title, base agent names in display order). A label's base is its text before
 # the first '-' (e.g. "o2td3-presetcorl" -> "o2td3"); anything unlisted goes to "other".
 GROUPS = (("TD3-way", ("o2td3", "direct_td3", "proto_td3")),
-          ("SAC-way", ("o2sac", "direct_sac", "aca", "cal_ql", "off2on")),
+          ("SAC-way", ("o2sac", "direct_sac", "proto", "aca", "calql", "samg_calql", "off2on")),
           ("IQL/PPO-way", ("o2ppo", "direct_ppo", "iql_ft", "awac_ft", "pex")),
           ("other", ()))
 OCR_CFT = ("o2td3", "o2sac", "o2ppo")

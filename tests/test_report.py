@@ -263,3 +263,12 @@ def test_launcher_empty_glob_is_one_line_and_exit_2(tmp_path):
                                              "finished, summary.json, e.g. "
                                              "runs/finetune/o2td3/<dataset>/seed0x5)"]
   assert not (tmp_path / "out").exists()
+
+
+def test_every_grouped_method_is_a_registered_agent():
+  """The curve grid's columns name agents as the runner names their run directories (a misspelt
+  name, e.g. 'cal_ql' for calql, would drop the method into 'other')."""
+  from o2o_jax import recipes
+  grouped = [a for _, agents in report.GROUPS for a in agents]
+  assert len(grouped) == len(set(grouped))
+  assert set(grouped) <= set(recipes.RECIPES)
