@@ -1,5 +1,6 @@
 """Mutation score of the RL maths (issue #24): a curated list of named mutations of
-`o2o_jax/losses.py`, `o2o_jax/lagrange.py`, `o2o_jax/agents/**` and `o2o_jax/data/returns.py`,
+`o2o_jax/losses.py`, `o2o_jax/lagrange.py`, `o2o_jax/agents/**` and `o2o_jax/data/returns.py`
+(the comparison methods of issue #21 included: Cal-QL, PEX, IQL fine-tuning, Off2On, PROTO),
 applied one at a time to a scratch copy of the tree (never to the working tree), each run against the
 fast test files of the module it touches. A mutant is *killed* when a test fails (or the run errors or times out), and
 *survives* when every test passes.
@@ -73,6 +74,10 @@ L, OFF, ON, OCR = ("tests/test_loss_terms.py", "tests/test_offline.py", "tests/t
 TERMS, EQUIV = "tests/test_o2o_terms.py", "tests/test_equivalence.py"
 PPO_T, O2PPO_T, ACA_T, SAMG_T = ("tests/test_ppo.py", "tests/test_o2ppo.py", "tests/test_aca_o3f.py",
                                  "tests/test_samg.py")
+# The comparison methods (issue #21).
+CALQL_T, PEX_T, OFF2ON_T, PROTO_T, REPLAY_T = ("tests/test_calql.py", "tests/test_pex_iql_ft.py",
+                                               "tests/test_off2on.py", "tests/test_proto.py",
+                                               "tests/test_replay.py")
 TEST_FILES: Dict[str, List[str]] = {
     "o2o_jax/losses.py": [L, ON, OFF, OCR, TERMS],
     "o2o_jax/lagrange.py": [OCR, TERMS],
@@ -81,7 +86,7 @@ TEST_FILES: Dict[str, List[str]] = {
     "o2o_jax/agents/online/sac.py": [L, ON, OFF, TERMS, EQUIV],
     "o2o_jax/agents/online/ppo.py": [PPO_T, O2PPO_T, TERMS, EQUIV],
     "o2o_jax/agents/offline/td3_bc.py": [L, OFF, EQUIV],
-    "o2o_jax/agents/offline/cql.py": [L, OFF, TERMS, SAMG_T, EQUIV],
+    "o2o_jax/agents/offline/cql.py": [L, OFF, TERMS, SAMG_T, EQUIV, CALQL_T],   # (Cal-QL's q_floor)
     "o2o_jax/agents/offline/iql.py": [L, OFF, TERMS, ACA_T, EQUIV],
     "o2o_jax/agents/offline/awac.py": [L, OFF, TERMS, EQUIV],
     "o2o_jax/agents/offline/bc.py": [OFF, EQUIV],
@@ -89,10 +94,17 @@ TEST_FILES: Dict[str, List[str]] = {
     "o2o_jax/agents/o2o/o2td3.py": [L, TERMS, OCR, EQUIV],
     "o2o_jax/agents/o2o/o2sac.py": [L, TERMS, OCR, EQUIV],
     "o2o_jax/agents/o2o/o2ppo.py": [TERMS, O2PPO_T, EQUIV],
-    "o2o_jax/data/returns.py": [O2PPO_T],
+    "o2o_jax/data/returns.py": [O2PPO_T, CALQL_T],
     "o2o_jax/agents/o2o/aca.py": [TERMS, L, ACA_T, EQUIV],
     "o2o_jax/agents/o2o/o3f.py": [ACA_T, EQUIV],
     "o2o_jax/agents/o2o/samg.py": [TERMS, SAMG_T, EQUIV],
+    "o2o_jax/agents/o2o/calql.py": [CALQL_T],
+    "o2o_jax/agents/o2o/pex.py": [PEX_T],
+    "o2o_jax/agents/o2o/iql_ft.py": [PEX_T],
+    "o2o_jax/agents/o2o/awac_ft.py": [PEX_T],
+    "o2o_jax/agents/o2o/off2on.py": [OFF2ON_T],
+    "o2o_jax/data/replay.py": [OFF2ON_T, REPLAY_T],
+    "o2o_jax/agents/o2o/proto.py": [PROTO_T],
 }
 HELPER_FILES = (TERMS, EQUIV)
 
@@ -119,7 +131,9 @@ TD3BC, CQL, IQL, AWAC, BC = (A + "offline/td3_bc.py", A + "offline/cql.py", A + 
 O2TD3, O2SAC, O2PPO, ACA, O3F, SAMG, O2C, COMMON = (
     A + "o2o/o2td3.py", A + "o2o/o2sac.py", A + "o2o/o2ppo.py", A + "o2o/aca.py", A + "o2o/o3f.py",
     A + "o2o/samg.py", A + "o2o/common.py", A + "common.py")
-RETURNS = "o2o_jax/data/returns.py"     # O2PPO's Monte-Carlo returns (moved from o2ppo.py)
+RETURNS = "o2o_jax/data/returns.py"     # O2PPO's Monte-Carlo returns (moved from o2ppo.py), Cal-QL's V^mu
+CALQL, PEX, IQLFT, OFF2ON, PROTO = (A + "o2o/calql.py", A + "o2o/pex.py", A + "o2o/iql_ft.py",
+                                    A + "o2o/off2on.py", A + "o2o/proto.py")
 
 MUTANTS: List[Mutant] = [
     # ---------------------------------------------------------------- losses.py
@@ -429,6 +443,104 @@ MUTANTS: List[Mutant] = [
       "0.5 * (jnp.square(mean) + jnp.square(std) - 1.0) + jnp.log(std)", "sign", "C-VAE KL sign"),
     M("samg_weights_not_detached", SAMG, "p = jax.lax.stop_gradient(weights_of(b, next_actions))", "p = weights_of(b, next_actions)",
       "stop_gradient", "p not detached in the target"),
+    # ================================================================ comparison methods (issue #21)
+    # ---------------------------------------------------------------- Cal-QL (calql.py, cql.py's q_floor, returns.py)
+    M("calql_no_floor", CQL, "lambda a: jnp.maximum(q_of(a), q_floor[None, :, None])", "lambda a: q_of(a)",
+      "other", "Cal-QL's max(Q, V^mu) lower bound dropped from the policy actions' Q (plain CQL)"),
+    M("calql_floor_on_random_actions", CQL, "jnp.concatenate([q_of(random_actions), q_policy(next_actions)",
+      "jnp.concatenate([q_policy(random_actions), q_policy(next_actions)", "mask",
+      "V^mu bound applied to the uniform actions too"),
+    M("calql_switch_keeps_calibration", CALQL, "calibrated=False, cql_alpha=config.cql_alpha_online)",
+      "calibrated=True, cql_alpha=config.cql_alpha_online)", "ordering",
+      "calibration left on after the offline -> online switch"),
+    M("calql_switch_keeps_offline_alpha", CALQL, "cql_alpha=config.cql_alpha_online)", "cql_alpha=config.cql_alpha)",
+      "ordering", "offline alpha_cql kept at the switch (not cql_alpha_online)"),
+    M("calql_rtg_terminals_only", RETURNS,
+      "  ends = episode_end_flags(dataset.size, dataset.episode_starts, dataset.episode_lengths)\n  ends = np.maximum(",
+      "  ends = np.asarray(dataset.transitions.terminals, np.float32)\n  ends = np.maximum(", "mask",
+      "V^mu segments cut at terminals only (not at truncations / dataset cuts)"),
+    M("calql_no_discontinuity_split", RETURNS,
+      "  ends = np.maximum(ends, discontinuity_flags(dataset.transitions.observations,\n"
+      "                                              dataset.transitions.next_observations))\n", "",
+      "mask", "V^mu not split at observation discontinuities"),
+    # ---------------------------------------------------------------- pex.py
+    M("pex_argmax_selection", PEX, "w = jax.random.categorical(k_w, logits, axis=-1)", "w = jnp.argmax(logits, axis=-1)",
+      "other", "Boltzmann (categorical) choice of the policy replaced by the argmax"),
+    M("pex_temperature_sign", PEX, "return state.config.inv_temperature * jnp.stack(",
+      "return -state.config.inv_temperature * jnp.stack(", "sign", "selection logits -alpha_inv Q: prefers the lower Q"),
+    M("pex_pi_beta_trainable", PEX, "return state.replace(actor=state.actor.apply_gradients(grads=g)), {**info, **a_info}",
+      "return state.replace(actor=state.actor.apply_gradients(grads=g), offline_actor_params=jax.tree_util.tree_map("
+      "lambda p, d: p - state.config.online_actor_lr * d, state.offline_actor_params, g)), {**info, **a_info}",
+      "other", "pi_beta not frozen (takes the actor's gradient step)"),
+    M("pex_actor_on_batch_actions", PEX, "actions = jax.lax.stop_gradient(chosen.actions)", "actions = batch.actions",
+      "ordering", "pi_theta's AWR on the buffer's actions, not the composite policy's"),
+    M("pex_actor_before_critic", PEX,
+      "  state, info = iql.update(state, batch, key, train_actor=False)\n"
+      "  g, a_info = jax.grad(actor_loss, has_aux=True)(state.actor.params, state, batch, key)\n",
+      "  g, a_info = jax.grad(actor_loss, has_aux=True)(state.actor.params, state, batch, key)\n"
+      "  state, info = iql.update(state, batch, key, train_actor=False)\n",
+      "ordering", "pi_theta's step on the pre-update Q', V (before IQL's V/Q/target steps)"),
+    # ---------------------------------------------------------------- iql_ft.py
+    M("iqlft_offline_schedule_kept", IQLFT, "  return state.replace(actor=with_learning_rate(state.actor, schedule))",
+      "  return state", "other", "offline actor optimizer (optax cosine, 0 after T) kept at the switch"),
+    M("iqlft_cosine_not_continued", IQLFT, "jnp.cos(jnp.pi * count / offline_steps)",
+      "jnp.cos(jnp.pi * jnp.minimum(count, offline_steps) / offline_steps)", "other",
+      "actor lr schedule stops at 0 after T (CosineAnnealingLR not continued)"),
+    # ---------------------------------------------------------------- off2on.py
+    M("off2on_uniform_sampling", OFF2ON, "indices = replay.sum_tree_sample(state.tree, k_rl, batch_size)",
+      "indices = jax.random.randint(k_rl, (batch_size,), 0, c.offline_rows + buffer.size)", "other",
+      "RL batch uniform over D and the buffer (no balanced replay)"),
+    M("off2on_no_priority_clip", OFF2ON, "return jnp.clip(sharpened / normalizer, PRIORITY_MIN, PRIORITY_MAX)",
+      "return sharpened / normalizer", "other", "eq. 5 priority clip [0.001, 1000] dropped"),
+    M("off2on_no_temperature", OFF2ON,
+      "  sharpened = jnp.power(w_batch, 1.0 / temperature)\n"
+      "  normalizer = jnp.mean(jnp.power(w_offline, 1.0 / temperature)) + EPS",
+      "  sharpened = w_batch\n  normalizer = jnp.mean(w_offline) + EPS", "other", "eq. 5 exponent 1/T dropped"),
+    M("off2on_pmax_no_fraction", OFF2ON,
+      "return offline_rows * online_fraction / ((1.0 - online_fraction) * ONLINE_ROWS_AT_START)",
+      "return offline_rows * online_fraction / ONLINE_ROWS_AT_START", "other", "initial p_max without 1/(1-f)"),
+    M("off2on_new_rows_at_one", OFF2ON, "values = jnp.where(offsets < written, state.max_priority, current)",
+      "values = jnp.where(offsets < written, 1.0, current)", "other",
+      "new online rows enter at priority 1, not the running max"),
+    M("off2on_priority_post_update", OFF2ON,
+      "w_batch = state.ratio.apply_fn(state.ratio.params, batch.observations, batch.actions)",
+      "w_batch = state.ratio.apply_fn(state.ratio.apply_gradients(grads=grads).params, batch.observations, "
+      "batch.actions)", "ordering", "priorities from the post-update w_psi"),
+    M("off2on_sigma_bar_mean_sigma", OFF2ON,
+      "variance = jnp.mean(jnp.square(scales), axis=0) + jnp.mean(jnp.square(locs - loc), axis=0)",
+      "variance = jnp.square(jnp.mean(scales, axis=0))", "sum-mean",
+      "eq. 6 sigma_bar = mean_i sigma_i (no mixture variance)"),
+    M("off2on_js_online_sign", OFF2ON, "return jnp.mean(offline_term) - jnp.mean(online_term)",
+      "return jnp.mean(offline_term) + jnp.mean(online_term)", "sign", "eq. 4 online term sign"),
+    M("off2on_target_min_all_heads", OFF2ON,
+      "next_q = member_min_q(state, state.target_critic_params, batch.next_observations, next_actions)",
+      "next_q = state.critic.apply_fn(state.target_critic_params, batch.next_observations, "
+      "next_actions).min(0, keepdims=True)", "min-mean", "target min over all N x 2 heads, not per member"),
+    M("off2on_actor_min_members", OFF2ON, "q = member_min_q(state, state.critic.params, batch.observations, actions).mean(0)",
+      "q = member_min_q(state, state.critic.params, batch.observations, actions).min(0)", "min-mean",
+      "actor on min over members instead of their mean"),
+    M("off2on_critic_mean_members", OFF2ON,
+      "loss = jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(targets)[:, None]), axis=-1))",
+      "loss = jnp.mean(jnp.mean(jnp.square(q - jax.lax.stop_gradient(targets)[:, None]), axis=-1))",
+      "sum-mean", "ensemble critic loss mean over members and twins (not summed)"),
+    # ---------------------------------------------------------------- proto.py
+    M("proto_eta_frozen", PROTO, "eta=eta_after(c, state.step + 1), step=state.step + 1), info",
+      "eta=state.eta, step=state.step + 1), info", "other", "SAC-PROTO eta never decays"),
+    M("proto_pi_k_frozen", PROTO,
+      "prior_actor_params=losses.polyak(state.prior_actor_params, state.actor.params, c.tau_actor),",
+      "prior_actor_params=state.prior_actor_params,", "polyak", "pi_k not updated (no Polyak toward pi)"),
+    M("proto_actor_no_kl", PROTO, "loss = losses.sac_actor_loss(sac.alpha(state), log_probs, q) + state.eta * kl.mean()",
+      "loss = losses.sac_actor_loss(sac.alpha(state), log_probs, q)", "other",
+      "eta KL(pi || pi_k) dropped from the actor loss"),
+    M("proto_target_no_kl", PROTO, "return sac.soft_td_target(state, batch, key, next_regularizer=kl_backup(state))",
+      "return sac.soft_td_target(state, batch, key, next_regularizer=None)", "other",
+      "eta KL dropped from the critic target"),
+    M("proto_actor_mean_to_min", PROTO,
+      "q = state.critic.apply_fn(state.critic.params, batch.observations, actions).mean(0)",
+      "q = state.critic.apply_fn(state.critic.params, batch.observations, actions).min(0)", "min-mean",
+      "SAC-PROTO actor on min Q instead of the mean"),
+    M("proto_td3_no_mse", PROTO, "loss = -lam * q.mean() + state.eta * trust", "loss = -lam * q.mean()",
+      "other", "TD3-PROTO actor's eta MSE(pi, pi_k) term dropped"),
 ]
 
 # Known equivalent mutants: the mutation cannot change any value or gradient the code computes.
@@ -472,6 +584,9 @@ OWNERS: Dict[str, str] = {
     "samg_denormalise_inverted": "gap 6 (helper B: non-identity observation statistics)",
     "samg_kl_log_std_sign": "gap 6 (helper B: the C-VAE's Gaussian KL at (m = 1, sigma = 2))",
     "samg_threshold_inverted": "gap 6 (helper B: SAMG weights)",
+    "calql_rtg_terminals_only": "issue #21 (lead: test_calql, a truncation whose successor continues "
+        "its observations)",
+    "off2on_critic_mean_members": "issue #21 (lead: test_off2on, the ensemble critic loss by hand)",
 }
 
 
@@ -578,10 +693,15 @@ def write_report(out: Path, results: List[dict], meta: dict) -> None:
            f"deselected: `-k \"{DESELECT}\"`).", ""]
   if meta.get("previous_run"):
     p = meta["previous_run"]
+    total = p.get("total_min") or p["elapsed_min"]     # the earlier runs it merged, all together
+    here = [f"{len(meta['rerun'])} mutant(s) run again here after new tests "
+            f"({', '.join('`%s`' % x for x in meta['rerun'])})"] if meta["rerun"] else []
+    if meta.get("new"):
+        here.append(f"{len(meta['new'])} new mutant(s) run here "
+                    f"({', '.join('`%s`' % x for x in meta['new'])})")
     lines += [f"Merged with the run of {p['started']} to {p['finished']} ({p['elapsed_min']:.1f} min; "
-              f"{p['elapsed_min'] + meta.get('elapsed_min', 0):.1f} min in all): "
-              f"{len(meta['rerun'])} mutant(s) run again here after new tests "
-              f"({', '.join('`%s`' % x for x in meta['rerun'])}), the others carried over.", ""]
+              f"{total + meta.get('elapsed_min', 0):.1f} min in all, earlier merged runs included): "
+              f"{'; '.join(here)}; the others carried over.", ""]
   if meta.get("baseline_failures"):
     lines += ["Tests failing on the *unmutated* tree (deselected from every run):", ""]
     lines += [f"- `{t}`" for t in meta["baseline_failures"]] + [""]
@@ -655,9 +775,13 @@ def main(argv):
 
   results = []
   if previous:
-    meta.update(previous_run={k: previous_meta.get(k) for k in ("started", "finished", "elapsed_min",
-                                                                 "baseline_seconds", "baseline_failures")},
-                rerun=[m.id for m in mutants])
+    earlier = previous_meta.get("previous_run") or {}
+    meta.update(previous_run={**{k: previous_meta.get(k) for k in ("started", "finished", "elapsed_min",
+                                                                    "baseline_seconds", "baseline_failures")},
+                              "total_min": previous_meta.get("elapsed_min", 0)
+                              + (earlier.get("total_min") or earlier.get("elapsed_min") or 0)},
+                rerun=[m.id for m in mutants if m.id in previous],
+                new=[m.id for m in mutants if m.id not in previous])
     rerun = {m.id for m in mutants}
     results = [dict(previous[m.id], carried_over=True) for m in MUTANTS
                if m.id in previous and m.id not in rerun]

@@ -184,6 +184,16 @@ def test_returns_to_go_are_exact_across_a_truncation_a_termination_and_a_cut():
   np.testing.assert_allclose(returns.returns_to_go(ds, 0.5), expected, rtol=1e-6)
 
 
+def test_returns_to_go_stop_at_a_truncation_even_where_the_observations_continue():
+  """An episode end cuts the sum by itself (CORL `get_return_to_go`: `timeouts` end a segment), even
+  where the next episode happens to start at the truncated one's last next observation, so that the
+  observation split does not see a jump. Hand case, gamma = 1/2: A (1, 2) truncated, B (4, 8)
+  continuing A's observations: A 2, 2; B 8, 8 (a sum cut only at terminals and jumps: A 4, 6)."""
+  obs, nxt = chain(4, 0.0)                 # one continuous chain split into two listed episodes
+  ds = flat_dataset([1, 2, 4, 8], [0, 0, 0, 0], [0, 2], [2, 2], obs, nxt)
+  np.testing.assert_allclose(returns.calibration_returns(ds, 0.5), [2.0, 2.0, 8.0, 8.0], rtol=1e-6)
+
+
 def test_returns_to_go_split_at_an_observation_discontinuity_and_sparse_failures():
   """CORL `get_return_to_go` also ends a segment where observations[t+1] != next_observations[t]
   (an episode list that runs two trajectories together) and, with `is_sparse_reward`, gives every row

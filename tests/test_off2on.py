@@ -52,6 +52,22 @@ def setup():
   return state, members, offline, buffer
 
 
+def test_critic_loss_sums_every_member_and_twin(setup):
+  """ours.py `compute_loss`: qf1_loss + qf2_loss, each the sum over the N members of the batch-mean
+  squared error to y_i: L = sum_i sum_k mean_b (Q_ik(s, a) - y_i)^2 (a mean over members would
+  scale the gradient and the logged loss by 1 / (2N))."""
+  state = setup[0].sac
+  batch = _rows(jax.random.PRNGKey(7), B)
+  targets = jax.random.normal(jax.random.PRNGKey(8), (CFG.ensemble_size, B))
+  loss, info = off2on.ensemble_critic_loss(state.critic.params, state, batch, targets)
+  q = np.asarray(state.critic.apply_fn(state.critic.params, batch.observations, batch.actions),
+                 np.float64).reshape(CFG.ensemble_size, 2, B)
+  expected = sum(np.mean((q[i, k] - np.asarray(targets[i], np.float64)) ** 2)
+                 for i in range(CFG.ensemble_size) for k in range(2))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(info["critic_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- balanced replay
 
 def test_priority_formula_on_a_hand_computed_case():
