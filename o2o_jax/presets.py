@@ -8,7 +8,8 @@ agent does not implement; recorded in the run's config.json and printed, never s
 
   official  the reference code of the O2O chain the offline run feeds (the default of the O2O chains):
             cql / td3bc / iql: the official OCR-CFT offline scripts (`offline/{cql,td3_bc,iql}.py`):
-              their dataclass defaults on MuJoCo (raw rewards, normalised states), the
+              their dataclass defaults on MuJoCo (raw rewards, normalised states; td3bc's nets
+              initialised as `net.py`'s MLP, scheme "ocr_cft"), the
               `config/offline/<algo>/antmaze/*.yaml` settings on AntMaze;
             iql5, and iql in the O3F chain: the IQL that O3F builds on (CORL `iql.py`
               `modify_reward`): locomotion rewards normalised, AntMaze rewards r - 1;
@@ -99,6 +100,10 @@ def _official(algo: str, dataset_id: str, chain: Optional[str]) -> Dict[str, Any
     elif antmaze:
       out["reward_shift"] = -1.0
     return out
+  if algo == "td3bc":
+    # OCR-CFT offline/td3_bc.py: DeterministicPolicy and CriticFunction on net.py `MLP`, every layer
+    # orthogonal with gain 1 (CORL's TD3+BC keeps PyTorch's default init).
+    out["config"] = {"actor_init": "ocr_cft", "critic_init": "ocr_cft"}
   if not antmaze:
     return out     # OCR-CFT offline/{cql,td3_bc,iql}.py dataclass defaults: raw rewards, states normalised
   if algo == "cql":

@@ -117,6 +117,31 @@ def test_o2sac_chain_pretrains_cql_on_raw_rewards():
   assert presets.reward_transform(o2td3, np.array([100.0, 600.0])) == (1.0, 0.0)
 
 
+def test_o2td3_chain_initialises_td3bc_as_the_official_offline_script():
+  """OCR-CFT `offline/td3_bc.py` builds `net.py` `DeterministicPolicy` and `CriticFunction`, both on
+  `MLP`, whose `__init__` applies `orthogonal_net(layer, gain=1.0)` to every nn.Linear (output layers
+  included, biases 0). CORL `td3_bc.py` (`Actor`, `Critic`: plain nn.Linear) keeps PyTorch's default
+  U(+-1/sqrt(fan_in)), so `--preset=corl` must stay there."""
+  from o2o_jax.agents.online import td3
+  key, obs_dim, act_dim = jax.random.PRNGKey(3), 11, 3
+  official, _ = offline.offline_config("td3bc", HOPPER_MEDIUM, "official", "o2td3", (32, 32))
+  corl, _ = offline.offline_config("td3bc", HOPPER_MEDIUM, "corl", "o2td3", (32, 32))
+  kernels = lambda params: [np.asarray(v) for path, v in
+                            jax.tree_util.tree_leaves_with_path(params) if "kernel" in str(path[-1])]
+  state = td3.init(key, obs_dim, act_dim, official)
+  actor, critic = kernels(state.actor.params), kernels(state.critic.params)
+  assert len(actor) == 3 and len(critic) == 3
+  for k in actor + [m for k in critic for m in k]:         # critics: (members, in, out)
+    gram = k @ k.T if k.shape[0] <= k.shape[1] else k.T @ k
+    np.testing.assert_allclose(gram, np.eye(gram.shape[0]), atol=1e-5)
+  head = actor[-1]                                         # (32, 3): gain 1, not 1e-2 or uniform
+  np.testing.assert_allclose(np.linalg.norm(head, axis=0), 1.0, rtol=1e-5)
+  for k in kernels(td3.init(key, obs_dim, act_dim, corl).actor.params):
+    assert np.abs(k).max() <= 1.0 / np.sqrt(k.shape[0]) + 1e-7     # PyTorch nn.Linear's bound
+    gram = k.T @ k if k.shape[0] > k.shape[1] else k @ k.T
+    assert not np.allclose(gram, np.eye(gram.shape[0]), atol=1e-2)
+
+
 def test_corl_preset_still_normalises_cql_on_hopper_medium():
   """CORL configs/offline/cql/hopper/medium_v2.yaml `normalize_reward: true` -> cql.py
   `modify_reward`: r * 1000 / (max return - min return); returns 100 and 600 -> x 2."""

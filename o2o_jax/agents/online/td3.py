@@ -33,6 +33,11 @@ class Config:
   policy_freq: int = 2
   exploration_noise: float = 0.1
   layer_norm: bool = False
+  # networks.INIT_SCHEMES. "torch" (PyTorch nn.Linear's default): the TD3 and TD3+BC of CORL and of
+  # the TD3+BC authors. The official OCR-CFT `offline/td3_bc.py` builds both on `net.py` `MLP`
+  # ("ocr_cft"), which the `official` preset selects for the O2TD3 chain.
+  actor_init: str = "torch"
+  critic_init: str = "torch"
 
 
 @flax.struct.dataclass
@@ -46,9 +51,11 @@ class State:
 
 
 def make_networks(config: Config, act_dim: int):
-  return (networks.DeterministicActor(act_dim, tuple(config.hidden_dims)),
+  return (networks.DeterministicActor(act_dim, tuple(config.hidden_dims),
+                                     **networks.init_options(config.actor_init)),
           networks.CriticEnsemble(config.num_critics, tuple(config.hidden_dims),
-                                  layer_norm=config.layer_norm))
+                                  layer_norm=config.layer_norm,
+                                  **networks.init_options(config.critic_init)))
 
 
 def init(key: PRNGKey, obs_dim: int, act_dim: int, config: Config = Config()) -> State:
