@@ -6,6 +6,7 @@
 # (o2sac / direct_sac / proto / off2on with --seeds=1 read the same CQL run, ...). Resumable: rerun it
 # and every finished run is reused, an interrupted one continues from its snapshot.
 #   bash benchmarks/baselines_quick.sh [dataset ...]
+#   AGENTS="o2td3 o2sac" bash benchmarks/baselines_quick.sh     # a subset of the agents, in this order
 # Datasets (1M transitions each; the embedded o2o/hopper/medium-v0 is a 100k subset, and a local set
 # of the same id wins): the behaviour policies of the earlier evidence (#5, #19), i.e. hopper's from
 # before #22 replaced them, halfcheetah's and walker2d's as committed until their experts finish:
@@ -17,7 +18,7 @@
 set -u
 cd "$(dirname "$0")/.."
 datasets=${*:-o2o/hopper/medium-v0 o2o/halfcheetah/medium-v0 o2o/walker2d/medium-v0}
-agents="o2td3 direct_td3 proto_td3 o2sac direct_sac proto calql off2on aca o2ppo direct_ppo iql_ft awac_ft pex"
+agents=${AGENTS:-o2td3 direct_td3 proto_td3 o2sac direct_sac proto calql off2on aca o2ppo direct_ppo iql_ft awac_ft pex}
 for dataset in $datasets; do
   out=benchmarks/results/baselines_quick/$(echo "$dataset" | tr / _)
   for agent in $agents; do

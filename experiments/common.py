@@ -101,9 +101,12 @@ def run(main, argv_filter=None):
     t0 = time.time()
     with error_boundary():
       status = main(argv)
-      # Every launcher's last line: how much of its wall time went to compilation.
-      print(f"[{Path(sys.argv[0]).stem}] {time.time() - t0:.0f}s wall, "
-            f"{compile_time.snapshot().describe()}", flush=True)
+      # Every launcher's last line: how much of its wall time went to compilation (none when
+      # nothing ran, e.g. --describe or --help-like answers).
+      stats = compile_time.snapshot()
+      if stats.programs:
+        print(f"[{Path(sys.argv[0]).stem}] {time.time() - t0:.0f}s wall, {stats.describe()}",
+              flush=True)
       return status
 
   app.run(wrapped, argv=argv)

@@ -14,18 +14,13 @@ import pytest
 
 from o2o_jax import networks
 from o2o_jax.agents.o2o import aca, o3f
-from o2o_jax.types import Transition
+from random_batches import random_transitions
 
 OBS, ACT, B = 5, 3, 16
 
 
 def _batch(key, n=B):
-  k = jax.random.split(key, 4)
-  return Transition(observations=jax.random.normal(k[0], (n, OBS)),
-                    actions=jnp.tanh(jax.random.normal(k[1], (n, ACT))),
-                    rewards=jax.random.normal(k[2], (n,)),
-                    next_observations=jax.random.normal(k[3], (n, OBS)),
-                    terminals=jnp.zeros((n,)))
+  return random_transitions(key, n, OBS, ACT)
 
 
 # ----------------------------------------------------------------------------- ACA
@@ -228,6 +223,22 @@ O3F_TINY = o3f.Config(hidden_dims=(16, 16), num_candidates=12)
 @pytest.fixture(scope="module")
 def o3f_state():
   return jax.jit(o3f.init, static_argnums=(1, 2, 3))(jax.random.PRNGKey(10), OBS, ACT, O3F_TINY)
+
+
+def test_o3f_switch_applies_the_online_configs_learning_rates(o3f_state):
+  """`--config.critic_lr` / `value_lr` given to an O3F run reach the online phase: `start_online`
+  steps the critic and V at the online Config's rates, their Adam moments kept (session 12 found the
+  offline optimizer's rate kept silently). Adam's first step on a constant gradient is lr * sign."""
+  online = dataclasses.replace(O3F_TINY, critic_lr=1e-2, value_lr=2e-3, online_actor_lr=5e-4)
+  state = o3f.start_online(o3f_state, online)
+  for name, lr in (("critic", 1e-2), ("value", 2e-3), ("actor", 5e-4)):
+    ts = getattr(state, name)
+    grads = jax.tree_util.tree_map(jnp.ones_like, ts.params)
+    updates, _ = ts.tx.update(grads, ts.opt_state, ts.params)
+    np.testing.assert_allclose(np.concatenate([np.ravel(u) for u in jax.tree_util.tree_leaves(updates)]),
+                               -lr, rtol=1e-4, err_msg=name)
+  # The moments are the offline run's, not fresh ones (same pytree object values).
+  chex.assert_trees_all_equal(state.critic.opt_state, o3f_state.critic.opt_state)
 
 
 @pytest.mark.parametrize("omega", [0.0, 1.0])

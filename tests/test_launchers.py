@@ -43,6 +43,14 @@ def test_train_online_writes_a_complete_run_dir(online_run):
   assert int(re.search(r"\((\d+) program", last).group(1)) > 0
 
 
+def test_describe_prints_the_recipe_and_no_wall_time_line():
+  """--describe runs nothing, so the launcher's closing "<n>s wall, ... compiling" line (session 12
+  printed "[finetune] 0s wall, 0.0s compiling (0 programs)") is left out."""
+  res = launch("experiments.finetune", "--agent=o2td3", "--describe", "--budget=quick")
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "align" in res.stdout and "wall" not in res.stdout, res.stdout[-500:]
+
+
 def test_rerun_of_a_finished_run_is_not_retrained(online_run):
   out, _ = online_run
   res = launch("experiments.train_online", "--agent=td3", "--seeds=2", f"--out_dir={out}", *TINY)

@@ -15,7 +15,7 @@ from o2o_jax.agents.o2o import off2on
 from o2o_jax.agents.online import sac
 from o2o_jax.data import replay
 from o2o_jax.errors import O2OError
-from o2o_jax.types import Transition
+from random_batches import random_transitions
 
 OBS, ACT, B = 5, 2, 16
 N_OFF, N_ON = 40, 24       # rows of the offline data and of the online buffer
@@ -30,12 +30,7 @@ from_members = jax.jit(off2on.from_members, static_argnums=(3, 4, 5))
 
 
 def _rows(key, n):
-  k = jax.random.split(key, 4)
-  return Transition(observations=jax.random.normal(k[0], (n, OBS)),
-                    actions=jnp.tanh(jax.random.normal(k[1], (n, ACT))),
-                    rewards=jax.random.normal(k[2], (n,)),
-                    next_observations=jax.random.normal(k[3], (n, OBS)),
-                    terminals=jnp.zeros((n,)))
+  return random_transitions(key, n, OBS, ACT)
 
 
 @pytest.fixture(scope="module")

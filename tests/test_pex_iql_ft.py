@@ -27,7 +27,8 @@ from o2o_jax.agents.offline import awac, iql
 from o2o_jax.data import load_dataset
 from o2o_jax.errors import O2OError
 from o2o_jax.recipes import online_from_offline
-from o2o_jax.types import Transition, seed_keys
+from o2o_jax.types import seed_keys
+from random_batches import random_transitions
 
 OBS, ACT, B = 5, 3, 16
 PEX_TINY = pex.Config(hidden_dims=(8, 8))
@@ -35,12 +36,7 @@ PEX_UPDATE = jax.jit(pex.update)
 
 
 def _batch(key, n=B):
-  k = jax.random.split(key, 4)
-  return Transition(observations=jax.random.normal(k[0], (n, OBS)),
-                    actions=jnp.tanh(jax.random.normal(k[1], (n, ACT))),
-                    rewards=jax.random.normal(k[2], (n,)),
-                    next_observations=jax.random.normal(k[3], (n, OBS)),
-                    terminals=jnp.zeros((n,)))
+  return random_transitions(key, n, OBS, ACT)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from o2o_jax.agents.common import make_train_state
+from o2o_jax.agents.common import make_train_state, with_learning_rate
 from o2o_jax.agents.offline import iql
 from o2o_jax.types import PRNGKey
 
@@ -75,10 +75,12 @@ update = iql.update
 
 def start_online(state: iql.State, config: Config) -> iql.State:
   """The switch: same networks and losses; `config` (the online action-selection settings) replaces
-  the offline one and the actor gets a constant learning rate (fresh Adam moments)."""
+  the offline one and the actor gets a constant learning rate (fresh Adam moments). The critic and
+  V keep their Adam moments at `config`'s rates (the offline run's unless overridden online)."""
   actor = make_train_state(None, state.actor.params, config.online_actor_lr).replace(
       apply_fn=state.actor.apply_fn)
-  return state.replace(actor=actor, config=config)
+  return state.replace(actor=actor, critic=with_learning_rate(state.critic, config.critic_lr),
+                       value=with_learning_rate(state.value, config.value_lr), config=config)
 
 
 # ----------------------------------------------------------------------------- action selection
