@@ -23,7 +23,7 @@ flags.DEFINE_integer("reset_seed", 50_000, "First reset seed of the evaluation e
 flags.DEFINE_string("out", "", "Optional JSON file for the per-seed, per-episode scores.")
 
 
-def _scores(act, states, run, data, seeds):
+def _scores(act, states, data, seeds):
   from o2o_jax import envs, loops
   evaluator = envs.Evaluator(data.make_env, seeds, FLAGS.episodes, seed=FLAGS.reset_seed)
   policy = loops.make_eval_policy(act, data.obs_mean, data.obs_std)
@@ -50,15 +50,14 @@ def main(argv):
     data = prepared.load_data(meta["dataset_id"], meta["obs_mean"], meta["obs_std"],
                               meta["reward_transform"]["scale"])
     seeds = run.config["seeds"]
-    off = _scores(lambda s, o, k, e: agent.offline_act(s, o, k), states, run, data, seeds)
-    on = _scores(agent.act, states, run, data, seeds)
+    off = _scores(lambda s, o, k, e: agent.offline_act(s, o, k), states, data, seeds)
+    on = _scores(agent.act, states, data, seeds)
     print(f"{run_dir} ({run.config['agent']}, {FLAGS.episodes} episodes per seed and policy; "
           "mean ± standard error)")
     print(f"{'seed':>4}  {'pi_off':>13}  {'pi_on':>13}  {'pi_on - pi_off':>14}")
     for i in range(seeds):
       print(f"{i:>4}  {_fmt(off[i])}  {_fmt(on[i])}  {_fmt(on[i] - off[i])}")
-    # Seed mean: the mean over seeds of per-seed means; its error from the per-seed errors (paired
-    # episodes are independent draws, so the difference's error is from both policies' spread).
+    # Seed mean: per episode index the mean over seeds, then mean and standard error over episodes.
     print(f"{'mean':>4}  {_fmt(off.mean(0))}  {_fmt(on.mean(0))}  {_fmt(on.mean(0) - off.mean(0))}")
     report[str(run_dir)] = {"pi_off": off.tolist(), "pi_on": on.tolist(), "episodes": FLAGS.episodes,
                             "reset_seed": FLAGS.reset_seed}
