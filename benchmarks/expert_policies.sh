@@ -7,7 +7,8 @@
 # Across sessions (runs/ is not kept): every snapshot also writes a few-MB carry-over to
 # benchmarks/results/expert_policies/carry/<env> (SAC state + optimisers, returns so far, medium's
 # candidate actors); commit it, and a rerun on a fresh checkout continues from it (fresh buffer).
-# Single-threaded XLA per process and nice 19: three runs share the 2-core machine with other work.
+# nice 19: three runs share the 2-core machine with other work. (The XLA_FLAGS below do not make
+# this jaxlib's CPU dots single-threaded, measured in session 14; kept for older jaxlibs.)
 #   bash benchmarks/expert_policies.sh [env ...]      (default: hopper halfcheetah walker2d)
 set -u
 cd "$(dirname "$0")/.."

@@ -2,12 +2,13 @@
 5-seed rate must be >= 0.9x its 1-seed rate, seed-updates per second).
 
   python -m benchmarks.seed_loop_probe --algo=cql            # 3x256, hopper-medium, CORL preset
-  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-      python -m benchmarks.seed_loop_probe --algo=cql          # one XLA thread
 
-Times `lax.scan` chunks of --chunk updates for 1 seed, N seeds `vmap`ped (the loops' way) and N
-seeds under `lax.map` (one after another inside one program), each for --seconds after a warm-up
-call, and prints seed-updates/s and the ratio to 1 seed. Run it on a quiet machine.
+Times `lax.scan` chunks of --chunk updates for 1 seed (plain, and inside a `lax.map` of one), N
+seeds `vmap`ped, N seeds under `lax.map` (one after another inside one program) and N seeds as
+one jitted 1-seed call each from the host, each for
+--seconds after a warm-up call, and prints seed-updates/s and the ratio to 1 seed. Run it on a
+quiet machine. (XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" does not make this jaxlib's CPU
+dots single-threaded: per-thread CPU ticks show the caller and one pool thread busy either way.)
 """
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def main(argv):
   mapped = jax.jit(lambda s, k, d: jax.lax.map(lambda sk: chunk(sk[0], sk[1], d), (s, k)),
                    donate_argnums=(0,))
 
+  single = jax.jit(chunk, donate_argnums=(0,))
+
+  def host_loop(states, keys, data):     # the seeds one after another, each its own 1-seed call
+    n = keys.shape[0]
+    outs = [single(jax.tree_util.tree_map(lambda x: x[i], states), keys[i], data) for i in range(n)]
+    return jax.tree_util.tree_map(lambda *xs: jax.numpy.stack(xs), *outs)
+
   def rate(fn, seeds):
     states = loops.init_states(agent, jax.random.split(jax.random.PRNGKey(0), seeds), obs_dim,
                                act_dim, config)
@@ -54,9 +62,12 @@ def main(argv):
     return n * seeds / (time.time() - t0)
 
   for r in range(FLAGS.repeats):
-    one, vm, lm = rate(vmapped, 1), rate(vmapped, FLAGS.seeds), rate(mapped, FLAGS.seeds)
-    print(f"[{FLAGS.algo}] round {r}: 1 seed {one:.1f} upd/s; {FLAGS.seeds} seeds vmap {vm:.1f} "
-          f"seed-upd/s ({vm / one:.2f}x), lax.map {lm:.1f} ({lm / one:.2f}x)", flush=True)
+    one, one_lm = rate(vmapped, 1), rate(mapped, 1)
+    vm, lm = rate(vmapped, FLAGS.seeds), rate(mapped, FLAGS.seeds)
+    hl = rate(host_loop, FLAGS.seeds)
+    print(f"[{FLAGS.algo}] round {r}: 1 seed {one:.1f} upd/s (lax.map of 1: {one_lm:.1f}); "
+          f"{FLAGS.seeds} seeds vmap {vm:.1f} seed-upd/s ({vm / one:.2f}x), lax.map {lm:.1f} "
+          f"({lm / one:.2f}x), host loop of 1-seed calls {hl:.1f} ({hl / one:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -520,7 +520,7 @@ def rollout_chunk(update: Callable, num_updates: int):
 
 
 def chunk_fn(spec: Spec, s: Settings, num_updates: int):
-  """The seed-vmapped, jitted scan chunk: `loops.vmap_offline_chunk` (the dataset shared, as
+  """The seed-vmapped, jitted scan chunk: `loops.multi_seed_offline_chunk` (the dataset shared, as
   `loops.run_offline`), or for rollouts the same `loops.vmap_lockstep` with one rollout per seed."""
   import jax
   from o2o_jax import loops
@@ -530,7 +530,7 @@ def chunk_fn(spec: Spec, s: Settings, num_updates: int):
   update = spec.update
   if spec.batch_of is not None:
     update = lambda state, batch, key: spec.update(state, spec.batch_of(batch, key), key)
-  return loops.vmap_offline_chunk(loops.make_offline_chunk(update, s.batch_size, num_updates))
+  return loops.multi_seed_offline_chunk(loops.make_offline_chunk(update, s.batch_size, num_updates))
 
 
 def init_states(spec: Spec, num_seeds: int, seed: int = 0):

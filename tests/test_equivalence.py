@@ -1,7 +1,7 @@
 """Equivalence tests that can see a leak between seeds or a lossy resume (issue #24 gap 7):
 
   * vmap = per seed: every agent's update step, over ~20 updates, in the loops' own seed-vmapped
-    program (`loops.vmap_offline_chunk`), with each seed initialised from its own key and fed its own
+    program (`loops.multi_seed_offline_chunk(loop="vmap")`), with each seed initialised from its own key and fed its own
     PRNG keys, equals that seed run alone;
   * crash and resume (the `crash_at` fault injection) in the re-evaluation and alignment phases and
     in O2SAC's and O2PPO's fine-tuning, with their real states (optimiser moments, lambda, alpha,
@@ -111,8 +111,8 @@ def assert_each_seed_alone(program, states, *per_seed):
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_vmapped_updates_equal_per_seed_updates(name):
   """Two seeds with their own initial states and keys, 20 updates on batches sampled from one shared
-  dataset, in two calls of the loops' own seed-vmapped chunk (`vmap_offline_chunk`: `vmap_lockstep`,
-  the dataset unbatched): each seed's states and metrics after the 20 updates equal, bit for bit,
+  dataset, in two calls of the loops' own seed-vmapped chunk (`multi_seed_offline_chunk(loop="vmap")`:
+  `vmap_lockstep`, the dataset unbatched; the accelerators' seed loop, where a leak could hide): each seed's states and metrics after the 20 updates equal, bit for bit,
   what the same program gives that seed next to a copy of itself. Any quantity pooled over the seed
   axis (a batch statistic, a multiplier or temperature, a key, the lockstep counter) would make them
   differ; the second chunk starts from seeds whose multipliers have diverged. (One update of the
@@ -120,7 +120,8 @@ def test_vmapped_updates_equal_per_seed_updates(name):
   test_samg, test_ppo and test_aca_o3f.)"""
   init, update = _agents()[name]
   states = init(seed_keys(0, 2))
-  program = loops.vmap_offline_chunk(loops.make_offline_chunk(update, BATCH, UPDATES // 2))
+  program = loops.multi_seed_offline_chunk(loops.make_offline_chunk(update, BATCH, UPDATES // 2),
+                                           loop="vmap")
   data = _data()
 
   def run(states, keys):   # two chunks, as the loops call them (the seeds have diverged by the second)

@@ -68,6 +68,39 @@ def test_vmap_lockstep_keeps_delayed_update_a_branch_and_matches_plain_vmap():
                               jax.jit(jax.vmap(two_updates))(states, batches, keys), atol=1e-6)
 
 
+def test_the_cpu_seed_loop_runs_each_seed_as_the_vmapped_program_does(monkeypatch):
+  """The two seed loops of `multi_seed_offline_chunk` compute the same thing: 3 TD3 seeds, 6 updates
+  each (two delayed actor steps), through `lax.map` (the CPU default) and through `vmap_lockstep`
+  (accelerators) agree to float tolerance, and seed i of the mapped program is, bit for bit, the
+  1-seed mapped program on seed i's state and key. On this CPU backend the default is "map"; the
+  environment variable overrides it, and a wrong value is a one-line error naming the choices."""
+  import chex
+  import pytest
+  from o2o_jax.errors import O2OError
+  from o2o_jax.types import take_index
+  cfg = td3.Config(hidden_dims=(8, 8))
+  states = loops.init_states(td3, seed_keys(0, 3), 3, 2, cfg)
+  data = _random_batch(jax.random.PRNGKey(5), n=64)
+  keys = seed_keys(2, 3)
+  chunk = loops.make_offline_chunk(td3.update, 16, 6)
+  mapped = loops.multi_seed_offline_chunk(chunk, loop="map")(loops.unalias(states), keys, data)
+  vmapped = loops.multi_seed_offline_chunk(chunk, loop="vmap")(loops.unalias(states), keys, data)
+  chex.assert_trees_all_close(mapped, vmapped, rtol=1e-5, atol=1e-6)
+  assert [int(s) for s in mapped[0].step] == [6, 6, 6]
+  one = loops.multi_seed_offline_chunk(chunk, loop="map")
+  for i in range(3):
+    alone = one(loops.unalias(jax.tree_util.tree_map(lambda x: x[i:i + 1], states)), keys[i:i + 1], data)
+    chex.assert_trees_all_equal(take_index(mapped, i), take_index(alone, 0))
+
+  monkeypatch.delenv("O2O_JAX_SEED_LOOP", raising=False)
+  assert loops.seed_loop() == "map"
+  monkeypatch.setenv("O2O_JAX_SEED_LOOP", "vmap")
+  assert loops.seed_loop() == "vmap"
+  monkeypatch.setenv("O2O_JAX_SEED_LOOP", "pmap")
+  with pytest.raises(O2OError, match="O2O_JAX_SEED_LOOP='pmap' is not a seed loop: use one of vmap, map"):
+    loops.seed_loop()
+
+
 def test_a_mujoco_model_warning_is_printed_once_not_per_env(capfd):
   for _ in range(3):      # HalfCheetah-v5's XML warns 'settotalmass is deprecated' on every compile
     envs.make_env("HalfCheetah-v5").close()

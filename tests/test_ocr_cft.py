@@ -195,7 +195,7 @@ def test_user_written_vmapped_scan_matches_the_package_loop():
 
   keys = seed_keys(3, seeds)
   mine, _ = user_program(states, keys)
-  package = loops.vmap_offline_chunk(loops.make_offline_chunk(o2td3.finetune_step, 16, k))
+  package = loops.multi_seed_offline_chunk(loops.make_offline_chunk(o2td3.finetune_step, 16, k))
   theirs, _ = package(loops.unalias(states), keys, data)
   chex.assert_trees_all_close(mine, theirs, rtol=1e-5, atol=1e-6)
   assert [int(s) for s in mine.step] == [k, k]

@@ -211,6 +211,8 @@ def main(argv):
         entry["ours_seed_updates_per_s"] = {s: our_update_rate(algo, dataset_id, int(s))
                                             for s in FLAGS.speed_seeds}
         entry["speed_measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        from o2o_jax import loops
+        entry["ours_seed_loop"] = loops.seed_loop()
         print(f"[vs_corl] speed {algo} on {dataset_id}: CORL {entry['corl_updates_per_s']} upd/s, "
               f"ours {entry['ours_seed_updates_per_s']} seed-upd/s", flush=True)
       results_file.write_text(json.dumps(results, indent=1))
