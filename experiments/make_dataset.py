@@ -53,6 +53,9 @@ flags.DEFINE_string("carry_dir", None, "Also write a small carry-over of the SAC
                     "snapshots are gone (a new machine or session): commit that folder to carry a "
                     "long behaviour run across sessions. The continued run refills a fresh buffer "
                     "with its policy before updating again.")
+flags.DEFINE_bool("end_at_carry", False, "With --carry_dir: end the behaviour run at its carry's step "
+                  "instead of training on, the carry's current actor becoming the expert (a target "
+                  "out of reach on this machine); the policies record the unreached target.")
 flags.DEFINE_integer("ref_episodes", 100, "Episodes for the reference (random/expert) scores.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 common.define_checkpoint_flag()
@@ -91,14 +94,19 @@ def main(argv):
       if carry_dir is not None and (carry_dir / "metrics.csv").exists() and not (
           policy_dir / "metrics.csv").exists():   # a new session: the curve so far comes along
         shutil.copy(carry_dir / "metrics.csv", policy_dir / "metrics.csv")
-      writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)   # truncated on resume
       snapshots = resume.Snapshots(policy_dir / "progress", FLAGS.checkpoint_every)
-      policies = generate.train_behaviour_policy(
-          env_name, FLAGS.sac_steps, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
-          hidden_dims=[int(h) for h in FLAGS.hidden_dims], start_steps=FLAGS.start_steps,
-          metrics_writer=writer, progress=FLAGS.progress, snapshots=snapshots,
-          target_return=target, carry_dir=carry_dir)
-      writer.close()
+      if FLAGS.end_at_carry:
+        if carry_dir is None:
+          raise O2OError("--end_at_carry ends the run held in --carry_dir/<env>: pass --carry_dir")
+        policies = generate.end_run_at_carry(carry_dir)
+      else:
+        writer = log_lib.MetricsWriter(policy_dir, tensorboard=False)   # truncated on resume
+        policies = generate.train_behaviour_policy(
+            env_name, FLAGS.sac_steps, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
+            hidden_dims=[int(h) for h in FLAGS.hidden_dims], start_steps=FLAGS.start_steps,
+            metrics_writer=writer, progress=FLAGS.progress, snapshots=snapshots,
+            target_return=target, carry_dir=carry_dir)
+        writer.close()
       policies.save(policy_dir)
       snapshots.discard()     # only once the policies (and the replay record) are on disk
       for segment in policy_dir.glob("progress_from_*"):   # snapshots of runs continued from a carry

@@ -225,6 +225,31 @@ def load_carry(directory: str | os.PathLike, states_template):
   return policies, states, carry
 
 
+def end_run_at_carry(carry_dir: str | os.PathLike) -> BehaviourPolicies:
+  """Ends a carried behaviour run at its carry's step, with the carry's current actor as the expert
+  (the last checkpoint): the way to stop a run whose target proved out of reach on the machine
+  (issue #22 allows the best policy reached, with its curve). The target stays recorded and
+  `confirm_return` stays None, so the policies say that the target was not reached; the levels
+  re-collect medium-replay from the checkpoints, as for any continued run."""
+  from flax import serialization
+  d = Path(carry_dir)
+  if not (d / "carry.json").exists():
+    raise O2OError(f"{d} holds no carry (carry.json missing): --end_at_carry ends a behaviour run "
+                   "that wrote one with --carry_dir")
+  policies = BehaviourPolicies.load(d)
+  carry = json.loads((d / "carry.json").read_text())
+  if policies.steps[-1] != carry["step"]:
+    raise O2OError(f"the carry in {d} is at step {carry['step']} but its last evaluation is at "
+                   f"{policies.steps[-1]}: a carry is written at an evaluation step; rewrite it by "
+                   "continuing the run to its next snapshot")
+  states = serialization.msgpack_restore((d / "agent.msgpack").read_bytes())
+  policies.params[carry["step"]] = jax.tree_util.tree_map(lambda x: np.asarray(x)[0],
+                                                          states["actor"]["params"])
+  policies.steps_trained = carry["step"]
+  policies.continued_from = carry["lineage_start"] or None
+  return policies
+
+
 def train_behaviour_policy(env_name: str, sac_steps: int, seed: int = 0, eval_every: int = 10_000,
                            eval_episodes: int = 10, hidden_dims=(256, 256), start_steps: int = 5_000,
                            metrics_writer=None, progress: bool = True,

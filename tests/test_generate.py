@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from o2o_jax import generate
+from o2o_jax.errors import O2OError
 from o2o_jax.data import load_dataset
 
 LEVELS = ["random", "medium", "medium-replay", "expert", "medium-expert"]
@@ -168,6 +169,27 @@ def test_behaviour_run_continues_across_sessions_from_its_carry(tmp_path, crash_
   actor = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], states["actor"]["params"])
   for a, b in zip(jax.tree_util.tree_leaves(actor), jax.tree_util.tree_leaves(ref.params[60])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_carried_run_ends_at_its_carry_with_the_carried_actor_as_expert(tmp_path):
+  """`make_dataset --end_at_carry` (#22: a target out of reach stops at the policy reached): the
+  carry's current actor becomes the expert checkpoint, the checkpoints before it keep their
+  returns, and the policies record the target as not reached. No carry: a one-line error."""
+  from o2o_jax import resume
+  ref = generate.train_behaviour_policy(
+      "hopper", 60, seed=0, eval_every=30, eval_episodes=1, hidden_dims=(8, 8), start_steps=20,
+      progress=False, snapshots=resume.Snapshots(tmp_path / "progress", 30), target_return=1e9,
+      carry_dir=tmp_path / "carry")
+  ended = generate.end_run_at_carry(tmp_path / "carry")     # the last carry: the snapshot at 30
+  assert ref.steps == [30, 60] and ended.steps == [30] and ended.returns == ref.returns[:1]
+  assert ended.expert_step == 30 and ended.steps_trained == 30
+  assert ended.target_return == 1e9 and ended.confirm_return is None and ended.replay is None
+  for a, b in zip(jax.tree_util.tree_leaves(ended.params[30]), jax.tree_util.tree_leaves(ref.params[30])):
+    np.testing.assert_array_equal(a, b)
+  ended.save(tmp_path / "policies")          # what make_dataset then does
+  assert generate.BehaviourPolicies.load(tmp_path / "policies").expert_step == 30
+  with pytest.raises(O2OError, match="holds no carry .* --carry_dir"):
+    generate.end_run_at_carry(tmp_path / "nothing")
 
 
 def test_medium_is_chosen_before_the_run_first_reached_half_its_target():

@@ -72,3 +72,15 @@ def test_summary_compares_final_scores_with_the_tolerance(tmp_path):
   # last-3 means over the two evaluations there are: CORL 30, 32 -> 31; ours 20.5, 22, 23.5 -> 22
   assert s["corl_tail"][0] == pytest.approx(31.0) and s["ours_tail"][0] == pytest.approx(22.0)
   assert not s["tail_within"]
+
+
+def test_a_finished_piece_keeps_what_another_invocation_wrote_meanwhile(tmp_path):
+  """A CORL score run takes hours; a speed measurement written to results.json in the meantime must
+  survive the score run's write (session 14 lost one that way)."""
+  results_file = tmp_path / "results.json"
+  run.record(results_file, "cql|d", corl_updates_per_s=[9.6])        # the speed run, meanwhile
+  run.record(results_file, "cql|d", corl_logs=["seed0.jsonl"], steps=50_000)   # the score run's end
+  run.record(results_file, "iql|d", steps=1)
+  assert json.loads(results_file.read_text()) == {
+      "cql|d": {"corl_updates_per_s": [9.6], "corl_logs": ["seed0.jsonl"], "steps": 50_000},
+      "iql|d": {"steps": 1}}

@@ -181,6 +181,15 @@ def our_update_rate(algo: str, dataset_id: str, seeds: int) -> float:
   return float(np.float64(n * seeds) / (time.time() - t0))
 
 
+def record(results_file: Path, key: str, **fields) -> dict:
+  """Merges `fields` into results.json's entry `key`, reading the file afresh: a score run takes hours,
+  and another invocation (a speed measurement, say) may have written the file meanwhile."""
+  results = json.loads(results_file.read_text()) if results_file.exists() else {}
+  results.setdefault(key, {}).update(fields)
+  results_file.write_text(json.dumps(results, indent=1))
+  return results
+
+
 def main(argv):
   del argv
   out = Path(FLAGS.out)
@@ -191,7 +200,7 @@ def main(argv):
   for dataset_id in FLAGS.datasets:
     for algo in FLAGS.algos:
       key = f"{algo}|{dataset_id}"
-      entry = results.setdefault(key, {})
+      entry = {}
       if "scores" in FLAGS.parts:
         n_corl = corl_seeds.get(algo, FLAGS.seeds)
         if "corl" in FLAGS.sides:
@@ -215,7 +224,7 @@ def main(argv):
         entry["ours_seed_loop"] = loops.seed_loop()
         print(f"[vs_corl] speed {algo} on {dataset_id}: CORL {entry['corl_updates_per_s']} upd/s, "
               f"ours {entry['ours_seed_updates_per_s']} seed-upd/s", flush=True)
-      results_file.write_text(json.dumps(results, indent=1))
+      results = record(results_file, key, **entry)
   from benchmarks.vs_corl import report
   if any("corl_logs" in e and "ours_metrics" in e or "corl_updates_per_s" in e for e in results.values()):
     report.write(out)
