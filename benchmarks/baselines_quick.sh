@@ -8,12 +8,12 @@
 #   bash benchmarks/baselines_quick.sh [dataset ...]
 #   AGENTS="o2td3 o2sac" bash benchmarks/baselines_quick.sh     # a subset of the agents, in this order
 # Datasets (1M transitions each; the embedded o2o/hopper/medium-v0 is a 100k subset, and a local set
-# of the same id wins): the behaviour policies of the earlier evidence (#5, #19), i.e. hopper's and
-# walker2d's from before #22 replaced them, halfcheetah's as committed until its expert finishes:
+# of the same id wins): the behaviour policies of the earlier evidence (#5, #19), i.e. those from
+# before #22 replaced them (hopper 150k/300k, halfcheetah 120k, walker2d 150k SAC steps):
 #   git archive 3efe74f^ behaviour_policies/hopper | tar -x -C /tmp/old
 #   git archive 3e8f77b behaviour_policies/walker2d | tar -x -C /tmp/old
-#   python -m experiments.make_dataset --env=hopper,walker2d --from_policies --policy_dir=/tmp/old/behaviour_policies --levels=medium
-#   python -m experiments.make_dataset --env=halfcheetah --from_policies --levels=medium
+#   git archive 980b490 behaviour_policies/halfcheetah | tar -x -C /tmp/old
+#   python -m experiments.make_dataset --env=hopper,halfcheetah,walker2d --from_policies --policy_dir=/tmp/old/behaviour_policies --levels=medium
 # Off2On runs 3 seeds (15 CQL members): at 5 seeds its 25 CQL pre-trainings alone would cost as much as
 # the rest of a dataset's row (EXTRA applies to every other agent).
 set -u
