@@ -16,18 +16,28 @@
 #   python -m experiments.make_dataset --env=hopper,halfcheetah,walker2d --from_policies --policy_dir=/tmp/old/behaviour_policies --levels=medium
 # Off2On runs 3 seeds (15 CQL members): at 5 seeds its 25 CQL pre-trainings alone would cost as much as
 # the rest of a dataset's row (EXTRA applies to every other agent).
+# Also: RESULTS (results root, default benchmarks/results/baselines_quick; benchmarks/grid_quick.sh
+# sets it), and PRETRAIN_TD3BC / PRETRAIN_CQL / PRETRAIN_IQL (offline steps of the agents built on
+# that source, instead of the quick budget's; agents sharing a source then still share one run).
 set -u
 cd "$(dirname "$0")/.."
 datasets=${*:-o2o/hopper/medium-v0 o2o/halfcheetah/medium-v0 o2o/walker2d/medium-v0}
 agents=${AGENTS:-o2td3 direct_td3 proto_td3 o2sac direct_sac proto calql off2on aca o2ppo direct_ppo iql_ft awac_ft pex}
 for dataset in $datasets; do
-  out=benchmarks/results/baselines_quick/$(echo "$dataset" | tr / _)
+  out=${RESULTS:-benchmarks/results/baselines_quick}/$(echo "$dataset" | tr / _)
   for agent in $agents; do
     extra="--seeds=5 --eval_every=1000"   # the paper's protocol: an evaluation every 1k online steps
     [ "$agent" = off2on ] && extra="--seeds=3 --eval_every=1000"
     # O2PPO's rollouts: its quick budget's own evaluation every 2,048 of 51,200 steps (two in the
     # first 10%); the off-policy agents' quick 2,000 would leave none in the first 1,000 steps.
     case $agent in o2ppo|direct_ppo) extra="--seeds=5" ;; esac
+    case $agent in
+      o2td3|direct_td3|proto_td3) steps=${PRETRAIN_TD3BC:-} ;;
+      o2sac|direct_sac|proto|off2on) steps=${PRETRAIN_CQL:-} ;;
+      o2ppo|direct_ppo|iql_ft|pex) steps=${PRETRAIN_IQL:-} ;;
+      *) steps= ;;
+    esac
+    [ -n "$steps" ] && extra="$extra --pretrain_steps=$steps"
     OUT=$out EARLY=0.1 EXTRA="$extra" bash benchmarks/o2o_quick.sh "$dataset" "$agent"
   done
 done
