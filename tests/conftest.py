@@ -251,14 +251,20 @@ def same_outputs():
 
 
 
+
 # Every XLA executable the CPU backend builds keeps its own memory mappings (code, constants) for as
 # long as JAX's caches hold it, and JAX caches every program a test jits. Linux caps a process at
 # vm.max_map_count = 65,530 mappings; one pytest-xdist worker that runs half the suite passed it and
 # died with a segfault inside XLA's compiler (measured in a clean-clone CI: worker maps 7.6k after
-# 1 min, 43.5k after 20 min, crash at 88%). Clearing JAX's caches after each test module releases them
-# (measured on three modules in one process: 6,696 -> 11,116 -> 20,022 maps without, back to ~930 after
-# each module with). The persistent compilation cache above still serves the next module's compiles.
-# O2O_JAX_TEST_MAPS_LOG=<file> appends "pid maps-before maps-after" per module to watch it.
+# 1 min, 43.5k after 20 min, crash at 88%). Clearing JAX's caches releases them (measured on three
+# modules in one process: 6,696 -> 11,116 -> 20,022 maps without, back to ~930 after each module
+# with). So the caches are cleared after each test module, and after any test that leaves the worker
+# above MAP_COUNT_CLEAR_AT (one module reached 31,871 maps on its own). The persistent compilation
+# cache above still serves the recompiles. O2O_JAX_TEST_MAPS_LOG=<file> appends
+# "pid module maps-before maps-after" per clear to watch it.
+MAP_COUNT_CLEAR_AT = 20_000
+
+
 def _memory_map_count() -> int:
   try:
     with open(f"/proc/{os.getpid()}/maps") as f:
@@ -267,9 +273,7 @@ def _memory_map_count() -> int:
     return -1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def release_compiled_programs():
-  yield
+def _release_compiled_programs(where: str) -> None:
   import gc
   import jax
   before = _memory_map_count()
@@ -278,4 +282,17 @@ def release_compiled_programs():
   log = os.environ.get("O2O_JAX_TEST_MAPS_LOG")
   if log:
     with open(log, "a") as f:
-      f.write(f"{os.getpid()} {before} {_memory_map_count()}\n")
+      f.write(f"{os.getpid()} {where} {before} {_memory_map_count()}\n")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs_per_module(request):
+  yield
+  _release_compiled_programs(request.module.__name__)
+
+
+@pytest.fixture(autouse=True)
+def release_compiled_programs_past_threshold(request):
+  yield
+  if _memory_map_count() > MAP_COUNT_CLEAR_AT:
+    _release_compiled_programs(request.node.nodeid)
