@@ -56,10 +56,11 @@ def summarise(entry: dict) -> dict:
     # Hopper's single evaluations swing by 20+ points between checkpoints: the mean over the last
     # LAST_K evaluations of each seed is reported beside the final one, with the same tolerance rule.
     c_tail, o_tail = corl[:, -LAST_K:].mean(1), ours[:, -LAST_K:].mean(1)
-    c_tail_std = float(c_tail.std(ddof=1)) if len(c_tail) > 1 else 0.0
+    c_tail_std = float(c_tail.std(ddof=1)) if len(c_tail) > 1 else float("nan")   # 1 seed: no std
     out.update(corl_tail=(float(c_tail.mean()), c_tail_std), ours_tail=(float(o_tail.mean()),
                float(o_tail.std(ddof=1)) if len(o_tail) > 1 else float("nan")),
-               tail_within=bool(abs(o_tail.mean() - c_tail.mean()) <= max(TOLERANCE_POINTS, c_tail_std)))
+               tail_within=bool(abs(o_tail.mean() - c_tail.mean()) <= max(
+                   TOLERANCE_POINTS, c_tail_std if np.isfinite(c_tail_std) else 0.0)))
     out.update(corl_final=(float(c_final.mean()), c_std, len(c_final), int(corl_steps[-1])),
                ours_final=(float(o_final.mean()), float(o_final.std(ddof=1)) if len(o_final) > 1
                            else float("nan"), len(o_final), int(ours_steps[-1])),
