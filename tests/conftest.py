@@ -250,8 +250,6 @@ def same_outputs():
   return check
 
 
-
-
 # Every XLA executable the CPU backend builds keeps its own memory mappings (code, constants) for as
 # long as JAX's caches hold it, and JAX caches every program a test jits. Linux caps a process at
 # vm.max_map_count = 65,530 mappings; one pytest-xdist worker that runs half the suite passed it and
