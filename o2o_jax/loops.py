@@ -103,20 +103,71 @@ def _mean_metrics(stacked: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
 
 # ----------------------------------------------------------------------------------------- offline
 
+def _offline_update(update: Callable, batch_size: int):
+  """(state, key, data) -> (state, metrics): one update on a batch drawn uniformly from `data`."""
+  def one(state, key, data: Transition):
+    k_sample, k_update = jax.random.split(key)
+    return update(state, replay.sample_offline(data, k_sample, batch_size), k_update)
+  return one
+
+
 def make_offline_chunk(update: Callable, batch_size: int, num_updates: int):
   """chunk(state, key, data) -> (state, mean metrics): `num_updates` updates on batches sampled
-  uniformly from `data` (the whole dataset as a Transition), as one lax.scan."""
+  uniformly from `data` (the whole dataset as a Transition), as one lax.scan. Update i uses
+  `jax.random.split(key, num_updates)[i]`."""
+  one = _offline_update(update, batch_size)
 
   def chunk(state, key, data: Transition):
-    def body(state, k):
-      k_sample, k_update = jax.random.split(k)
-      batch = replay.sample_offline(data, k_sample, batch_size)
-      return update(state, batch, k_update)
-    state, metrics = jax.lax.scan(body, state, jax.random.split(key, num_updates))
+    state, metrics = jax.lax.scan(lambda s, k: one(s, k, data), state, jax.random.split(key, num_updates))
     # The divergence guard's input, computed on the device (read once per chunk on the host).
     return state, {**_mean_metrics(metrics), GUARD_KEY: resume.nonfinite_count(state)}
 
   return chunk
+
+
+def make_offline_block(update: Callable, batch_size: int):
+  """block(state, sums, keys, start, count, data) -> (state, sums, guard): updates start .. start+count-1
+  of a chunk whose update i uses `keys[i]` (the keys `make_offline_chunk` splits), as one
+  `fori_loop` with a run-time trip count. Any split of a chunk into blocks therefore runs the
+  chunk's updates from one compiled program per chunk length, and the blocks are what lets the
+  host stop, snapshot and move the progress bar inside a long chunk (`run_offline`).
+
+  `sums` carries the chunk's metrics so far, per metric a pair (NaN-skipping sum, count) in
+  float32 (`block_metric_zeros`), accumulated in update order whatever the blocks: the chunk's
+  means (`block_means`) do not depend on the split. `guard` is the divergence guard's count of
+  the state after the block."""
+  one = _offline_update(update, batch_size)
+
+  def block(state, sums, keys, start, count, data: Transition):
+    def body(i, carry):
+      state, sums = carry
+      state, metrics = one(state, keys[i], data)
+      def add(acc, value):
+        value = jnp.asarray(value, jnp.float32)
+        kept = ~jnp.isnan(value)   # delayed-update agents report NaN when the actor step is skipped
+        return acc[0] + jnp.where(kept, value, 0.0), acc[1] + kept.astype(jnp.float32)
+      return state, {k: add(sums[k], v) for k, v in metrics.items()}
+    state, sums = jax.lax.fori_loop(start, start + count, body, (state, sums))
+    return state, sums, resume.nonfinite_count(state)
+
+  return block
+
+
+def block_metric_zeros(update: Callable, batch_size: int):
+  """zeros(state, key, data) -> the (sum, count) pairs `make_offline_block` starts a chunk from."""
+  one = _offline_update(update, batch_size)
+
+  def zeros(state, key, data: Transition):
+    _, metrics = jax.eval_shape(one, state, key, data)
+    return {k: (jnp.zeros(m.shape, jnp.float32), jnp.zeros(m.shape, jnp.float32))
+            for k, m in metrics.items()}
+
+  return zeros
+
+
+def block_means(sums) -> Dict[str, jax.Array]:
+  """The chunk's mean metrics (NaN-skipping, as `make_offline_chunk`'s) from its (sum, count) pairs."""
+  return {k: total / count for k, (total, count) in sums.items()}
 
 
 SEED_LOOPS = ("vmap", "map")
@@ -139,26 +190,34 @@ def seed_loop() -> str:
   return choice
 
 
-def multi_seed_offline_chunk(chunk: Callable, loop: Optional[str] = None):
-  """Jitted chunk over seed-stacked states and keys, the dataset shared (never copied), states
-  donated; the seeds stepped by `loop` (default `seed_loop()`)."""
+def multi_seed_offline_chunk(chunk: Callable, loop: Optional[str] = None, seed_args: int = 2,
+                             donate: tuple = (0,)):
+  """Jitted chunk over seed-stacked states and keys (the first `seed_args` arguments carry the seed
+  axis), the rest (the dataset, ...) shared and never copied, states donated; the seeds stepped
+  by `loop` (default `seed_loop()`)."""
   loop = loop or seed_loop()
+
+  def seed_axes(args):
+    return (0,) * seed_args + (None,) * (len(args) - seed_args)
+
   if loop == "vmap":
-    program = vmap_lockstep(chunk, in_axes=(0, 0, None))
+    def program(*args):
+      return vmap_lockstep(chunk, in_axes=seed_axes(args))(*args)
   elif loop == "map":
     # Each seed runs as the vmapped program of one seed (a leading axis of 1), not as the plain chunk:
     # on this CPU XLA's batched kernels at batch 1 beat the unbatched ones (CQL 13.9-14.5 against
     # 12.1-12.9 updates/s), so every seed of N keeps the 1-seed run's speed (and its exact result).
-    one_seed = vmap_lockstep(chunk, in_axes=(0, 0, None))
+    def program(*args):
+      one_seed = vmap_lockstep(chunk, in_axes=seed_axes(args))
+      shared = args[seed_args:]
 
-    def program(states, keys, data):
-      def per_seed(state_key):
-        state, key = jax.tree_util.tree_map(lambda x: x[None], state_key)
-        return jax.tree_util.tree_map(lambda x: x[0], one_seed(state, key, data))
-      return jax.lax.map(per_seed, (states, keys))
+      def per_seed(per_seed_args):
+        one = jax.tree_util.tree_map(lambda x: x[None], per_seed_args)
+        return jax.tree_util.tree_map(lambda x: x[0], one_seed(*one, *shared))
+      return jax.lax.map(per_seed, args[:seed_args])
   else:
     raise O2OError(f"unknown seed loop {loop!r}: use one of {', '.join(SEED_LOOPS)}")
-  return jax.jit(program, donate_argnums=(0,))
+  return jax.jit(program, donate_argnums=donate)
 
 
 # ----------------------------------------------------------------------------------------- policies
@@ -514,19 +573,53 @@ def offline_chunk_fn(update: Callable, batch_size: int, num_updates: int):
   return multi_seed_offline_chunk(make_offline_chunk(update, batch_size, num_updates))
 
 
+@functools.lru_cache(maxsize=None)
+def offline_block_fns(update: Callable, batch_size: int):
+  """(block, zeros): the seed-stepped jitted `make_offline_block` (states and sums donated) and
+  `block_metric_zeros`."""
+  return (multi_seed_offline_chunk(make_offline_block(update, batch_size), seed_args=3, donate=(0, 1)),
+          multi_seed_offline_chunk(block_metric_zeros(update, batch_size), seed_args=2, donate=()))
+
+
+# How long one block of a chunk should run (seconds, about): the longest a stop signal waits for a
+# snapshot, and the progress bar for a move. The first block of a run is FIRST_BLOCK updates; each
+# later one is sized from the measured rate of the one before (it includes the compilation once).
+BLOCK_SECONDS = 5.0
+FIRST_BLOCK = 32
+
+
+class _BlockSizer:
+  def __init__(self):
+    self.size = FIRST_BLOCK
+
+  def observe(self, count: int, seconds: float) -> None:
+    self.size = max(1, int(count / max(seconds, 1e-6) * BLOCK_SECONDS))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _chunk_keys(seed_keys, n: int):
+  """(S, n, 2): seed s's update i uses `jax.random.split(seed_keys[s], n)[i]`, as in
+  `make_offline_chunk`."""
+  return jax.vmap(lambda k: jax.random.split(k, n))(seed_keys)
+
+
 def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seeds: int, seed: int,
                 config: OfflineConfig, obs_mean=None, obs_std=None, metrics_writer=None,
                 normalized_score: Optional[Callable] = None, on_eval: Optional[Callable] = None,
                 snapshots: Optional[resume.Snapshots] = None, phase: str = "offline",
                 progress: bool = True, desc: str = "offline", log: Callable = print) -> tuple:
-  """Offline training of `num_seeds` vmapped agents on one shared device dataset, in lax.scan chunks
-  of `config.chunk` updates, evaluating every `eval_every` updates. `on_eval(step, states, returns)`
+  """Offline training of `num_seeds` vmapped agents on one shared device dataset, in chunks of
+  `config.chunk` updates, evaluating every `eval_every` updates. `on_eval(step, states, returns)`
   is called after each evaluation (e.g. to checkpoint) and may return new states.
 
   With `snapshots`, the run resumes from the latest snapshot and saves one every `snapshots.every`
-  updates and on SIGINT/SIGTERM (then raises `errors.Interrupted`). The PRNG key of a chunk is
-  derived from its first step, and chunks end at evaluation and snapshot steps, so a resumed run
-  computes exactly what the uninterrupted one does. Returns (states, eval history)."""
+  updates and on SIGINT/SIGTERM (then raises `errors.Interrupted`). The PRNG keys of a chunk's
+  updates are derived from its first step, and chunks end at evaluation and snapshot steps, so a
+  resumed run computes exactly what the uninterrupted one does. A chunk runs as blocks of about
+  BLOCK_SECONDS each (`make_offline_block`), so a signal is honoured within a block, not a chunk:
+  the snapshot then records the chunk's first step and its metric sums, and the resumed run
+  finishes that chunk with its keys (in a multi-process run a signal still waits for the chunk's
+  end, where every process stops at the same step). Returns (states, eval history)."""
   from o2o_jax import logging as log_lib
 
   session = resume.Session(snapshots, phase, log=log)
@@ -539,25 +632,51 @@ def run_offline(agent, states, data: Transition, *, make_env: Callable, num_seed
   evaluation = Evaluation(agent.act, make_env, num_seeds, config.eval_episodes, obs_mean, obs_std,
                           normalized_score)
   base_key = jax.random.PRNGKey(seed)
+  block_fn, zeros_fn = offline_block_fns(agent.update, config.batch_size)
+  sizer, stop_inside_chunks = _BlockSizer(), jax.process_count() == 1
+  interrupted_chunk = meta.get("chunk")      # a snapshot taken inside a chunk (after a signal)
   bar = log_lib.progress(config.num_steps, desc, initial=step, disable=not progress)
   t0, start = time.time(), step
+
+  def chunk_length(origin):
+    # A chunk never crosses an evaluation point, a snapshot point or the end (at most a few
+    # distinct chunk lengths, each compiled once).
+    next_eval = (origin // config.eval_every + 1) * config.eval_every
+    return int(min(config.chunk, next_eval - origin, session.next_due(origin) - origin,
+                   config.num_steps - origin))
+
   with session:
     while step < config.num_steps:
-      # A chunk never crosses an evaluation point, a snapshot point or the end (at most a few
-      # distinct chunk sizes, each compiled once).
-      next_eval = (step // config.eval_every + 1) * config.eval_every
-      n = int(min(config.chunk, next_eval - step, session.next_due(step) - step,
-                  config.num_steps - step))
-      states, metrics = offline_chunk_fn(agent.update, config.batch_size, n)(
-          states, distributed.split_seeds(jax.random.fold_in(base_key, step), num_seeds), data)
-      step += n
-      bar.update(n)
-      session.fault.at(step)
-      session.check_finite(metrics[GUARD_KEY], step=step, states=states,
-                           metrics=jax.device_get(metrics))
+      origin = step if interrupted_chunk is None else int(interrupted_chunk["origin"])
+      n = chunk_length(origin)
+      chunk_key = sharding.place_seeds(
+          distributed.split_seeds(jax.random.fold_in(base_key, origin), num_seeds), mesh)
+      keys = sharding.place_seeds(_chunk_keys(chunk_key, n), mesh)
+      sums = (zeros_fn(states, chunk_key, data) if interrupted_chunk is None else
+              {k: (jnp.asarray(total, jnp.float32), jnp.asarray(count, jnp.float32))
+               for k, (total, count) in interrupted_chunk["sums"].items()})
+      interrupted_chunk = None
+      while step < origin + n:
+        count = min(sizer.size, origin + n - step)
+        t_block = time.time()
+        states, sums, guard = block_fn(states, sums, keys, step - origin, count, data)
+        jax.block_until_ready(guard)
+        sizer.observe(count, time.time() - t_block)
+        step += count
+        bar.update(count)
+        session.fault.at(step)
+        if step < origin + n and stop_inside_chunks and session.signals.requested is not None:
+          if session.snapshots is not None:
+            if metrics_writer is not None:
+              metrics_writer.flush()
+            inside = jax.tree_util.tree_map(lambda x: np.asarray(x).tolist(), sums)
+            session.save(step, states, {"history": history, "chunk": {"origin": origin, "sums": inside}})
+          session.stop_if_requested(step, (bar.close, evaluation.close))
+      metrics = block_means(sums)
+      session.check_finite(guard, step=step, states=states, metrics=jax.device_get(metrics))
       if step % config.eval_every == 0 or step >= config.num_steps:
         returns, eval_row = evaluation.run(states, bar)
-        row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items() if k_ != GUARD_KEY}
+        row = {f"train/{k_}": v for k_, v in jax.device_get(metrics).items()}
         row.update(eval_row)
         row["perf/updates_per_s"] = (step - start) / (time.time() - t0)
         history.append({"step": step, "returns": returns})

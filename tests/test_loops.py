@@ -106,3 +106,40 @@ def test_a_mujoco_model_warning_is_printed_once_not_per_env(capfd):
     envs.make_env("HalfCheetah-v5").close()
   out, err = capfd.readouterr()
   assert (out + err).count("settotalmass") <= 1, out + err
+
+
+def test_a_chunk_split_into_blocks_is_the_scanned_chunk_bit_for_bit():
+  """`run_offline` runs each chunk as blocks of a run-time length (`make_offline_block`), so that a
+  stop signal and the progress bar need not wait for a whole chunk. Any split must compute what the
+  one `lax.scan` of `make_offline_chunk` computes: TD3 (a delayed actor step, so a block may end
+  between the critic and the actor step of a cycle) and CQL, 2 seeds, 7 updates split 7, 3+4 and
+  1+2+4, through both seed loops: the states are bit-identical, the chunk's NaN-skipping metric
+  means equal the scan's (float tolerance: the sums run in another order), and a split compiles one
+  program (a run-time trip count, not a shape)."""
+  import chex
+  from o2o_jax.agents.offline import cql
+  data = _random_batch(jax.random.PRNGKey(5), n=64)
+  keys = seed_keys(2, 2)
+  for agent, cfg in ((td3, td3.Config(hidden_dims=(8, 8))),
+                     (cql, cql.Config(hidden_dims=(8, 8), cql_n_actions=2))):
+    states = loops.init_states(agent, seed_keys(0, 2), 3, 2, cfg)
+    for seed_loop in ("map", "vmap"):
+      chunk = loops.multi_seed_offline_chunk(loops.make_offline_chunk(agent.update, 16, 7), loop=seed_loop)
+      want, want_metrics = chunk(loops.unalias(states), keys, data)
+      block = loops.multi_seed_offline_chunk(loops.make_offline_block(agent.update, 16), loop=seed_loop,
+                                             seed_args=3, donate=(0, 1))
+      zeros = loops.multi_seed_offline_chunk(loops.block_metric_zeros(agent.update, 16), loop=seed_loop,
+                                             donate=())
+      chunk_keys = loops._chunk_keys(keys, 7)
+      for split in ((7,), (3, 4), (1, 2, 4)):
+        got, sums, start = loops.unalias(states), zeros(states, keys, data), 0
+        for count in split:
+          got, sums, guard = block(got, sums, chunk_keys, start, count, data)
+          start += count
+        chex.assert_trees_all_equal(got, want)
+        means = loops.block_means(sums)
+        assert set(means) == set(want_metrics) - {loops.GUARD_KEY}
+        chex.assert_trees_all_close(means, {k: v for k, v in want_metrics.items() if k != loops.GUARD_KEY},
+                                    rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(guard, want_metrics[loops.GUARD_KEY])
+      assert block._cache_size() == 1

@@ -55,6 +55,66 @@ def test_nan_in_a_batch_stops_the_run_naming_phase_step_seed_and_keeps_the_snaps
   np.testing.assert_array_equal(restored.step, [20, 20])
 
 
+class _Rows:
+  """The metrics writer `run_offline` needs, keeping rows in memory."""
+
+  def __init__(self):
+    self.rows = {}
+
+  def truncate_after(self, step):
+    self.rows = {s: r for s, r in self.rows.items() if s <= step}
+
+  def write(self, step, row):
+    self.rows[step] = row
+
+  def flush(self):
+    pass
+
+
+def test_a_stop_signal_inside_a_chunk_snapshots_there_and_the_resumed_run_is_the_uninterrupted_one(
+    tmp_path, monkeypatch):
+  """SIGTERM arrives at update 10 of a 40-update chunk. The run stops at the end of the running
+  block (one update per block here), not of the chunk: its snapshot is at step 10 and records the
+  chunk's first step and metric sums. Rerunning resumes there and finishes the chunk with its own
+  keys: the final states are bit-identical to an uninterrupted run's, and so are the logged train
+  metrics of that chunk (a mean over all 40 updates, not over the 30 after the resume)."""
+  from o2o_jax.errors import Interrupted
+  rng = np.random.default_rng(0)
+  n = 200
+  data = Transition(observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
+                    actions=jnp.asarray(rng.uniform(-1, 1, (n, 3)), jnp.float32),
+                    rewards=jnp.asarray(rng.normal(size=n), jnp.float32),
+                    next_observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
+                    terminals=jnp.zeros(n, jnp.float32))
+  cfg = td3.Config(hidden_dims=(8, 8))
+  config = loops.OfflineConfig(num_steps=80, batch_size=16, chunk=40, eval_every=40, eval_episodes=1)
+  monkeypatch.setattr(loops, "FIRST_BLOCK", 3)
+  monkeypatch.setattr(loops, "BLOCK_SECONDS", 0.0)     # every later block: one update
+
+  def run(name, rows):
+    return loops.run_offline(loops.Learner(td3.update, td3.act), loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg),
+                             data, make_env=lambda: envs.make_env("Hopper-v5"), num_seeds=2, seed=0,
+                             config=config, snapshots=resume.Snapshots(tmp_path / name, every=40),
+                             metrics_writer=rows, phase="pretrain", progress=False, log=lambda *a: None)
+
+  want_states, want_history = run("whole", want_rows := _Rows())
+  monkeypatch.setenv("O2O_JAX_FAULT", "SIGTERM:pretrain:10")
+  with pytest.raises(Interrupted, match="pretrain stopped by SIGTERM at step 10"):
+    run("stopped", rows := _Rows())
+  _, meta, step = resume.Snapshots(tmp_path / "stopped", every=40).restore(
+      loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg))
+  assert step == 10 and meta["chunk"]["origin"] == 0
+  monkeypatch.delenv("O2O_JAX_FAULT")
+  got_states, got_history = run("stopped", rows)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got_states, want_states)
+  assert [h["step"] for h in got_history] == [40, 80]
+  for s in (40, 80):
+    train = {k: v for k, v in rows.rows[s].items() if k.startswith("train/")}
+    assert train and set(train) == {k for k in want_rows.rows[s] if k.startswith("train/")}
+    for k, v in train.items():
+      np.testing.assert_array_equal(v, want_rows.rows[s][k])
+
+
 # ------------------------------------------------------------------------------ bad input
 
 def _finetune(*args, timeout=300):
