@@ -2,7 +2,9 @@
 vmapped, except the offline chunks on a one-device CPU, which `lax.map` them (`seed_loop`).
 
 - Offline: `make_offline_chunk` fuses K updates (sampling on device from the shared dataset) into one
-  `lax.scan`; `run_offline` alternates chunks with evaluations.
+  `lax.scan` (for users' own loops); `run_offline` alternates chunks with evaluations and runs each
+  chunk as blocks of ~5 s of the same updates (`make_offline_block`), so a stop signal and the
+  progress bar need not wait for a whole chunk.
 - Online: `run_online` steps one host env per seed; per env step there is one device call that
   inserts the transition, runs `utd` updates (a `lax.scan`) and returns the next action.
   `collect_prefill` gathers a policy's transitions the way `run_online` stores them (its `prefill`).
