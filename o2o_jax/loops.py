@@ -128,8 +128,9 @@ def make_offline_chunk(update: Callable, batch_size: int, num_updates: int):
 
 
 def make_offline_block(update: Callable, batch_size: int):
-  """block(state, sums, keys, start, count, data) -> (state, sums, guard): updates start .. start+count-1
-  of a chunk whose update i uses `keys[i]` (the keys `make_offline_chunk` splits), as one
+  """block(state, sums, keys, start, count, data) -> (state, sums, guard): the updates
+  start .. start+count-1 of a chunk whose update i uses `keys[i]` (the keys `make_offline_chunk`
+  splits), as one
   `fori_loop` with a run-time trip count. Any split of a chunk into blocks therefore runs the
   chunk's updates from one compiled program per chunk length, and the blocks are what lets the
   host stop, snapshot and move the progress bar inside a long chunk (`run_offline`).
