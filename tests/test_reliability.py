@@ -92,7 +92,8 @@ def test_a_stop_signal_inside_a_chunk_snapshots_there_and_the_resumed_run_is_the
   monkeypatch.setattr(loops, "BLOCK_SECONDS", 0.0)     # every later block: one update
 
   def run(name, rows):
-    return loops.run_offline(loops.Learner(td3.update, td3.act), loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg),
+    fresh = loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg)
+    return loops.run_offline(loops.Learner(td3.update, td3.act), fresh,
                              data, make_env=lambda: envs.make_env("Hopper-v5"), num_seeds=2, seed=0,
                              config=config, snapshots=resume.Snapshots(tmp_path / name, every=40),
                              metrics_writer=rows, phase="pretrain", progress=False, log=lambda *a: None)
