@@ -97,12 +97,22 @@ def test_paper_budget_o2td3_has_2x256_layernorm_critics_and_the_td3bc_actor():
 
 
 def test_only_the_quick_budget_shrinks_networks():
-  """--budget=quick is this framework's own laptop budget (64 x 64 everywhere); no reference."""
+  """--budget=quick is this framework's own laptop budget (64 x 64 everywhere); no reference.
+  Cal-QL included: its Config's own critic default (CORL `finetune/cal_ql.py` 2 x 256) is a
+  paper-budget size too (session 17: the quick Cal-QL pretrain had kept 2 x 256 critics, ~4x the
+  quick CQL's time)."""
   q = ocr_cft.BUDGETS["quick"]
   config, _ = offline.offline_config("cql", HOPPER_MEDIUM, "official", "o2sac", q["hidden_dims"])
   o2o = ocr_cft.make_o2o_config("o2sac", config, HOPPER_MEDIUM, q["critic_hidden"], True)
   assert tuple(config.hidden_dims) == (64, 64) and config.critic_hidden_dims is None
   assert tuple(o2o.hidden_dims) == (64, 64) and tuple(o2o.critic_hidden_dims) == (64, 64)
+  calql_quick = _shapes(registry.get("calql", registry.OFFLINE),
+                        offline.offline_config("calql", HOPPER_MEDIUM, "corl", None, q["hidden_dims"])[0])
+  assert _actor_widths(calql_quick.actor.params) == (64, 64)
+  assert _critic_layers(calql_quick.sac.critic.params)[0] == (64, 64)
+  calql_paper = _shapes(registry.get("calql", registry.OFFLINE),
+                        offline.offline_config("calql", HOPPER_MEDIUM, "corl", None, None)[0])
+  assert _critic_layers(calql_paper.sac.critic.params)[0] == (256, 256)
 
 
 # ----------------------------------------------------------------------------- point 3: reward scale

@@ -34,7 +34,11 @@ def offline_config(algo: str, dataset_id: str, preset: str = "corl", chain: Opti
   values = dict(p["config"])
   if hidden_dims is not None:
     values["hidden_dims"] = tuple(hidden_dims)
-    values.pop("critic_hidden_dims", None)     # a given size (e.g. quick's 64x64) sizes every network
+    # A given size (e.g. quick's 64x64) sizes every network: the preset's critic sizes go, and so
+    # does a Config's own critic default (Cal-QL's CORL 2x256 critics).
+    values.pop("critic_hidden_dims", None)
+    if "critic_hidden_dims" in {f.name for f in dataclasses.fields(agent.Config)}:
+      values["critic_hidden_dims"] = None
   agent_config = agent.Config(**values)
   if num_steps is not None and "max_steps" in {f.name for f in dataclasses.fields(agent_config)}:
     agent_config = dataclasses.replace(agent_config, max_steps=num_steps)
