@@ -27,14 +27,18 @@ def _poisoned_update(state, batch, key):
   return td3.update(state, batch, key)
 
 
-def test_nan_in_a_batch_stops_the_run_naming_phase_step_seed_and_keeps_the_snapshot(tmp_path):
+def _random_hopper_data(n):
+  """n random transitions of Hopper's sizes (11-dim observations, 3-dim actions), seed 0."""
   rng = np.random.default_rng(0)
-  n = 500
-  data = Transition(observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
+  return Transition(observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
                     actions=jnp.asarray(rng.uniform(-1, 1, (n, 3)), jnp.float32),
                     rewards=jnp.asarray(rng.normal(size=n), jnp.float32),
                     next_observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
                     terminals=jnp.zeros(n, jnp.float32))
+
+
+def test_nan_in_a_batch_stops_the_run_naming_phase_step_seed_and_keeps_the_snapshot(tmp_path):
+  data = _random_hopper_data(500)
   cfg = td3.Config(hidden_dims=(8, 8))
   states = loops.init_states(td3, seed_keys(0, 2), 11, 3, cfg)
   snapshots = resume.Snapshots(tmp_path / "progress", every=20)
@@ -79,13 +83,7 @@ def test_a_stop_signal_inside_a_chunk_snapshots_there_and_the_resumed_run_is_the
   keys: the final states are bit-identical to an uninterrupted run's, and so are the logged train
   metrics of that chunk (a mean over all 40 updates, not over the 30 after the resume)."""
   from o2o_jax.errors import Interrupted
-  rng = np.random.default_rng(0)
-  n = 200
-  data = Transition(observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
-                    actions=jnp.asarray(rng.uniform(-1, 1, (n, 3)), jnp.float32),
-                    rewards=jnp.asarray(rng.normal(size=n), jnp.float32),
-                    next_observations=jnp.asarray(rng.normal(size=(n, 11)), jnp.float32),
-                    terminals=jnp.zeros(n, jnp.float32))
+  data = _random_hopper_data(200)
   cfg = td3.Config(hidden_dims=(8, 8))
   config = loops.OfflineConfig(num_steps=80, batch_size=16, chunk=40, eval_every=40, eval_episodes=1)
   monkeypatch.setattr(loops, "FIRST_BLOCK", 3)
