@@ -14,7 +14,7 @@ set -u
 cd "$(dirname "$0")/.."
 envs=${*:-hopper halfcheetah walker2d}
 out=benchmarks/results/expert_policies
-mkdir -p "$out" runs/behaviour runs/datasets_expert
+mkdir -p "$out" runs/behaviour
 export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 for env in $envs; do
   if [ -f "runs/behaviour/$env/meta.json" ]; then
@@ -23,6 +23,6 @@ for env in $envs; do
     args=(--sac_steps=1000000 --eval_every=10000 --checkpoint_every=20000 --carry_dir="$out/carry")
   fi
   nohup nice -n 19 python -m experiments.make_dataset --env="$env" --policy_dir=runs/behaviour \
-    --out=runs/datasets_expert --progress=false "${args[@]}" >> "$out/$env.log" 2>&1 &
+    --out="${EXPERT_DATASETS:-$HOME/.minari_expert}" --progress=false "${args[@]}" >> "$out/$env.log" 2>&1 &
   echo "$env: pid $! (log $out/$env.log)"
 done

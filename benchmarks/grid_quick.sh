@@ -6,9 +6,8 @@
 # (benchmarks/results/grid_quick/report.md, tables, curves, rliable statistics).
 #   bash benchmarks/grid_quick.sh [dataset ...]
 #   AGENTS="o2td3 direct_td3" bash benchmarks/grid_quick.sh o2o/hopper/expert-v0
-# Datasets: $MINARI_DATASETS_PATH, default runs/datasets_expert (the #19/#21 medium sets of the older
-# policies keep the default Minari store), written by
-#   python -m experiments.make_dataset --env=hopper,halfcheetah,walker2d --from_policies --out=runs/datasets_expert
+# Datasets: $MINARI_DATASETS_PATH, default ~/.minari_expert (the #19/#21 medium sets of the older
+# policies keep the default Minari store), written by `bash benchmarks/expert_datasets.sh`
 # Converged offline sources: PRETRAIN_TD3BC / PRETRAIN_CQL / PRETRAIN_IQL set their offline steps
 # (default: the quick budget's); check a source with
 #   python -m benchmarks.offline_convergence 'benchmarks/results/grid_quick/*/runs/pretrain/cql/*'
@@ -17,7 +16,7 @@
 # runs, with git add -f) and its table before the session ends.
 set -u
 cd "$(dirname "$0")/.."
-export MINARI_DATASETS_PATH=${MINARI_DATASETS_PATH:-$PWD/runs/datasets_expert}
+export MINARI_DATASETS_PATH=${MINARI_DATASETS_PATH:-$HOME/.minari_expert}
 datasets=${*:-}
 if [ -z "$datasets" ]; then
   for env in hopper halfcheetah walker2d; do
