@@ -22,7 +22,7 @@
 set -u
 cd "$(dirname "$0")/.."
 datasets=${*:-o2o/hopper/medium-v0 o2o/halfcheetah/medium-v0 o2o/walker2d/medium-v0}
-agents=${AGENTS:-o2td3 direct_td3 proto_td3 o2sac direct_sac proto calql off2on aca o2ppo direct_ppo iql_ft awac_ft pex}
+agents=${AGENTS:-o2td3 direct_td3 proto_td3 o2sac direct_sac proto calql samg_calql off2on aca o2ppo direct_ppo iql_ft awac_ft pex}
 for dataset in $datasets; do
   out=${RESULTS:-benchmarks/results/baselines_quick}/$(echo "$dataset" | tr / _)
   for agent in $agents; do
