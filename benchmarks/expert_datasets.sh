@@ -21,19 +21,29 @@ for level in medium expert medium-expert medium-replay random; do     # the grid
   done
 done
 mkdir -p benchmarks/results/datasets_expert
-${PYTHON:-python} - "$root" > benchmarks/results/datasets_expert/datasets.md <<'PY'
+list=benchmarks/results/datasets_expert/datasets.md
+# Rows of sets written in an earlier session stay (the home directory does not always outlive one);
+# a set present here replaces its row.
+${PYTHON:-python} - "$root" "$list" <<'PY'
 import json, pathlib, sys
-root = pathlib.Path(sys.argv[1])
-print(f"# Datasets from the expert-strength policies (`bash benchmarks/expert_datasets.sh`, in {root.name})\n")
-print("| dataset | transitions | episodes | mean return | normalised | from | expert return / D4RL's |")
-print("|---|---|---|---|---|---|---|")
+root, listing = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+rows = {}
+if listing.exists():
+  for line in listing.read_text().splitlines():
+    if line.startswith("| o2o/"):
+      rows[line.split("|")[1].strip()] = line
 for meta in sorted(root.glob("o2o/*/*/data/metadata.json")):
   d = json.loads(meta.read_text())
   desc = json.loads(d["description"])
   ref = desc["d4rl_reference"]
   source = desc.get("policy") or " + ".join(c.split("/")[-1] for c in desc.get("components", [])) or desc.get("rule", "")
-  print(f"| {d['dataset_id']} | {desc['transitions']:,} | {desc['episodes']:,} | {desc['mean_return']:.1f} | "
-        f"{desc['normalized_mean_return']:.1f} | {source} | {ref['expert_return']:.0f} / "
-        f"{ref['d4rl_expert_return']:.0f} ({100 * ref['fraction_of_d4rl']:.0f}%) |")
+  rows[d["dataset_id"]] = (
+      f"| {d['dataset_id']} | {desc['transitions']:,} | {desc['episodes']:,} | {desc['mean_return']:.1f} | "
+      f"{desc['normalized_mean_return']:.1f} | {source} | {ref['expert_return']:.0f} / "
+      f"{ref['d4rl_expert_return']:.0f} ({100 * ref['fraction_of_d4rl']:.0f}%) |")
+lines = [f"# Datasets from the expert-strength policies (`bash benchmarks/expert_datasets.sh`, in {root.name})", "",
+         "| dataset | transitions | episodes | mean return | normalised | from | expert return / D4RL's |",
+         "|---|---|---|---|---|---|---|"] + [rows[k] for k in sorted(rows)]
+listing.write_text("\n".join(lines) + "\n")
 PY
 echo "wrote benchmarks/results/datasets_expert/datasets.md"
