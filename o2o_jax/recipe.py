@@ -282,6 +282,7 @@ def run(recipe: Recipe, ctx: Context, from_dir: Optional[Path] = None,
       ctx.phase = p
       thunk = lambda p=p: p.run(ctx)
       ctx.runs[p.name] = around(p, thunk) if around is not None else thunk()
+      runs.record_launch(ctx.runs[p.name], budget=ctx.settings.get("budget"))
   ctx.phase = None
   return ctx.runs[recipe.phases[-1].name]
 

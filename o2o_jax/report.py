@@ -251,9 +251,18 @@ def load_run(run_dir: Path) -> Tuple[Optional[Run], str]:
   planned = config.get("steps") or (summary.get("curve_steps") or [None])[-1]
   return Run(path=run_dir, label=run_label(config, summary, run_dir.name), dataset=str(dataset),
              seed=int(config.get("seed", 0)), seeds=seeds,
-             planned=int(planned) if planned else None, budget=config.get("budget"), steps=steps,
+             planned=int(planned) if planned else None, budget=config.get("budget") or _launch_budget(run_dir), steps=steps,
              curve=curve, per_seed=per_seed, final=final, finished=bool(summary),
              pi_off=start_score("offline"), pi_on=start_score("aligned")), ""
+
+
+def _launch_budget(run_dir: Path) -> Optional[str]:
+  """The budget name the recipe runner recorded beside the run (`runs.record_launch`), if any. Read
+  here rather than through o2o_jax.runs, which imports JAX and orbax."""
+  try:
+    return json.loads((run_dir / "launch.json").read_text()).get("budget")
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def _is_online_run(path: Path) -> bool:

@@ -66,6 +66,30 @@ def _prepare_run_dir(run_dir: Path, config: Dict[str, Any], restart: bool,
   return False
 
 
+# What launched a run, beside its config.json: written after each phase by the recipe runner and
+# never compared on resume (so runs made before a field existed still resume). The report reads the
+# budget name from here ("quick" / "paper"), which no phase's config records.
+LAUNCH_FILE = "launch.json"
+
+
+def record_launch(run_dir: str | Path, **fields: Any) -> None:
+  """Merges `fields` into `run_dir`/launch.json (the primary process; a missing run_dir is skipped)."""
+  path = Path(run_dir) / LAUNCH_FILE
+  if not distributed.is_primary() or not path.parent.is_dir():
+    return
+  old = read_launch(run_dir)
+  if any(old.get(k) != v for k, v in fields.items()):
+    path.write_text(json.dumps({**old, **fields}, indent=1, sort_keys=True))
+
+
+def read_launch(run_dir: str | Path) -> Dict[str, Any]:
+  """launch.json of `run_dir`, {} when absent or unreadable."""
+  try:
+    return json.loads((Path(run_dir) / LAUNCH_FILE).read_text())
+  except (OSError, ValueError):
+    return {}
+
+
 def read_config(run_dir: str | Path) -> Dict[str, Any]:
   path = Path(run_dir) / "config.json"
   if not path.exists():

@@ -11,6 +11,7 @@ import pytest
 
 from o2o_jax import recipe as recipe_lib
 from o2o_jax import recipes
+from o2o_jax import runs
 from o2o_jax.errors import O2OError
 
 
@@ -59,6 +60,19 @@ def test_every_phase_runs_in_order_from_the_start(tmp_path):
   assert [c[0] for c in calls] == ["a", "b", "c", "d"]
   assert last == tmp_path / "d" / "seed0x2"
   assert set(calls[-1][1]) == {"a", "b", "c"}       # d sees every earlier run directory
+
+
+def test_every_phase_run_records_its_budget_beside_its_config(tmp_path):
+  """launch.json carries the budget name (no phase's config does; the report reads it), and a run
+  made before it existed gets it on its next (resumed) pass without its config being compared."""
+  recipe = _toy([], tmp_path)
+  recipe_lib.run(recipe, _ctx(recipe, budget="quick"))
+  for name in "abcd":
+    assert runs.read_launch(tmp_path / name / "seed0x2") == {"budget": "quick"}
+  (tmp_path / "d" / "seed0x2" / runs.LAUNCH_FILE).unlink()
+  recipe_lib.run(recipe, _ctx(recipe, budget="quick"))
+  assert runs.read_launch(tmp_path / "d" / "seed0x2") == {"budget": "quick"}
+  assert "budget" not in json.loads((tmp_path / "d" / "seed0x2" / "config.json").read_text())
 
 
 def test_from_skips_that_phase_and_what_it_needs_but_runs_the_independent_ones(tmp_path):

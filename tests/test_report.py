@@ -216,6 +216,18 @@ def test_rliable_numbers_match_a_direct_call(made):
                              rly.score_distributions(matrices["o2td3"], taus))
 
 
+def test_the_budget_name_comes_from_launch_json_when_the_config_has_none(tmp_path):
+  """The recipe runner records the budget in launch.json (`runs.record_launch`), not config.json."""
+  evals = {0: [40, 44], 500: [50, 60]}
+  run = write_run(tmp_path, "finetune", "o2sac", H, "seed0x2", evals,
+                  summary=finished_summary(evals, offline=[40, 44]))
+  (run / "launch.json").write_text(json.dumps({"budget": "quick"}))
+  out = tmp_path / "report"
+  report.make_report([str(tmp_path / "finetune")], out, early=EARLY, reps=REPS, seed=SEED,
+                     command="x", log=lambda *_: None)
+  assert (out / "report.md").read_text().splitlines()[4] == "Budget: quick (1,000 online steps)"
+
+
 def test_report_folder_files_budget_and_command(made):
   root, out, _ = made
   for name in ("report.md", "table2.csv", "table3.csv", "early.csv", "iqm.csv", "improvement.csv",
