@@ -8,8 +8,11 @@
 #   AGENTS="o2td3 direct_td3" bash benchmarks/grid_quick.sh o2o/hopper/expert-v0
 # Datasets: $MINARI_DATASETS_PATH, default ~/.minari_expert (the #19/#21 medium sets of the older
 # policies keep the default Minari store), written by `bash benchmarks/expert_datasets.sh`
-# Converged offline sources: PRETRAIN_TD3BC / PRETRAIN_CQL / PRETRAIN_IQL set their offline steps
-# (default: the quick budget's); check a source with
+# Converged offline sources (#22: every O2O row starts from a flat offline curve): the quick budget's
+# 100k TD3+BC, and IQL 200k / CQL 100k (the quick budget's 10k are far from converged; session 20,
+# benchmarks/results/grid_quick/offline_convergence.md). PRETRAIN_TD3BC / PRETRAIN_CQL / PRETRAIN_IQL
+# override the offline steps, CQL_SEEDS the SAC rows' seeds (default 3: a 100k CQL is ~40 min per
+# set for 3 seeds on 2 cores). Check a source with
 #   python -m benchmarks.offline_convergence 'benchmarks/results/grid_quick/*/runs/pretrain/cql/*'
 # Resumable (a finished run is reused, an interrupted one continues from its snapshot), but runs/
 # does not outlive a session: commit each finished cell (summary.json, config.json, metrics.csv of its
@@ -17,6 +20,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export MINARI_DATASETS_PATH=${MINARI_DATASETS_PATH:-$HOME/.minari_expert}
+export PRETRAIN_IQL=${PRETRAIN_IQL:-200000} PRETRAIN_CQL=${PRETRAIN_CQL:-100000} CQL_SEEDS=${CQL_SEEDS:-3}
 datasets=${*:-}
 if [ -z "$datasets" ]; then
   for env in hopper halfcheetah walker2d; do
