@@ -112,6 +112,7 @@ class Run:
   finished: bool              # summary.json written
   pi_off: Optional[Seeds]
   pi_on: Optional[Seeds]
+  warmup: int = 0             # online steps before the first update (config "warmup_steps")
 
   @property
   def last_step(self) -> int:
@@ -253,7 +254,8 @@ def load_run(run_dir: Path) -> Tuple[Optional[Run], str]:
              seed=int(config.get("seed", 0)), seeds=seeds,
              planned=int(planned) if planned else None, budget=config.get("budget") or _launch_budget(run_dir), steps=steps,
              curve=curve, per_seed=per_seed, final=final, finished=bool(summary),
-             pi_off=start_score("offline"), pi_on=start_score("aligned")), ""
+             pi_off=start_score("offline"), pi_on=start_score("aligned"),
+             warmup=int(config.get("warmup_steps") or 0)), ""
 
 
 def _launch_budget(run_dir: Path) -> Optional[str]:
@@ -331,6 +333,11 @@ class Cell:
   @property
   def finished(self) -> bool:
     return all(r.finished for r in self.runs)
+
+  @property
+  def warmup(self) -> int:
+    """Online steps before the first gradient update (the longest of its runs')."""
+    return max(r.warmup for r in self.runs)
 
   @property
   def final(self) -> Seeds:
@@ -580,7 +587,9 @@ def early_stats(cell: Cell, early: float) -> Dict[str, Any]:
               online_evals_in_window=int((inside & (cell.steps > 0)).sum()), start=float(mean[0]),
               early_min=low, pi_off=pi_off,
               dip=None if pi_off is None or math.isnan(low) else max(0.0, pi_off - low),
-              window_complete=cell.final_step >= end)
+              window_complete=cell.final_step >= end, warmup_steps=cell.warmup,
+              # a window the warm-up covers holds no update: its minimum cannot show a collapse
+              window_in_warmup=end <= cell.warmup)
 
 
 def early_table(grid: Grid, early: float) -> Tuple[List[Dict[str, Any]], str]:
@@ -596,6 +605,7 @@ def early_table(grid: Grid, early: float) -> Tuple[List[Dict[str, Any]], str]:
       rows.append(dict(dataset=dataset, agent=label, seeds=cell.seeds, **s))
       text = f"{fmt(s['early_min'])} (dip {fmt(s['dip'])}; ≤ {fmt_steps(s['window_end'])}"
       text += "" if s["online_evals_in_window"] else ", no online evaluation in the window"
+      text += f", inside the {fmt_steps(s['warmup_steps'])} warm-up: no update yet" if s["window_in_warmup"] else ""
       text += ")" if s["window_complete"] else f", window not reached{UNFINISHED})"
       line.append(text + (UNEVEN if cell.uneven else ""))
     lines.append(line)
@@ -891,7 +901,8 @@ def make_report(globs: Sequence[str], out_dir: str | Path, *, early: float = 0.1
   section(f"Early stability: first {early:.0%} of the online steps", "early", early_table(grid, early),
           f"Minimum of the seed-mean curve over the steps 0 … {early:g} × the planned online steps "
           "(step 0, the starting policy, included; ≤ the window's last step), and the dip below π_off = "
-          "max(0, π_off − min).")
+          "max(0, π_off − min). A window the off-policy warm-up covers holds no gradient update, so "
+          "it cannot show a collapse: it is marked, and a larger --early reads past it.")
   matrices, task_names, matrix_notes = score_matrices(grid)
   notes += matrix_notes
   rliable_intro = (f"Final scores / 100 as a seeds × datasets matrix per agent; 95% "

@@ -228,6 +228,26 @@ def test_the_budget_name_comes_from_launch_json_when_the_config_has_none(tmp_pat
   assert (out / "report.md").read_text().splitlines()[4] == "Budget: quick (1,000 online steps)"
 
 
+def test_an_early_window_inside_the_warm_up_is_marked(tmp_path):
+  """The quick budget's 10% window (1k steps) is the off-policy agents' whole warm-up: no update has
+  run, so its minimum cannot show a collapse. Window 0.25 x 1,000 = 250: inside a 300-step
+  warm-up, past a 200-step one."""
+  evals = {0: [40, 44], 250: [38, 40], 500: [10, 12], 1000: [50, 60]}
+  for agent, warmup in (("o2td3", 300), ("o2sac", 200)):
+    write_run(tmp_path, "finetune", agent, H, "seed0x2", evals, extra={"warmup_steps": warmup},
+              summary=finished_summary(evals, offline=[40, 44]))
+  out = tmp_path / "report"
+  report.make_report([str(tmp_path / "finetune")], out, early=EARLY, reps=REPS, seed=SEED,
+                     command="x", log=lambda *_: None)
+  rows = rows_of(out, "early")
+  assert rows[(H, "o2td3")]["window_in_warmup"] == "True"
+  assert rows[(H, "o2sac")]["window_in_warmup"] == "False"
+  assert num(rows[(H, "o2td3")], "warmup_steps") == 300
+  text = (out / "report.md").read_text()
+  assert "39.0 (dip 3.0; ≤ 250, inside the 300 warm-up: no update yet)" in text
+  assert "39.0 (dip 3.0; ≤ 250)" in text                      # o2sac's cell: past its warm-up
+
+
 def test_report_folder_files_budget_and_command(made):
   root, out, _ = made
   for name in ("report.md", "table2.csv", "table3.csv", "early.csv", "iqm.csv", "improvement.csv",
