@@ -172,6 +172,19 @@ class CriticEnsemble(nn.Module):
                     self.head_scale)(observations, actions)
 
 
+def first_critic(apply_fn: Callable, params, observations, actions):
+  """Q_1(s, a) of a `CriticEnsemble` without computing the other members: what TD3's actor ascends
+  (CORL `td3_bc.py` `TD3_BC.train`: `self.critic_1(state, pi)`). Indexing the whole ensemble's output
+  also evaluates and differentiates Q_2: 256M of the 2x256 actor step's FLOPs at batch 256 against
+  183M here, 8% of a TD3+BC update. `apply_fn` is a `CriticEnsemble`'s `apply` (a `TrainState`'s);
+  any other function is applied whole and indexed."""
+  ensemble = getattr(apply_fn, "__self__", None)
+  if not isinstance(ensemble, CriticEnsemble):
+    return apply_fn(params, observations, actions)[0]
+  first = jax.tree_util.tree_map(lambda p: p[:1], params)       # member 0, as a 1-member ensemble
+  return ensemble.clone(num=1).apply(first, observations, actions)[0]
+
+
 class ValueNet(nn.Module):
   """V(s) -> scalar per row; `tanh_activation` swaps ReLU for tanh (the O2PPO value net)."""
   hidden_dims: Sequence[int] = (256, 256)

@@ -164,7 +164,7 @@ def align_critic_loss(critic_params, state: State, observations, key):
 
 def plain_actor_loss(actor_params, state: State, observations):
   actions = pi(state, actor_params, observations)
-  q = state.critic.apply_fn(state.critic.params, observations, actions)[0]
+  q = networks.first_critic(state.critic.apply_fn, state.critic.params, observations, actions)
   drift = common.actor_drift(actions, pi(state, state.offline_actor_params, observations))
   return -q.mean(), {"actor_loss": -q.mean(), "actor_drift": jax.lax.stop_gradient(drift)}
 
@@ -201,7 +201,7 @@ def finetune_tau(state: State):
 def finetune_actor_loss(actor_params, state: State, observations, lam):
   c = state.config
   actions = pi(state, actor_params, observations)
-  q = state.critic.apply_fn(state.critic.params, observations, actions)[0]
+  q = networks.first_critic(state.critic.apply_fn, state.critic.params, observations, actions)
   weight = q_normalizer(q, 1.0) if c.normalize_actor_q else 1.0
   constraint = jnp.mean(jnp.square(actions - pi(state, state.reference_actor_params, observations)))
   loss = -weight * q.mean() + lam * constraint                                           # eq. 45

@@ -53,7 +53,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from o2o_jax import losses
+from o2o_jax import losses, networks
 from o2o_jax.agents.common import TrainState, make_train_state
 from o2o_jax.agents.offline import cql, td3_bc
 from o2o_jax.agents.online import sac, td3
@@ -280,7 +280,7 @@ def trust_region_actor_objective(actor_params, state: TD3State, batch: Transitio
   """-lambda E[Q_1(s, pi(s))] + eta mean_{B x |A|}(pi(s) - pi_k(s))^2, lambda = alpha / E|Q_1| detached
   (`actor_td3.py` `update_online`; its `q1, q1 = critic(...)` keeps the second member, equal in law)."""
   actions = state.actor.apply_fn(actor_params, batch.observations)
-  q = state.critic.apply_fn(state.critic.params, batch.observations, actions)[0]
+  q = networks.first_critic(state.critic.apply_fn, state.critic.params, batch.observations, actions)
   lam = td3_bc.q_normalizer(q, state.config.alpha)
   prior = state.actor.apply_fn(state.target_actor_params, batch.observations)
   trust = jnp.mean(jnp.square(actions - prior))

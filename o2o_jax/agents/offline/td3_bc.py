@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from o2o_jax import networks
 from o2o_jax.agents.online import td3
 
 
@@ -33,7 +34,7 @@ def q_normalizer(q, alpha: float):
 
 def actor_objective(actor_params, state: td3.State, batch):
   actions = state.actor.apply_fn(actor_params, batch.observations)
-  q = state.critic.apply_fn(state.critic.params, batch.observations, actions)[0]
+  q = networks.first_critic(state.critic.apply_fn, state.critic.params, batch.observations, actions)
   lam = q_normalizer(q, state.config.alpha)
   bc = jnp.mean(jnp.square(actions - batch.actions))
   loss = -lam * q.mean() + bc

@@ -91,7 +91,7 @@ def update_critic(state: State, batch: Transition, key: PRNGKey, target_fn=td_ta
 def td3_actor_objective(actor_params, state: State, batch: Transition):
   """-E[Q_1(s, pi(s))]."""
   actions = state.actor.apply_fn(actor_params, batch.observations)
-  q = state.critic.apply_fn(state.critic.params, batch.observations, actions)[0]
+  q = networks.first_critic(state.critic.apply_fn, state.critic.params, batch.observations, actions)
   loss = -q.mean()
   return loss, {"actor_loss": loss}
 
