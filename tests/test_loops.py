@@ -1,6 +1,7 @@
 """The online loop: buffers fill, evaluation runs per seed, and the jitted step compiles once."""
 import jax
 import numpy as np
+import pytest
 
 from o2o_jax import envs, loops
 from o2o_jax.agents.online import td3
@@ -108,6 +109,7 @@ def test_a_mujoco_model_warning_is_printed_once_not_per_env(capfd):
   assert (out + err).count("settotalmass") <= 1, out + err
 
 
+@pytest.mark.default_fusion_emitters      # the block program and the scan program bit for bit
 def test_a_chunk_split_into_blocks_is_the_scanned_chunk_bit_for_bit():
   """`run_offline` runs each chunk as blocks of a run-time length (`make_offline_block`), so that a
   stop signal and the progress bar need not wait for a whole chunk. Any split must compute what the

@@ -220,6 +220,7 @@ def test_cql_offline_penalty_weights_each_offline_rows_gap_by_p(pairs):
   assert abs(expected) > 1e-3
 
 
+@pytest.mark.default_fusion_emitters      # samg.update and cql.update bit for bit: two programs
 def test_samg_cql_update_adds_the_offline_term_and_is_cqls_own_at_zero_weight(pairs):
   """SAMG paper App. C.1 on CQL: the critic loss gains the p-weighted conservative term on offline
   rows. With p = 0 on every row the step is exactly CORL's CQL step (`cql.update`, which follows
