@@ -554,6 +554,14 @@ def generate_levels(policies: BehaviourPolicies, levels: Sequence[str], size: in
   unknown = [l for l in levels if l not in LEVELS]
   if unknown:
     raise O2OError(f"unknown level(s) {unknown}: choose from {', '.join(LEVELS)}")
+  if not overwrite:   # before the reference scores and the collection: minutes to an hour per level
+    import minari
+    local = set(minari.list_local_datasets())
+    existing = [dataset_id(policies.env_name, l) for l in levels if dataset_id(policies.env_name, l) in local]
+    if existing:
+      raise O2OError(f"dataset(s) {', '.join(existing)} already exist in "
+                     f"{os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}: leave their "
+                     "levels out of --levels, or pass --overwrite to regenerate them")
   env_id = policies.env_id
   make_env = lambda: envs_lib.make_env(env_id)
   t0 = time.time()

@@ -85,6 +85,21 @@ def test_unknown_level_is_a_clear_error(generated, tmp_path):
   assert "unknown level(s) ['mediocre']" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_existing_dataset_is_refused_before_any_collection(generated, monkeypatch):
+  """A level already written is refused up front, naming it and --overwrite, before the reference
+  scores and the collection run (they cost minutes to an hour per level; the check used to come at
+  write time, after them)."""
+  root, policy_dir, _ = generated
+  monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+  policies = generate.BehaviourPolicies.load(policy_dir / "hopper")
+  def no_work(*_, **__):
+    raise AssertionError("work started before the existence check")
+  monkeypatch.setattr(generate, "reference_scores", no_work)
+  monkeypatch.setattr(generate, "collect", no_work)
+  with pytest.raises(O2OError, match=r"o2o/hopper/medium-v0 already exist.*--overwrite"):
+    generate.generate_levels(policies, ["medium"], 600, progress=False, log=lambda *_: None)
+
+
 def test_existing_behaviour_policies_are_not_overwritten(generated, tmp_path):
   _, policy_dir, _ = generated
   env = dict(os.environ, MINARI_DATASETS_PATH=str(tmp_path))
