@@ -496,13 +496,17 @@ def _make_policy_fn(policies: BehaviourPolicies, step_of_t=None, seed: int = 0):
   return policy_fn
 
 
+def _datasets_root() -> str:
+  return os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+
+
 def write_minari(dataset_id_: str, flat: dict, env_id: str, ref_min: float, ref_max: float,
                  description: dict, overwrite: bool = False):
   import minari
   if dataset_id_ in minari.list_local_datasets():
     if not overwrite:
-      raise O2OError(f"dataset {dataset_id_} already exists in {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}:"
-                     " pass --overwrite to regenerate it")
+      raise O2OError(f"dataset {dataset_id_} already exists in {_datasets_root()}: pass --overwrite to "
+                     "regenerate it")
     minari.delete_dataset(dataset_id_)
   episodes = _episodes_from_flat(flat["obs"], flat["act"], flat["rew"], flat["next"],
                                  flat["term"].astype(bool), flat["trunc"].astype(bool),
@@ -557,11 +561,10 @@ def generate_levels(policies: BehaviourPolicies, levels: Sequence[str], size: in
   if not overwrite:   # before the reference scores and the collection: minutes to an hour per level
     import minari
     local = set(minari.list_local_datasets())
-    existing = [dataset_id(policies.env_name, l) for l in levels if dataset_id(policies.env_name, l) in local]
+    existing = [d for d in (dataset_id(policies.env_name, l) for l in levels) if d in local]
     if existing:
-      raise O2OError(f"dataset(s) {', '.join(existing)} already exist in "
-                     f"{os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}: leave their "
-                     "levels out of --levels, or pass --overwrite to regenerate them")
+      raise O2OError(f"dataset(s) {', '.join(existing)} already exist in {_datasets_root()}: leave "
+                     "their levels out of --levels, or pass --overwrite to regenerate them")
   env_id = policies.env_id
   make_env = lambda: envs_lib.make_env(env_id)
   t0 = time.time()
