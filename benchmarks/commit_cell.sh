@@ -14,6 +14,7 @@ cell=${cell%/}
 [ -d "$cell/runs" ] || { echo "error: $cell/runs does not exist: pass the folder that holds runs/, logs/ and table.md" >&2; exit 2; }
 mapfile -t files < <(find "$cell/runs" -type f \( -name config.json -o -name launch.json \
   -o -name metrics.csv -o -name summary.json \) | sort; ls "$cell"/logs/*.log "$cell/table.md" 2>/dev/null)
+[ ${#files[@]} -gt 0 ] || { echo "error: no run records (config.json, metrics.csv, ...) under $cell/runs" >&2; exit 2; }
 message=${MESSAGE:-"$(basename "$cell"): run records ($(date +%F))"}
 for attempt in $(seq 1 30); do
   if git add -f -- "${files[@]}"; then
