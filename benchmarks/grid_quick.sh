@@ -15,8 +15,8 @@
 # set for 3 seeds on 2 cores). Check a source with
 #   python -m benchmarks.offline_convergence 'benchmarks/results/grid_quick/*/runs/pretrain/cql/*'
 # Resumable (a finished run is reused, an interrupted one continues from its snapshot), but runs/
-# does not outlive a session: commit each finished cell (summary.json, config.json, metrics.csv of its
-# runs, with git add -f) and its table before the session ends.
+# does not outlive a session: commit each finished cell as it ends, with
+#   bash benchmarks/commit_cell.sh benchmarks/results/grid_quick/<cell>
 set -u
 cd "$(dirname "$0")/.."
 export MINARI_DATASETS_PATH=${MINARI_DATASETS_PATH:-$HOME/.minari_expert}
