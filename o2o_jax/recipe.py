@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from o2o_jax import config as config_lib
 from o2o_jax import runs
+from o2o_jax.data import minari_io
 from o2o_jax.errors import O2OError
 
 KINDS = ("offline", "fit", "off-policy online", "on-policy online")
@@ -277,14 +278,43 @@ def run(recipe: Recipe, ctx: Context, from_dir: Optional[Path] = None,
   thunk) -> run dir` wraps each phase's call (e.g. to time it; it must call `thunk()`)."""
   check(recipe, ctx)
   skip = start_from(recipe, ctx, Path(from_dir)) if from_dir else set()
+  data = None
   for p in recipe.phases:
     if p.name not in skip:
       ctx.phase = p
       thunk = lambda p=p: p.run(ctx)
       ctx.runs[p.name] = around(p, thunk) if around is not None else thunk()
+      data = data or data_fingerprint(ctx.settings.get("dataset"))
+      record_data(ctx, ctx.runs[p.name], data)
       runs.record_launch(ctx.runs[p.name], budget=ctx.settings.get("budget"))
   ctx.phase = None
   return ctx.runs[recipe.phases[-1].name]
+
+
+def data_fingerprint(dataset: Optional[str]) -> Optional[Dict[str, Any]]:
+  """`minari_io.fingerprint` of the run's dataset for launch.json, computed after a phase has loaded
+  it (its flat cache then exists); None when it cannot be read, which the phase itself reports."""
+  if not dataset:
+    return None
+  try:
+    return minari_io.fingerprint(dataset)
+  except (O2OError, OSError, ValueError, KeyError):
+    return None
+
+
+def record_data(ctx: Context, run_dir: Path, data: Optional[Dict[str, Any]]) -> None:
+  """Writes the data's fingerprint to launch.json once, when the run is made: a finished run reused
+  later, or a run resumed, on a dataset regenerated since keeps the data it trained on, and the
+  change is logged (not refused: config.json, which decides resumption, predates the fingerprint)."""
+  recorded = runs.read_launch(run_dir).get("data")
+  if not data or recorded == data:
+    return
+  if recorded:
+    ctx.log(f"warning: {run_dir} was made from {recorded.get('id')} with SHA-1 "
+            f"{recorded.get('sha1')}; that id now holds SHA-1 {data['sha1']} (regenerated since?). "
+            "Its launch.json keeps the first")
+    return
+  runs.record_launch(run_dir, data=data)
 
 
 def _function_name(fn) -> str:

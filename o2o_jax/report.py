@@ -113,6 +113,7 @@ class Run:
   pi_off: Optional[Seeds]
   pi_on: Optional[Seeds]
   warmup: int = 0             # online steps before the first update (config "warmup_steps")
+  data: Optional[str] = None  # SHA-1 (12 digits) of the data it trained on, from launch.json
 
   @property
   def last_step(self) -> int:
@@ -250,21 +251,16 @@ def load_run(run_dir: Path) -> Tuple[Optional[Run], str]:
     return score
 
   planned = config.get("steps") or (summary.get("curve_steps") or [None])[-1]
+  launch = _read_json(run_dir / "launch.json")
+  launch = launch if isinstance(launch, dict) else {}
+  data = launch.get("data") if isinstance(launch.get("data"), dict) else {}
   return Run(path=run_dir, label=run_label(config, summary, run_dir.name), dataset=str(dataset),
              seed=int(config.get("seed", 0)), seeds=seeds,
-             planned=int(planned) if planned else None, budget=config.get("budget") or _launch_budget(run_dir), steps=steps,
+             planned=int(planned) if planned else None,
+             budget=config.get("budget") or launch.get("budget"), steps=steps,
              curve=curve, per_seed=per_seed, final=final, finished=bool(summary),
              pi_off=start_score("offline"), pi_on=start_score("aligned"),
-             warmup=int(config.get("warmup_steps") or 0)), ""
-
-
-def _launch_budget(run_dir: Path) -> Optional[str]:
-  """The budget name the recipe runner recorded beside the run (`runs.record_launch`), if any. Read
-  here rather than through o2o_jax.runs, which imports JAX and orbax."""
-  try:
-    return json.loads((run_dir / "launch.json").read_text()).get("budget")
-  except (OSError, ValueError, AttributeError):
-    return None
+             warmup=int(config.get("warmup_steps") or 0), data=data.get("sha1")), ""
 
 
 def _is_online_run(path: Path) -> bool:
@@ -830,12 +826,35 @@ def shown(path: Path) -> str:
 def runs_table(runs: Sequence[Run]) -> Tuple[List[Dict[str, Any]], str]:
   rows = [dict(path=shown(r.path), agent=r.label, dataset=r.dataset, seed=r.seed, seeds=r.seeds,
                finished=r.finished, last_step=r.last_step, planned_steps=r.planned,
-               pi_off_known=r.pi_off is not None, pi_on_known=r.pi_on is not None)
+               pi_off_known=r.pi_off is not None, pi_on_known=r.pi_on is not None, data=r.data)
           for r in sorted(runs, key=lambda r: (dataset_key(r.dataset), label_key(r.label), r.seed))]
   lines = [[r["agent"], r["dataset"], f"{r['seed']}..{r['seed'] + r['seeds'] - 1}",
             "finished" if r["finished"] else f"step {fmt_steps(r['last_step'])} of "
-            f"{fmt_steps(r['planned_steps'])}{UNFINISHED}", f"`{r['path']}`"] for r in rows]
-  return rows, markdown_table(["agent", "dataset", "seeds", "status", "run directory"], lines)
+            f"{fmt_steps(r['planned_steps'])}{UNFINISHED}", r["data"] or "", f"`{r['path']}`"]
+           for r in rows]
+  return rows, markdown_table(["agent", "dataset", "seeds", "status", "data", "run directory"], lines)
+
+
+def data_notes(runs: Sequence[Run]) -> List[str]:
+  """One note per dataset whose runs do not all carry one recorded version of the data (launch.json's
+  "data" SHA-1; a regeneration on another host type changes it under the same id): which agents
+  trained on which version, and which have no record (runs made before it was recorded)."""
+  by_dataset: Dict[str, Dict[Optional[str], set]] = {}
+  for run in runs:
+    by_dataset.setdefault(run.dataset, {}).setdefault(run.data, set()).add(run.label)
+  notes = []
+  for dataset in sorted(by_dataset, key=dataset_key):
+    versions = by_dataset[dataset]
+    known = sorted(v for v in versions if v)
+    if not known or (len(known) == 1 and None not in versions):
+      continue
+    parts = [f"SHA-1 {v} for {', '.join(sorted(versions[v], key=label_key))}" for v in known]
+    if None in versions:
+      parts.append(f"not recorded for {', '.join(sorted(versions[None], key=label_key))}")
+    verdict = (f"{len(known)} versions of the data" if len(known) > 1 else
+               "one recorded version of the data, and runs whose data is not recorded")
+    notes.append(f"{dataset}: {verdict} ({'; '.join(parts)}): compare its agents with care")
+  return notes
 
 
 def write_commands(out: Path, command: str) -> None:
@@ -872,7 +891,7 @@ def make_report(globs: Sequence[str], out_dir: str | Path, *, early: float = 0.1
   if not runs:
     raise O2OError("none of the run directories has an evaluation yet: " + "; ".join(notes))
   cells, grouping_notes = group_runs(runs)
-  notes += grouping_notes
+  notes += grouping_notes + data_notes(runs)
   grid = make_grid(cells)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

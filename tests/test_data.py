@@ -303,3 +303,34 @@ def test_unopenable_dataset_is_a_dataset_error(tiny_hopper_dataset, tmp_path, mo
   monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
   with pytest.raises(DatasetError, match="broken/ds-v0.*cannot be opened"):
     load_dataset("broken/ds-v0")
+
+
+def test_fingerprint_hashes_rewards_and_actions_with_or_without_the_cache(make_dataset):
+  """`minari_io.fingerprint` (what the recipe runner writes to each run's launch.json as "data"):
+  size, episodes, mean return and reference scores by hand from the raw episodes, the SHA-1 of the
+  float32 rewards then actions; the same whether it reads the flat cache or flattens the set."""
+  import hashlib
+  tiny = make_dataset("fingerprint", seeds=(0, 1), refs=(1.0, 11.0))
+  rewards = np.concatenate([np.asarray(ep.rewards, np.float32) for ep in tiny.episodes])
+  actions = np.concatenate([np.asarray(ep.actions, np.float32) for ep in tiny.episodes])
+  sha = hashlib.sha1(rewards.tobytes() + actions.tobytes()).hexdigest()[:12]
+  returns = [float(np.sum(ep.rewards, dtype=np.float64)) for ep in tiny.episodes]
+  expected = {"id": tiny.dataset_id, "sha1": sha, "transitions": len(rewards), "episodes": 2,
+              "mean_return": round(sum(returns) / 2, 1), "ref_min_score": 1.0, "ref_max_score": 11.0}
+  cache = minari_io._cache_file(find_dataset_path(tiny.dataset_id))
+  cache.unlink(missing_ok=True)
+  assert minari_io.fingerprint(tiny.dataset_id) == expected       # no cache: flattens (and writes it)
+  assert cache.exists()
+  assert minari_io.fingerprint(tiny.dataset_id) == expected       # from the cache
+
+
+def test_fingerprint_tells_two_generations_of_one_id_apart(make_dataset):
+  """Two sets of the same size whose rollouts differ in one reward (as a regeneration on another
+  host type gives) get different SHA-1s."""
+  def nudge(episodes):
+    episodes[0].rewards[3] += 1e-3
+    return episodes
+  a = minari_io.fingerprint(make_dataset("fp-a").dataset_id)
+  b = minari_io.fingerprint(make_dataset("fp-b", edit=nudge).dataset_id)
+  assert (a["transitions"], a["episodes"]) == (b["transitions"], b["episodes"])
+  assert a["sha1"] != b["sha1"]

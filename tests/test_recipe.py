@@ -66,13 +66,38 @@ def test_every_phase_run_records_its_budget_beside_its_config(tmp_path):
   """launch.json carries the budget name (no phase's config does; the report reads it), and a run
   made before it existed gets it on its next (resumed) pass without its config being compared."""
   recipe = _toy([], tmp_path)
-  recipe_lib.run(recipe, _ctx(recipe, budget="quick"))
+  unknown = "nope/hopper/medium-v9"     # no data to fingerprint: launch.json holds the budget alone
+  recipe_lib.run(recipe, _ctx(recipe, budget="quick", dataset=unknown))
   for name in "abcd":
     assert runs.read_launch(tmp_path / name / "seed0x2") == {"budget": "quick"}
   (tmp_path / "d" / "seed0x2" / runs.LAUNCH_FILE).unlink()
-  recipe_lib.run(recipe, _ctx(recipe, budget="quick"))
+  recipe_lib.run(recipe, _ctx(recipe, budget="quick", dataset=unknown))
   assert runs.read_launch(tmp_path / "d" / "seed0x2") == {"budget": "quick"}
   assert "budget" not in json.loads((tmp_path / "d" / "seed0x2" / "config.json").read_text())
+
+
+def test_every_phase_run_records_which_data_it_trained_on(tmp_path, tiny_hopper_dataset, monkeypatch):
+  """launch.json's "data" is the dataset's fingerprint (`minari_io.fingerprint`: one id can hold
+  different data after a regeneration on another host type; the report compares them). A dataset
+  that cannot be read records none (the test above)."""
+  from o2o_jax.data import minari_io
+  recipe = _toy([], tmp_path)
+  recipe_lib.run(recipe, _ctx(recipe, budget="quick", dataset=tiny_hopper_dataset.dataset_id))
+  expected = minari_io.fingerprint(tiny_hopper_dataset.dataset_id)
+  assert expected["id"] == tiny_hopper_dataset.dataset_id and len(expected["sha1"]) == 12
+  for name in "abcd":
+    assert runs.read_launch(tmp_path / name / "seed0x2") == {"budget": "quick", "data": expected}
+  # The set regenerated under the same id: the finished runs, reused, keep the data they were made
+  # from, and the change is logged.
+  old = runs.read_launch(tmp_path / "a" / "seed0x2")["data"]
+  changed = {**expected, "sha1": "0123456789ab"}
+  logged = []
+  ctx = _ctx(recipe, budget="quick", dataset=tiny_hopper_dataset.dataset_id)
+  ctx.log = logged.append
+  monkeypatch.setattr(minari_io, "fingerprint", lambda dataset_id: changed)
+  recipe_lib.run(recipe, ctx)
+  assert runs.read_launch(tmp_path / "a" / "seed0x2")["data"] == old
+  assert len(logged) == 4 and "now holds SHA-1 0123456789ab" in logged[0], logged
 
 
 def test_from_skips_that_phase_and_what_it_needs_but_runs_the_independent_ones(tmp_path):

@@ -228,6 +228,37 @@ def test_the_budget_name_comes_from_launch_json_when_the_config_has_none(tmp_pat
   assert (out / "report.md").read_text().splitlines()[4] == "Budget: quick (1,000 online steps)"
 
 
+def test_runs_on_different_versions_of_one_dataset_are_noted(tmp_path):
+  """launch.json's "data" (the recipe runner's fingerprint of the dataset) goes to runs.csv, and a
+  dataset whose runs trained on different versions of its data, or partly on unrecorded data, gets a
+  note naming the agents of each; one version throughout gets none."""
+  evals = {0: [40, 44], 500: [50, 60]}
+  def run(agent, dataset, sha):
+    path = write_run(tmp_path, "finetune", agent, dataset, "seed0x2", evals,
+                     summary=finished_summary(evals, offline=[40, 44]))
+    if sha:
+      (path / "launch.json").write_text(json.dumps({"budget": "quick", "data": {"sha1": sha}}))
+  run("o2td3", H, None)
+  run("o2sac", H, "aaaaaaaaaaaa")
+  run("direct_sac", H, "aaaaaaaaaaaa")
+  run("o2td3", W, "bbbbbbbbbbbb")
+  run("o2sac", W, "cccccccccccc")
+  run("o2td3", "o2o/halfcheetah/medium-v0", "dddddddddddd")
+  run("o2sac", "o2o/halfcheetah/medium-v0", "dddddddddddd")
+  out = tmp_path / "report"
+  report.make_report([str(tmp_path / "finetune")], out, early=EARLY, reps=REPS, seed=SEED,
+                     command="x", log=lambda *_: None)
+  notes = (out / "report.md").read_text().split("## Notes")[1].strip().splitlines()
+  assert notes == [
+      f"- {H}: one recorded version of the data, and runs whose data is not recorded (SHA-1 "
+      "aaaaaaaaaaaa for o2sac, direct_sac; not recorded for o2td3): compare its agents with care",
+      f"- {W}: 2 versions of the data (SHA-1 bbbbbbbbbbbb for o2td3; SHA-1 cccccccccccc for o2sac): "
+      "compare its agents with care"]
+  with open(out / "runs.csv") as f:
+    rows = {(r["agent"], r["dataset"]): r["data"] for r in csv.DictReader(f)}
+  assert rows[("o2sac", H)] == "aaaaaaaaaaaa" and rows[("o2td3", H)] == ""
+
+
 def test_an_early_window_inside_the_warm_up_is_marked(tmp_path):
   """The quick budget's 10% window (1k steps) is the off-policy agents' whole warm-up: no update has
   run, so its minimum cannot show a collapse. Window 0.25 x 1,000 = 250: inside a 300-step

@@ -177,6 +177,35 @@ def _validate(dataset_id: str, arrays: Dict[str, np.ndarray]) -> None:
                          "clean or regenerate the dataset")
 
 
+def fingerprint(dataset_id: str) -> Dict[str, object]:
+  """What identifies a dataset's content, for a run's launch.json: its size, episodes, mean return,
+  reference scores and a SHA-1 (first 12 hex digits) of its rewards and actions. Two sets under one
+  id differ when the generator ran on another host type (MuJoCo and XLA round differently on AVX2 and
+  AVX-512, and the rollouts diverge), which the id alone does not show. Reads only those arrays from
+  the flat cache when it is there."""
+  path = find_dataset_path(dataset_id)
+  meta = json.loads((path / "data" / "metadata.json").read_text())
+  cache = _cache_file(path)
+  arrays = None
+  if cache.exists():
+    try:
+      with np.load(cache) as f:
+        arrays = {k: f[k] for k in ("rewards", "actions", "episode_returns")}
+    except Exception:
+      arrays = None
+  if arrays is None:
+    d = load_dataset(dataset_id)
+    arrays = dict(rewards=d.transitions.rewards, actions=d.transitions.actions,
+                  episode_returns=d.episode_returns)
+  digest = hashlib.sha1(np.ascontiguousarray(arrays["rewards"], np.float32).tobytes())
+  digest.update(np.ascontiguousarray(arrays["actions"], np.float32).tobytes())
+  returns = arrays["episode_returns"]
+  return {"id": dataset_id, "sha1": digest.hexdigest()[:12],
+          "transitions": int(arrays["rewards"].shape[0]), "episodes": int(returns.shape[0]),
+          "mean_return": round(float(returns.mean()), 1) if len(returns) else None,
+          "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score")}
+
+
 def load_dataset(dataset_id: str, use_cache: bool = True) -> OfflineDataset:
   """Loads a Minari dataset by id as flat float32 arrays; raises DatasetError with a fix on bad input."""
   path = find_dataset_path(dataset_id)
