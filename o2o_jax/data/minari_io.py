@@ -177,6 +177,18 @@ def _validate(dataset_id: str, arrays: Dict[str, np.ndarray]) -> None:
                          "clean or regenerate the dataset")
 
 
+def _read_cache(cache: Path, keys=None) -> Optional[Dict[str, np.ndarray]]:
+  """The flat arrays (all, or `keys`) of a cache file; None when it is missing or unreadable (it is
+  then rebuilt from the dataset)."""
+  if not cache.exists():
+    return None
+  try:
+    with np.load(cache) as f:
+      return {k: f[k] for k in (f.files if keys is None else keys)}
+  except Exception:
+    return None
+
+
 def fingerprint(dataset_id: str) -> Dict[str, object]:
   """What identifies a dataset's content, for a run's launch.json: its size, episodes, mean return,
   reference scores and a SHA-1 (first 12 hex digits) of its rewards and actions. Two sets under one
@@ -185,14 +197,7 @@ def fingerprint(dataset_id: str) -> Dict[str, object]:
   the flat cache when it is there."""
   path = find_dataset_path(dataset_id)
   meta = json.loads((path / "data" / "metadata.json").read_text())
-  cache = _cache_file(path)
-  arrays = None
-  if cache.exists():
-    try:
-      with np.load(cache) as f:
-        arrays = {k: f[k] for k in ("rewards", "actions", "episode_returns")}
-    except Exception:
-      arrays = None
+  arrays = _read_cache(_cache_file(path), ("rewards", "actions", "episode_returns"))
   if arrays is None:
     d = load_dataset(dataset_id)
     arrays = dict(rewards=d.transitions.rewards, actions=d.transitions.actions,
@@ -217,13 +222,7 @@ def load_dataset(dataset_id: str, use_cache: bool = True) -> OfflineDataset:
                        "delete and regenerate it") from None
   meta = md.storage.metadata
   cache = _cache_file(path)
-  arrays = None
-  if use_cache and cache.exists():
-    try:
-      with np.load(cache) as f:
-        arrays = {k: f[k] for k in f.files}
-    except Exception:
-      arrays = None
+  arrays = _read_cache(cache) if use_cache else None
   if arrays is None:
     try:
       arrays = _flatten(md)
