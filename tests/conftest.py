@@ -19,7 +19,11 @@ import pytest
 # JAX starts, so the launcher subprocesses inherit it. The HLO is the same; elementwise approximations
 # may differ in the last bits (tanh inside a fusion never rounds to exactly 1.0 at -O0, see
 # test_networks). O2O_JAX_TEST_FULL_XLA=1 keeps XLA's defaults.
-FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# XLA also splits each program's LLVM module into parts compiled on parallel threads: on 2 cores that
+# the two pytest-xdist workers already fill, the split only adds CPU (a tiny CQL chunk's compile,
+# quiet, 3 alternating runs: 2.12-2.24 s of CPU with it, 1.63-1.95 s without; the same numbers out).
+FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                          "--xla_cpu_parallel_codegen_split_count=1")
 # XLA's MLIR fusion emitters (its default) cost as much again: with the classic LLVM IR emitters a tiny
 # CQL chunk compiles in 2.3-2.7 s of CPU instead of 4.9-5.6 s (jax 0.10.2, session 23; BUILD_NOTES "The
 # test suite in CI"). Two programs of different structure may then round the same sums differently in
