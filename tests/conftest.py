@@ -21,7 +21,7 @@ import pytest
 # test_networks). O2O_JAX_TEST_FULL_XLA=1 keeps XLA's defaults.
 # XLA also splits each program's LLVM module into parts compiled on parallel threads: on 2 cores that
 # the two pytest-xdist workers already fill, the split only adds CPU (a tiny CQL chunk's compile,
-# quiet, 3 alternating runs: 2.12-2.24 s of CPU with it, 1.63-1.95 s without; the same numbers out).
+# quiet, 3 alternating runs: 2.12-2.24 s of CPU split, 1.63-1.95 s in one part; the same numbers out).
 FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                           "--xla_cpu_parallel_codegen_split_count=1")
 # XLA's MLIR fusion emitters (its default) cost as much again: with the classic LLVM IR emitters a tiny
